@@ -1,0 +1,185 @@
+//! Every error warden answers with, mapped to a status and OpenAI's error shape
+//! `{"error": {"message", "type", "param", "code"}}` in one place.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::error::GatewayError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("the request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body is not valid UTF-8")]
+    BodyNotUtf8,
+    #[error("the request body is not valid JSON: {message}")]
+    MalformedJson {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        ApiError::Gateway(error.into())
+    }
+}
+
+/// What a response needs to know about an error.
+struct Disposition {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl Disposition {
+    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            param: None,
+            retry_after: None,
+        }
+    }
+}
+
+impl ApiError {
+    fn disposition(&self) -> Disposition {
+        use Disposition as D;
+        const INVALID: &str = "invalid_request_error";
+        match self {
+            ApiError::Gateway(error) => match error {
+                GatewayError::Auth(AuthError::MissingKey) => D::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    Some("missing_api_key"),
+                ),
+                GatewayError::Auth(AuthError::UnknownKey) => D::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    Some("invalid_api_key"),
+                ),
+                GatewayError::InvalidRequest { param, .. } => D {
+                    param: param.clone(),
+                    ..D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_value"))
+                },
+                GatewayError::ModelNotFound(_) => D {
+                    param: Some("model".into()),
+                    ..D::new(StatusCode::NOT_FOUND, INVALID, Some("model_not_found"))
+                },
+                GatewayError::ContextLengthExceeded { .. } => D {
+                    param: Some("messages".into()),
+                    ..D::new(
+                        StatusCode::BAD_REQUEST,
+                        INVALID,
+                        Some("context_length_exceeded"),
+                    )
+                },
+                GatewayError::Unavailable { retry_after, .. } => D {
+                    retry_after: *retry_after,
+                    ..D::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service_unavailable",
+                        Some("service_unavailable"),
+                    )
+                },
+                GatewayError::Internal(_) => {
+                    D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
+                }
+            },
+            ApiError::PayloadTooLarge { .. } => D::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID,
+                Some("request_too_large"),
+            ),
+            ApiError::BodyNotUtf8 => {
+                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_encoding"))
+            }
+            ApiError::MalformedJson { param, .. } => D {
+                param: param.clone(),
+                ..D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_json"))
+            },
+            ApiError::NotFound { .. } => D::new(StatusCode::NOT_FOUND, INVALID, Some("not_found")),
+            ApiError::MethodNotAllowed { .. } => D::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID,
+                Some("method_not_allowed"),
+            ),
+        }
+    }
+
+    /// The error as OpenAI's JSON body, for places (a stream) where no status can be set.
+    pub fn body(&self) -> serde_json::Value {
+        let disposition = self.disposition();
+        serde_json::json!(ErrorBody::new(self, &disposition))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ErrorBody {
+    fn new(error: &ApiError, disposition: &Disposition) -> Self {
+        Self {
+            error: ErrorDetail {
+                message: error.to_string(),
+                kind: disposition.kind,
+                param: disposition.param.clone(),
+                code: disposition.code,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let disposition = self.disposition();
+        if disposition.status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, status = %disposition.status, "request refused");
+        }
+        let mut response = (
+            disposition.status,
+            Json(ErrorBody::new(&self, &disposition)),
+        )
+            .into_response();
+        if let Some(retry_after) = disposition.retry_after {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        if disposition.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,6 @@
+//! OpenAI's wire format: the types, their validation into domain requests, and the
+//! conversion of results back.
+
+pub mod request;
+pub mod response;
+pub mod types;

@@ -1,0 +1,499 @@
+//! Validation: an OpenAI request becomes a `ChatRequest` or a 400 naming the field.
+
+use super::types::{
+    ChatCompletionRequest, MessageContent, RequestMessage, StopSequences, ToolChoiceValue,
+    ToolDefinition,
+};
+use crate::chat::{ChatRequest, Message, Role, Sampling, ToolCall, ToolChoice, ToolSpec};
+use crate::error::GatewayError;
+use crate::gateway::AUTO_MODEL;
+
+/// Far beyond any model's context: a larger figure is a client bug, not a wish.
+const MAX_TOKENS_LIMIT: i64 = 1 << 20;
+const MAX_STOP_SEQUENCES: usize = 4;
+const MAX_TOP_LOGPROBS: u32 = 20;
+const MAX_TOOL_NAME_LEN: usize = 64;
+
+/// A validated request and how the client wants it delivered.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    pub chat: ChatRequest,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+type Invalid = GatewayError;
+
+pub fn parse(wire: ChatCompletionRequest) -> Result<ParsedRequest, Invalid> {
+    let model = match wire.model.as_deref() {
+        Some(model) if model.trim().is_empty() => {
+            return Err(GatewayError::invalid("model", "`model` must not be empty"))
+        }
+        Some(model) => model.to_string(),
+        None => AUTO_MODEL.to_string(),
+    };
+    if let Some(n) = wire.n.filter(|&n| n != 1) {
+        return Err(GatewayError::invalid(
+            "n",
+            format!("n={n} is not supported; only n=1"),
+        ));
+    }
+    if wire
+        .logit_bias
+        .as_ref()
+        .is_some_and(|bias| !bias.is_empty())
+    {
+        return Err(GatewayError::invalid(
+            "logit_bias",
+            "`logit_bias` is not supported",
+        ));
+    }
+    if let Some(format) = wire.response_format.as_ref().filter(|f| f.kind != "text") {
+        return Err(GatewayError::invalid(
+            "response_format",
+            format!(
+                "response_format `{}` is not supported; only `text`",
+                format.kind
+            ),
+        ));
+    }
+    if wire.stream_options.is_some() && !wire.stream {
+        return Err(GatewayError::invalid(
+            "stream_options",
+            "`stream_options` is only allowed with `stream: true`",
+        ));
+    }
+    let sampling = sampling(&wire)?;
+    let logprobs = logprobs(wire.logprobs, wire.top_logprobs)?;
+    let tools = tools(wire.tools.unwrap_or_default())?;
+    let tool_choice = tool_choice(wire.tool_choice, &tools)?;
+    if wire.messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
+    }
+    let messages = wire
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(index, message)| self::message(index, message))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ParsedRequest {
+        chat: ChatRequest {
+            model,
+            messages,
+            tools,
+            tool_choice,
+            sampling,
+            logprobs,
+        },
+        stream: wire.stream,
+        include_usage: wire.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+fn in_range(
+    param: &str,
+    value: Option<f32>,
+    min: f32,
+    max: f32,
+    default: f32,
+) -> Result<f32, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(&v) => Ok(v),
+        Some(v) => Err(GatewayError::invalid(
+            param,
+            format!("`{param}` is {v}; it must be between {min} and {max}"),
+        )),
+    }
+}
+
+fn sampling(wire: &ChatCompletionRequest) -> Result<Sampling, Invalid> {
+    let defaults = Sampling::default();
+    let top_p = in_range("top_p", wire.top_p, 0.0, 1.0, defaults.top_p)?;
+    if top_p == 0.0 {
+        return Err(GatewayError::invalid("top_p", "`top_p` must be above 0"));
+    }
+    let (param, max_tokens) = match (wire.max_completion_tokens, wire.max_tokens) {
+        (Some(n), _) => ("max_completion_tokens", Some(n)),
+        (None, n) => ("max_tokens", n),
+    };
+    let max_tokens = match max_tokens {
+        None => None,
+        Some(n) if (1..=MAX_TOKENS_LIMIT).contains(&n) => Some(n as u32),
+        Some(n) => {
+            return Err(GatewayError::invalid(
+                param,
+                format!("`{param}` is {n}; it must be between 1 and {MAX_TOKENS_LIMIT}"),
+            ))
+        }
+    };
+    let stop = match &wire.stop {
+        None => Vec::new(),
+        Some(StopSequences::One(stop)) => vec![stop.clone()],
+        Some(StopSequences::Many(stops)) => stops.clone(),
+    };
+    if stop.len() > MAX_STOP_SEQUENCES {
+        return Err(GatewayError::invalid(
+            "stop",
+            format!("at most {MAX_STOP_SEQUENCES} stop sequences"),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(GatewayError::invalid(
+            "stop",
+            "stop sequences must not be empty",
+        ));
+    }
+    Ok(Sampling {
+        temperature: in_range(
+            "temperature",
+            wire.temperature,
+            0.0,
+            2.0,
+            defaults.temperature,
+        )?,
+        top_p,
+        // OpenAI takes any integer; its bits make a fine seed.
+        seed: wire.seed.map(|seed| seed as u64),
+        max_tokens,
+        stop,
+        presence_penalty: in_range("presence_penalty", wire.presence_penalty, -2.0, 2.0, 0.0)?,
+        frequency_penalty: in_range("frequency_penalty", wire.frequency_penalty, -2.0, 2.0, 0.0)?,
+    })
+}
+
+fn logprobs(logprobs: Option<bool>, top_logprobs: Option<u32>) -> Result<Option<u8>, Invalid> {
+    match (logprobs.unwrap_or(false), top_logprobs) {
+        (false, Some(_)) => Err(GatewayError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        )),
+        (false, None) => Ok(None),
+        (true, Some(k)) if k > MAX_TOP_LOGPROBS => Err(GatewayError::invalid(
+            "top_logprobs",
+            format!("`top_logprobs` is {k}; at most {MAX_TOP_LOGPROBS}"),
+        )),
+        (true, k) => Ok(Some(k.unwrap_or(0) as u8)),
+    }
+}
+
+fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
+    let mut tools: Vec<ToolSpec> = Vec::with_capacity(definitions.len());
+    for (index, definition) in definitions.into_iter().enumerate() {
+        let param = |field: &str| format!("tools[{index}].{field}");
+        if definition.kind != "function" {
+            return Err(GatewayError::invalid(
+                param("type"),
+                format!(
+                    "tool type `{}` is not supported; only `function`",
+                    definition.kind
+                ),
+            ));
+        }
+        let function = definition.function.ok_or_else(|| {
+            GatewayError::invalid(param("function"), "a function tool needs `function`")
+        })?;
+        let name = function.name.ok_or_else(|| {
+            GatewayError::invalid(param("function.name"), "a function needs a `name`")
+        })?;
+        let valid_name = !name.is_empty()
+            && name.len() <= MAX_TOOL_NAME_LEN
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(GatewayError::invalid(
+                param("function.name"),
+                format!("`{name}` is not a valid function name (1-{MAX_TOOL_NAME_LEN} of a-z, A-Z, 0-9, _ and -)"),
+            ));
+        }
+        if tools.iter().any(|tool| tool.name == name) {
+            return Err(GatewayError::invalid(
+                param("function.name"),
+                format!("function `{name}` is declared twice"),
+            ));
+        }
+        let parameters = match function.parameters {
+            None => serde_json::json!({"type": "object", "properties": {}}),
+            Some(schema @ serde_json::Value::Object(_)) => {
+                if schema.get("type").is_some_and(|t| t != "object") {
+                    return Err(GatewayError::invalid(
+                        param("function.parameters"),
+                        "function parameters must be an object schema (`\"type\": \"object\"`)",
+                    ));
+                }
+                schema
+            }
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    param("function.parameters"),
+                    "function parameters must be a JSON schema object",
+                ))
+            }
+        };
+        tools.push(ToolSpec {
+            name,
+            description: function.description,
+            parameters,
+        });
+    }
+    Ok(tools)
+}
+
+fn tool_choice(choice: Option<ToolChoiceValue>, tools: &[ToolSpec]) -> Result<ToolChoice, Invalid> {
+    let choice =
+        match choice {
+            None => return Ok(ToolChoice::Auto),
+            Some(ToolChoiceValue::Mode(mode)) => match mode.as_str() {
+                "auto" => ToolChoice::Auto,
+                "none" => ToolChoice::None,
+                "required" => ToolChoice::Required,
+                other => return Err(GatewayError::invalid(
+                    "tool_choice",
+                    format!(
+                        "`{other}` is not a tool_choice; use none, auto, required or a function"
+                    ),
+                )),
+            },
+            Some(ToolChoiceValue::Named(named)) => {
+                if named.kind != "function" {
+                    return Err(GatewayError::invalid(
+                        "tool_choice.type",
+                        "only `function` can be chosen",
+                    ));
+                }
+                if !tools.iter().any(|tool| tool.name == named.function.name) {
+                    return Err(GatewayError::invalid(
+                        "tool_choice.function.name",
+                        format!("`{}` is not among the offered tools", named.function.name),
+                    ));
+                }
+                ToolChoice::Function(named.function.name)
+            }
+        };
+    if matches!(choice, ToolChoice::Required) && tools.is_empty() {
+        return Err(GatewayError::invalid(
+            "tool_choice",
+            "`required` needs `tools`",
+        ));
+    }
+    Ok(choice)
+}
+
+fn message(index: usize, message: RequestMessage) -> Result<Message, Invalid> {
+    let param = |field: &str| format!("messages[{index}].{field}");
+    let role =
+        match message.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => return Err(GatewayError::invalid(
+                param("role"),
+                format!(
+                    "unknown role `{other}`; expected system, developer, user, assistant or tool"
+                ),
+            )),
+        };
+    let content = match message.content {
+        None => None,
+        Some(content) => Some(text_of(content, &param("content"))?),
+    };
+    let tool_calls = message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|call| ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments: call.function.arguments,
+        })
+        .collect::<Vec<_>>();
+    if !tool_calls.is_empty() && role != Role::Assistant {
+        return Err(GatewayError::invalid(
+            param("tool_calls"),
+            "only assistant messages carry `tool_calls`",
+        ));
+    }
+    let tool_call_id = match role {
+        Role::Tool => Some(
+            message
+                .tool_call_id
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    GatewayError::invalid(
+                        param("tool_call_id"),
+                        "a tool message needs the `tool_call_id` it answers",
+                    )
+                })?,
+        ),
+        _ => None,
+    };
+    let content = match (role, content) {
+        (Role::Assistant, None) if !tool_calls.is_empty() => String::new(),
+        (_, Some(content)) => content,
+        (_, None) => {
+            return Err(GatewayError::invalid(
+                param("content"),
+                format!("a {} message needs `content`", role.as_str()),
+            ))
+        }
+    };
+    Ok(Message {
+        role,
+        content,
+        tool_calls,
+        tool_call_id,
+    })
+}
+
+fn text_of(content: MessageContent, param: &str) -> Result<String, Invalid> {
+    match content {
+        MessageContent::Text(text) => Ok(text),
+        MessageContent::Parts(parts) => parts
+            .into_iter()
+            .map(|part| match (part.kind.as_str(), part.text) {
+                ("text", Some(text)) => Ok(text),
+                ("text", None) => Err(GatewayError::invalid(param, "a text part needs `text`")),
+                (other, _) => Err(GatewayError::invalid(
+                    param,
+                    format!("content part type `{other}` is not supported; only `text`"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.join("")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_json(value: serde_json::Value) -> Result<ParsedRequest, GatewayError> {
+        parse(serde_json::from_value(value).unwrap())
+    }
+
+    fn param_of(value: serde_json::Value) -> String {
+        match parse_json(value) {
+            Err(GatewayError::InvalidRequest {
+                param: Some(param), ..
+            }) => param,
+            other => panic!("expected an invalid request, got {other:?}"),
+        }
+    }
+
+    fn hi() -> serde_json::Value {
+        serde_json::json!([{"role": "user", "content": "hi"}])
+    }
+
+    #[test]
+    fn minimal_request_gets_defaults() {
+        let parsed = parse_json(serde_json::json!({"messages": hi()})).unwrap();
+        assert_eq!(parsed.chat.model, AUTO_MODEL);
+        assert_eq!(parsed.chat.sampling, Sampling::default());
+        assert!(!parsed.stream);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (serde_json::json!({"messages": []}), "messages"),
+            (
+                serde_json::json!({"messages": [{"role": "robot", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (serde_json::json!({"messages": hi(), "n": 2}), "n"),
+            (
+                serde_json::json!({"messages": hi(), "max_tokens": -1}),
+                "max_tokens",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "max_completion_tokens": 0}),
+                "max_completion_tokens",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "max_tokens": 100_000_000_000i64}),
+                "max_tokens",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "temperature": 2.5}),
+                "temperature",
+            ),
+            (serde_json::json!({"messages": hi(), "top_p": 0}), "top_p"),
+            (
+                serde_json::json!({"messages": hi(), "top_logprobs": 3}),
+                "top_logprobs",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "stop": ["a", "b", "c", "d", "e"]}),
+                "stop",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tools": [{"type": "function", "function": {"parameters": {}}}]}),
+                "tools[0].function.name",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}),
+                "tools[0].function.parameters",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}),
+                "tools[0].function.parameters",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tool_choice": "required"}),
+                "tool_choice",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "tool", "content": "18C"}]}),
+                "messages[0].tool_call_id",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "user"}]}),
+                "messages[0].content",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                "messages[0].content",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+        ];
+        for (request, param) in cases {
+            assert_eq!(param_of(request.clone()), param, "{request}");
+        }
+    }
+
+    #[test]
+    fn tools_and_choice_convert() {
+        let parsed = parse_json(serde_json::json!({
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief"}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "logprobs": true, "top_logprobs": 2, "stop": "END", "seed": -1
+        }))
+        .unwrap();
+        let chat = parsed.chat;
+        assert_eq!(chat.messages[0].role, Role::System);
+        assert_eq!(chat.messages[0].content, "Be brief");
+        assert_eq!(chat.messages[1].tool_calls[0].name, "f");
+        assert_eq!(chat.tools[0].parameters["type"], "object");
+        assert_eq!(chat.tool_choice, ToolChoice::Function("f".into()));
+        assert_eq!(chat.logprobs, Some(2));
+        assert_eq!(chat.sampling.stop, vec!["END".to_string()]);
+        assert_eq!(chat.sampling.seed, Some(u64::MAX));
+    }
+}

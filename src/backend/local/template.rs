@@ -1,0 +1,305 @@
+//! Renders a conversation into the prompt text a local model was trained on, including
+//! how offered tools are described to it and how it should answer with a call.
+
+use crate::chat::{ChatRequest, Message, Role, ToolChoice, ToolSpec};
+
+/// Marks the start and end of a tool call in the model's output.
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateKind {
+    /// `<|im_start|>role\n…<|im_end|>`: SmolLM2, Qwen, Hermes and many others.
+    Chatml,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    pub kind: TemplateKind,
+    /// Used when the conversation has no system message of its own.
+    pub default_system_prompt: Option<String>,
+}
+
+/// The prompt, and the start of the answer already written on the model's behalf (to
+/// steer it into a tool call when one is required). The prefix belongs to the answer's
+/// text but was not generated, so it counts in neither usage nor logprobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedPrompt {
+    pub text: String,
+    pub answer_prefix: String,
+}
+
+impl ChatTemplate {
+    pub fn render(&self, request: &ChatRequest) -> RenderedPrompt {
+        match self.kind {
+            TemplateKind::Chatml => self.render_chatml(request),
+        }
+    }
+
+    fn render_chatml(&self, request: &ChatRequest) -> RenderedPrompt {
+        let tools = request.callable_tools();
+        let mut text = String::new();
+        let (system, rest) = match request.messages.split_first() {
+            Some((first, rest)) if first.role == Role::System => {
+                (Some(first.content.as_str()), rest)
+            }
+            _ => (
+                self.default_system_prompt.as_deref(),
+                request.messages.as_slice(),
+            ),
+        };
+        let system = with_tool_instructions(system, tools);
+        if !system.is_empty() {
+            push_turn(&mut text, Role::System, &system);
+        }
+        for message in rest {
+            push_turn(&mut text, message.role, &message_body(message));
+        }
+        text.push_str("<|im_start|>assistant\n");
+        let answer_prefix = forced_call_prefix(&request.tool_choice, tools);
+        text.push_str(&answer_prefix);
+        RenderedPrompt {
+            text,
+            answer_prefix,
+        }
+    }
+}
+
+fn push_turn(text: &mut String, role: Role, body: &str) {
+    text.push_str("<|im_start|>");
+    text.push_str(role.as_str());
+    text.push('\n');
+    text.push_str(body);
+    text.push_str("<|im_end|>\n");
+}
+
+/// An assistant turn that called tools is shown to the model the way it would have
+/// written the calls itself, so a multi-turn conversation stays in one format.
+fn message_body(message: &Message) -> String {
+    let mut body = message.content.clone();
+    for call in &message.tool_calls {
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        body.push_str(&format!(
+            "{TOOL_CALL_OPEN}\n{{\"name\": {}, \"arguments\": {}}}\n{TOOL_CALL_CLOSE}",
+            serde_json::Value::String(call.name.clone()),
+            call.arguments
+        ));
+    }
+    body
+}
+
+fn with_tool_instructions(system: Option<&str>, tools: &[ToolSpec]) -> String {
+    let mut text = system.unwrap_or_default().to_string();
+    let Some(example) = tools.first() else {
+        return text;
+    };
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str("You can call these functions:\n<tools>\n");
+    for tool in tools {
+        let description = serde_json::json!({
+            "name": tool.name,
+            "description": tool.description.clone().unwrap_or_default(),
+            "parameters": tool.parameters,
+        });
+        text.push_str(&description.to_string());
+        text.push('\n');
+    }
+    // A concrete call in the model's own format works far better with small models
+    // than an abstract description of one.
+    text.push_str(&format!(
+        "</tools>\nTo call a function, reply with only the call, for example:\n{TOOL_CALL_OPEN}\n\
+         {{\"name\": {}, \"arguments\": {}}}\n{TOOL_CALL_CLOSE}",
+        serde_json::Value::String(example.name.clone()),
+        example_arguments(example)
+    ));
+    text
+}
+
+/// `{"city": "<string>"}`-style placeholder arguments from a tool's schema.
+fn example_arguments(tool: &ToolSpec) -> serde_json::Value {
+    let placeholders = tool
+        .parameters
+        .get("properties")
+        .and_then(serde_json::Value::as_object)
+        .map(|properties| {
+            properties
+                .iter()
+                .map(|(name, schema)| {
+                    let kind = schema
+                        .get("type")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("value");
+                    (name.clone(), serde_json::Value::String(format!("<{kind}>")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::Value::Object(placeholders)
+}
+
+/// How a forced call's arguments should begin: the first required argument's name,
+/// and its opening quote when it is a string (small models otherwise write numbers).
+fn first_argument_opening(tool: &ToolSpec) -> Option<String> {
+    let name = tool
+        .parameters
+        .get("required")?
+        .as_array()?
+        .first()?
+        .as_str()?;
+    let is_string = tool.parameters.pointer(&format!(
+        "/properties/{}/type",
+        name.replace('~', "~0").replace('/', "~1")
+    )) == Some(&serde_json::Value::String("string".into()));
+    let key = serde_json::Value::String(name.to_string());
+    Some(if is_string {
+        format!("{key}: \"")
+    } else {
+        format!("{key}: ")
+    })
+}
+
+/// Small models rarely call a tool unprompted, so when the client demands a call the
+/// answer is begun for them; they only have to fill in the rest.
+fn forced_call_prefix(choice: &ToolChoice, tools: &[ToolSpec]) -> String {
+    match choice {
+        ToolChoice::Required if !tools.is_empty() => format!("{TOOL_CALL_OPEN}\n{{\"name\": \""),
+        ToolChoice::Function(name) => {
+            let mut prefix = format!(
+                "{TOOL_CALL_OPEN}\n{{\"name\": {}, \"arguments\": {{",
+                serde_json::Value::String(name.clone())
+            );
+            if let Some(opening) = tools
+                .iter()
+                .find(|tool| &tool.name == name)
+                .and_then(first_argument_opening)
+            {
+                prefix.push_str(&opening);
+            }
+            prefix
+        }
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Sampling;
+
+    fn request(
+        messages: Vec<Message>,
+        tools: Vec<ToolSpec>,
+        tool_choice: ToolChoice,
+    ) -> ChatRequest {
+        ChatRequest {
+            model: "auto".into(),
+            messages,
+            tools,
+            tool_choice,
+            sampling: Sampling::default(),
+            logprobs: None,
+        }
+    }
+
+    fn template() -> ChatTemplate {
+        ChatTemplate {
+            kind: TemplateKind::Chatml,
+            default_system_prompt: Some("You are a helpful assistant.".into()),
+        }
+    }
+
+    fn weather_tool() -> ToolSpec {
+        ToolSpec {
+            name: "get_weather".into(),
+            description: Some("Current weather".into()),
+            parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        }
+    }
+
+    #[test]
+    fn default_system_prompt_fills_in_when_absent() {
+        let rendered = template().render(&request(
+            vec![Message::text(Role::User, "Hi")],
+            vec![],
+            ToolChoice::Auto,
+        ));
+        assert_eq!(
+            rendered.text,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
+             <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(rendered.answer_prefix, "");
+    }
+
+    #[test]
+    fn own_system_prompt_replaces_default() {
+        let rendered = template().render(&request(
+            vec![
+                Message::text(Role::System, "Be terse."),
+                Message::text(Role::User, "Hi"),
+            ],
+            vec![],
+            ToolChoice::Auto,
+        ));
+        assert!(rendered
+            .text
+            .starts_with("<|im_start|>system\nBe terse.<|im_end|>\n"));
+        assert!(!rendered.text.contains("helpful"));
+    }
+
+    #[test]
+    fn tools_are_described_and_prior_calls_replayed() {
+        let mut assistant = Message::text(Role::Assistant, "");
+        assistant.tool_calls.push(crate::chat::ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        let mut tool = Message::text(Role::Tool, "18C");
+        tool.tool_call_id = Some("call_1".into());
+        let rendered = template().render(&request(
+            vec![Message::text(Role::User, "Weather?"), assistant, tool],
+            vec![weather_tool()],
+            ToolChoice::Auto,
+        ));
+        assert!(rendered
+            .text
+            .contains("<tools>\n{\"description\":\"Current weather\""));
+        assert!(rendered
+            .text
+            .contains("{\"name\": \"get_weather\", \"arguments\": {\"city\":\"<string>\"}}"));
+        assert!(rendered.text.contains(
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><|im_end|>"
+        ));
+        assert!(rendered.text.contains("<|im_start|>tool\n18C<|im_end|>"));
+    }
+
+    #[test]
+    fn named_tool_choice_begins_the_call() {
+        let rendered = template().render(&request(
+            vec![Message::text(Role::User, "Weather in Paris?")],
+            vec![weather_tool()],
+            ToolChoice::Function("get_weather".into()),
+        ));
+        assert_eq!(
+            rendered.answer_prefix,
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \""
+        );
+        assert!(rendered.text.ends_with(&rendered.answer_prefix));
+    }
+
+    #[test]
+    fn tool_choice_none_hides_tools() {
+        let rendered = template().render(&request(
+            vec![Message::text(Role::User, "Hi")],
+            vec![weather_tool()],
+            ToolChoice::None,
+        ));
+        assert!(!rendered.text.contains("<tools>"));
+    }
+}

@@ -1,0 +1,87 @@
+//! Backends generate completions: the local candle engine and, later, external
+//! providers. Every backend speaks the same trait so routing can treat them alike.
+
+pub mod local;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+
+use crate::chat::{ChatRequest, Generation, GenerationEvent};
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, BackendError>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("the prompt is {prompt_tokens} tokens but the model's context holds {context_length}")]
+    ContextLengthExceeded {
+        prompt_tokens: usize,
+        context_length: usize,
+    },
+    #[error("max_tokens {max_tokens} exceeds the model's context of {context_length} tokens")]
+    MaxTokensExceeded {
+        max_tokens: usize,
+        context_length: usize,
+    },
+    #[error("all {slots} engine slots stayed busy for {waited:?}")]
+    Saturated { slots: usize, waited: Duration },
+    #[error("the model is still loading")]
+    Loading,
+    #[error("the model failed to load: {0}")]
+    Unavailable(String),
+    #[error("generation failed: {0}")]
+    Generation(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendStatus {
+    Ready,
+    Loading,
+    Failed(String),
+}
+
+/// A model that can be asked for chat completions.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Stable name used in responses, logs and routing decisions.
+    fn name(&self) -> &str;
+
+    /// Names of the models this backend serves, as clients address them.
+    fn models(&self) -> Vec<String>;
+
+    /// Whether the backend can take requests now.
+    fn status(&self) -> BackendStatus;
+
+    /// Starts a generation. Errors that can be known up front (context overflow,
+    /// saturation) come from this call so the caller can answer with a proper status
+    /// before any byte is streamed.
+    async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError>;
+}
+
+/// Drains an event stream into a whole generation.
+pub async fn collect(mut events: EventStream) -> Result<Generation, BackendError> {
+    let mut content = String::new();
+    let mut logprobs = Vec::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            GenerationEvent::Content {
+                text,
+                logprobs: token_logprobs,
+            } => {
+                content.push_str(&text);
+                logprobs.extend(token_logprobs);
+            }
+            GenerationEvent::Finished(summary) => {
+                return Ok(Generation {
+                    content,
+                    logprobs,
+                    summary: *summary,
+                });
+            }
+        }
+    }
+    Err(BackendError::Generation(
+        "the generation ended without a summary".into(),
+    ))
+}

@@ -1,0 +1,231 @@
+//! The domain's view of a chat completion: a validated request, and what a backend
+//! produces for it. Wire formats (OpenAI, Anthropic) convert to and from these types.
+
+use serde::Serialize;
+
+/// Who wrote a message. `developer` on the wire is folded into `System`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    /// Text content; empty for an assistant turn that only carries tool calls.
+    pub content: String,
+    /// Tool calls an earlier assistant turn made (assistant messages only).
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers (tool messages only).
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+/// A function the client offers the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the arguments; always an object schema after validation.
+    pub parameters: serde_json::Value,
+}
+
+/// A call the model made; `arguments` is the JSON text of an object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ToolChoice {
+    /// The model decides (OpenAI's default when tools are offered).
+    #[default]
+    Auto,
+    /// Tools are offered but must not be called.
+    None,
+    /// The model must call some tool.
+    Required,
+    /// The model must call this tool.
+    Function(String),
+}
+
+/// How tokens are drawn. Ranges are checked at the wire boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u64>,
+    /// `None` lets the backend choose its default.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: None,
+            max_tokens: None,
+            stop: Vec::new(),
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
+    }
+}
+
+/// A request that passed validation: the only shape a backend accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The model the client named (`auto` lets warden choose).
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: ToolChoice,
+    pub sampling: Sampling,
+    /// `Some(k)`: return each token's log-probability and its `k` best alternatives.
+    pub logprobs: Option<u8>,
+}
+
+impl ChatRequest {
+    /// The tools the model may call under the request's `tool_choice`.
+    pub fn callable_tools(&self) -> &[ToolSpec] {
+        match self.tool_choice {
+            ToolChoice::None => &[],
+            _ => &self.tools,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// One generated token's log-probability, as OpenAI reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> u32 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// How sure the model was of what it wrote, from the log-probabilities of the sampled
+/// tokens. Absent when nothing was generated or the backend cannot tell.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Confidence {
+    pub mean_logprob: f32,
+    pub min_logprob: f32,
+}
+
+impl Confidence {
+    pub fn from_logprobs(logprobs: impl IntoIterator<Item = f32>) -> Option<Self> {
+        let (count, sum, min) = logprobs
+            .into_iter()
+            .fold((0u32, 0f64, f32::INFINITY), |(n, sum, min), lp| {
+                (n + 1, sum + f64::from(lp), min.min(lp))
+            });
+        (count > 0).then(|| Confidence {
+            mean_logprob: (sum / f64::from(count)) as f32,
+            min_logprob: min,
+        })
+    }
+}
+
+/// Where the time of one generation went, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Timings {
+    /// Waiting for an engine slot.
+    pub queue_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// From the request reaching the backend to its first generated token.
+    pub first_token_ms: f64,
+}
+
+/// Everything known once a generation has ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSummary {
+    pub backend: String,
+    pub model: String,
+    pub finish_reason: FinishReason,
+    pub tool_calls: Vec<ToolCall>,
+    /// The model wrote something shaped like a tool call that could not be used: it was
+    /// withheld, and the flag lets routing escalate.
+    pub malformed_tool_call: bool,
+    pub usage: Usage,
+    pub confidence: Option<Confidence>,
+    pub timings: Timings,
+}
+
+/// What a backend emits while generating, in order: any number of `Content` deltas,
+/// then exactly one `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    Content {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Finished(Box<GenerationSummary>),
+}
+
+/// A whole, non-streamed generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub content: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub summary: GenerationSummary,
+}

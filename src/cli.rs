@@ -1,0 +1,107 @@
+//! Command-line interface: `warden serve` and `warden model fetch`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DeviceSpec};
+use crate::model::{ensure_available, FetchOptions, ModelRef};
+
+const DEFAULT_CONFIG: &str = "routing/warden.yaml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "Local-model-first inference router and concurrency governor for AI agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API (fetching the local model on first run).
+    Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Overrides `server.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Overrides `local.device`: cpu, cuda[:N] or metal[:N].
+        #[arg(long)]
+        device: Option<DeviceSpec>,
+    },
+    /// Manage local models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Download, verify and convert a model named by a manifest under `models/`.
+    Fetch {
+        /// Manifest name; defaults to the configured `local.model`.
+        name: Option<String>,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            device,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            if let Some(device) = device {
+                config.local.device = device;
+            }
+            crate::backend::local::use_threads(config.local.threads);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(crate::server::serve(config))
+        }
+        Command::Model {
+            command: ModelCommand::Fetch { name, config },
+        } => {
+            let config = Config::load(&config)?;
+            let name = name.unwrap_or_else(|| config.local.model.clone());
+            match ModelRef::resolve(&name, &config.local.models_dir)? {
+                ModelRef::Manifest(manifest) => {
+                    let path = ensure_available(
+                        &manifest,
+                        &FetchOptions::new(config.local.models_dir.clone()),
+                    )?;
+                    println!("{}", path.display());
+                    Ok(())
+                }
+                ModelRef::File(path) => {
+                    println!("{} is a local file; nothing to fetch", path.display());
+                    Ok(())
+                }
+            }
+        }
+    }
+}

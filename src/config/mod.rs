@@ -1,0 +1,400 @@
+//! Typed configuration (`routing/warden.yaml`): read raw with unknown keys refused,
+//! then validated into the types the rest of warden uses. Every error names the file
+//! and the key.
+
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use raw::AuthMode;
+use raw::{RawAgent, RawConfig, RawLocal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from; relative paths inside it resolve against its folder.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub agents: Vec<AgentConfig>,
+    pub local: LocalConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub open_agent: Option<String>,
+    pub admin_key_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Lower-case hex SHA-256 of the key.
+    Sha256(String),
+    /// Name of the environment variable holding the key.
+    Env(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub id: String,
+    pub tenant: String,
+    pub role: Option<String>,
+    pub key: KeySource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (kind, ordinal) = match spec.split_once(':') {
+            Some((kind, ordinal)) => (
+                kind,
+                ordinal
+                    .parse::<usize>()
+                    .map_err(|_| format!("device ordinal `{ordinal}` is not a number"))?,
+            ),
+            None => (spec, 0),
+        };
+        match kind {
+            "cpu" if !spec.contains(':') => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(ordinal)),
+            "metal" => Ok(DeviceSpec::Metal(ordinal)),
+            _ => Err(format!(
+                "unknown device `{spec}`: expected cpu, cuda, cuda:N, metal or metal:N"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub model: String,
+    pub models_dir: PathBuf,
+    pub device: DeviceSpec,
+    pub threads: usize,
+    pub slots: usize,
+    pub queue_timeout: Duration,
+    pub default_max_tokens: u32,
+    pub fetch_on_start: bool,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` (used for relative paths and messages).
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key,
+            message,
+        };
+        // An empty file means "all defaults".
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            let deserializer = serde_yaml::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let key = error.path().to_string();
+                invalid(key, error.into_inner().to_string())
+            })?
+        };
+        validate(raw, path).map_err(|(key, message)| invalid(key, message))
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&AgentConfig> {
+        self.agents.iter().find(|agent| agent.id == id)
+    }
+}
+
+type Invalid = (String, String);
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let listen = raw.server.listen.parse::<SocketAddr>().map_err(|e| {
+        (
+            "server.listen".to_string(),
+            format!(
+                "`{}` is not an address like 127.0.0.1:8080: {e}",
+                raw.server.listen
+            ),
+        )
+    })?;
+    if raw.server.max_body_bytes < 1024 {
+        return Err((
+            "server.max_body_bytes".into(),
+            "must be at least 1024 bytes".into(),
+        ));
+    }
+
+    let agents = raw
+        .agents
+        .into_iter()
+        .enumerate()
+        .map(|(index, agent)| validate_agent(index, agent))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (index, agent) in agents.iter().enumerate() {
+        if agents[..index].iter().any(|other| other.id == agent.id) {
+            return Err((
+                format!("agents[{index}].id"),
+                format!("agent `{}` is declared twice", agent.id),
+            ));
+        }
+    }
+
+    let auth = AuthConfig {
+        mode: raw.auth.mode,
+        open_agent: raw.auth.open_agent,
+        admin_key_env: raw.auth.admin_key_env,
+    };
+    match (&auth.mode, &auth.open_agent) {
+        (AuthMode::Open, None) => {
+            return Err((
+                "auth.open_agent".into(),
+                "`mode: open` needs the agent that keyless requests act as".into(),
+            ))
+        }
+        (AuthMode::Open, Some(id)) if !agents.iter().any(|a| &a.id == id) => {
+            return Err((
+                "auth.open_agent".into(),
+                format!("no agent `{id}` is declared under `agents`"),
+            ))
+        }
+        (AuthMode::Keys, Some(_)) => {
+            return Err((
+                "auth.open_agent".into(),
+                "only meaningful with `mode: open`".into(),
+            ))
+        }
+        _ => {}
+    }
+    if !is_env_name(&auth.admin_key_env) {
+        return Err((
+            "auth.admin_key_env".into(),
+            format!(
+                "`{}` is not an environment variable name",
+                auth.admin_key_env
+            ),
+        ));
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        server: crate::config::ServerConfig {
+            listen,
+            max_body_bytes: raw.server.max_body_bytes,
+        },
+        auth,
+        agents,
+        local: validate_local(raw.local, base)?,
+    })
+}
+
+fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid> {
+    let key = |field: &str| format!("agents[{index}].{field}");
+    if agent.id.trim().is_empty() {
+        return Err((key("id"), "must not be empty".into()));
+    }
+    if agent.tenant.trim().is_empty() {
+        return Err((key("tenant"), "must not be empty".into()));
+    }
+    let source = match (agent.key_sha256, agent.key_env) {
+        (Some(digest), None) => {
+            let digest = digest.to_ascii_lowercase();
+            if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err((
+                    key("key_sha256"),
+                    "must be 64 hex characters (sha256 of the key)".into(),
+                ));
+            }
+            KeySource::Sha256(digest)
+        }
+        (None, Some(env)) => {
+            if !is_env_name(&env) {
+                return Err((
+                    key("key_env"),
+                    format!("`{env}` is not an environment variable name"),
+                ));
+            }
+            KeySource::Env(env)
+        }
+        (Some(_), Some(_)) => {
+            return Err((
+                key("key_env"),
+                "give either `key_sha256` or `key_env`, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                key("key_sha256"),
+                "each agent needs `key_sha256` or `key_env` (keys never appear in clear)".into(),
+            ))
+        }
+    };
+    Ok(AgentConfig {
+        id: agent.id,
+        tenant: agent.tenant,
+        role: agent.role,
+        key: source,
+    })
+}
+
+fn validate_local(local: RawLocal, base: &Path) -> Result<LocalConfig, Invalid> {
+    let device = local
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(|message| ("local.device".to_string(), message))?;
+    if local.slots == 0 || local.slots > 64 {
+        return Err(("local.slots".into(), "must be between 1 and 64".into()));
+    }
+    let threads = match local.threads {
+        Some(0) => return Err(("local.threads".into(), "must be at least 1".into())),
+        Some(threads) => threads,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if local.queue_timeout_ms == 0 {
+        return Err((
+            "local.queue_timeout_ms".into(),
+            "must be above 0: every wait needs a deadline".into(),
+        ));
+    }
+    if local.default_max_tokens == 0 {
+        return Err((
+            "local.default_max_tokens".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if local.model.trim().is_empty() {
+        return Err(("local.model".into(), "must name a model".into()));
+    }
+    Ok(LocalConfig {
+        model: local.model,
+        models_dir: base.join(local.models_dir),
+        device,
+        threads,
+        slots: local.slots,
+        queue_timeout: Duration::from_millis(local.queue_timeout_ms),
+        default_max_tokens: local.default_max_tokens,
+        fetch_on_start: local.fetch_on_start,
+    })
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("routing/warden.yaml"))
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, file, .. }) => {
+                assert_eq!(file, Path::new("routing/warden.yaml"));
+                key
+            }
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.server.listen.to_string(), raw::DEFAULT_LISTEN);
+        assert_eq!(config.local.slots, raw::DEFAULT_SLOTS);
+        assert_eq!(config.local.models_dir, Path::new("routing/../models"));
+        assert_eq!(config.auth.mode, AuthMode::Keys);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert_eq!(invalid_key("local:\n  slot: 3\n"), "local.slot");
+        let err = parse("local:\n  slot: 3\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `slot`"), "{err}");
+        assert_eq!(invalid_key("bogus: 1\n"), "bogus");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(invalid_key("server:\n  listen: nowhere\n"), "server.listen");
+        assert_eq!(invalid_key("local:\n  slots: 0\n"), "local.slots");
+        assert_eq!(invalid_key("local:\n  device: tpu\n"), "local.device");
+        assert_eq!(invalid_key("local:\n  slots: many\n"), "local.slots");
+        assert_eq!(
+            invalid_key("agents:\n  - id: a\n    tenant: t\n"),
+            "agents[0].key_sha256"
+        );
+        assert_eq!(
+            invalid_key("agents:\n  - id: a\n    tenant: t\n    key_sha256: abc\n"),
+            "agents[0].key_sha256"
+        );
+        assert_eq!(
+            invalid_key(
+                "agents:\n  - {id: a, tenant: t, key_env: A}\n  - {id: a, tenant: t, key_env: B}\n"
+            ),
+            "agents[1].id"
+        );
+        assert_eq!(invalid_key("auth:\n  mode: open\n"), "auth.open_agent");
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda:1".parse(), Ok(DeviceSpec::Cuda(1)));
+        assert_eq!("metal".parse(), Ok(DeviceSpec::Metal(0)));
+        assert!("cpu:1".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing/warden.yaml");
+        let config = Config::load(&path).unwrap();
+        let dev = config.agent("dev").unwrap();
+        assert_eq!(dev.tenant, "default");
+        assert_eq!(dev.key, KeySource::Env("WARDEN_DEV_KEY".into()));
+        assert_eq!(config.auth.admin_key_env, "WARDEN_ADMIN_KEY");
+    }
+}

@@ -1,0 +1,168 @@
+//! The configuration file exactly as written: every section rejects unknown keys, and
+//! every default is a named constant. `super::validate` turns this into `Config`.
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Large enough for long conversations with tool outputs, small enough that one
+/// request cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+pub const DEFAULT_MODELS_DIR: &str = "../models";
+pub const DEFAULT_DEVICE: &str = "cpu";
+pub const DEFAULT_SLOTS: usize = 2;
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+pub const DEFAULT_ADMIN_KEY_ENV: &str = "WARDEN_ADMIN_KEY";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub agents: Vec<RawAgent>,
+    #[serde(default)]
+    pub local: RawLocal,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address the gateway listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every request needs an agent's key.
+    #[default]
+    Keys,
+    /// Requests without a key act as `open_agent`. For a developer's own machine only.
+    Open,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// The agent keyless requests act as in `open` mode.
+    pub open_agent: Option<String>,
+    /// Environment variable holding the admin key.
+    #[serde(default = "default_admin_key_env")]
+    pub admin_key_env: String,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::default(),
+            open_agent: None,
+            admin_key_env: default_admin_key_env(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub id: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Hex SHA-256 digest of the agent's key (the key itself never appears in the file).
+    pub key_sha256: Option<String>,
+    /// Environment variable holding the agent's key.
+    pub key_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocal {
+    /// A manifest name under `models_dir`, or a path to a GGUF file.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Where manifests and fetched weights live (relative to this file).
+    #[serde(default = "default_models_dir")]
+    pub models_dir: String,
+    /// `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// CPU threads for the engine; absent means one per available core.
+    pub threads: Option<usize>,
+    /// Generations that may run at once, each with its own KV cache.
+    #[serde(default = "default_slots")]
+    pub slots: usize,
+    /// How long a request may wait for a free slot before 503.
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+    /// Completion length when the request does not set `max_tokens`.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
+    /// Fetch the model on start-up when its file is absent.
+    #[serde(default = "default_true")]
+    pub fetch_on_start: bool,
+}
+
+impl Default for RawLocal {
+    fn default() -> Self {
+        Self {
+            model: default_model(),
+            models_dir: default_models_dir(),
+            device: default_device(),
+            threads: None,
+            slots: default_slots(),
+            queue_timeout_ms: default_queue_timeout_ms(),
+            default_max_tokens: default_max_tokens(),
+            fetch_on_start: true,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_admin_key_env() -> String {
+    DEFAULT_ADMIN_KEY_ENV.into()
+}
+fn default_model() -> String {
+    DEFAULT_MODEL.into()
+}
+fn default_models_dir() -> String {
+    DEFAULT_MODELS_DIR.into()
+}
+fn default_device() -> String {
+    DEFAULT_DEVICE.into()
+}
+fn default_slots() -> usize {
+    DEFAULT_SLOTS
+}
+fn default_queue_timeout_ms() -> u64 {
+    DEFAULT_QUEUE_TIMEOUT_MS
+}
+fn default_max_tokens() -> u32 {
+    DEFAULT_MAX_TOKENS
+}
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,78 @@
+//! The domain's errors: why a request was refused or failed, in terms an agent can act
+//! on. `api::error` maps each to an HTTP status in one place.
+
+use std::time::Duration;
+
+use crate::auth::AuthError;
+use crate::backend::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    ModelNotFound(String),
+    #[error("this model's maximum context length is {context_length} tokens, but the prompt is {prompt_tokens} tokens; shorten the messages")]
+    ContextLengthExceeded {
+        prompt_tokens: usize,
+        context_length: usize,
+    },
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        GatewayError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+}
+
+/// How long a client should wait before retrying while the model loads.
+const LOADING_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl From<BackendError> for GatewayError {
+    fn from(error: BackendError) -> Self {
+        match error {
+            BackendError::ContextLengthExceeded {
+                prompt_tokens,
+                context_length,
+            } => GatewayError::ContextLengthExceeded {
+                prompt_tokens,
+                context_length,
+            },
+            BackendError::MaxTokensExceeded { .. } => {
+                GatewayError::invalid("max_tokens", error.to_string())
+            }
+            BackendError::Saturated { waited, .. } => GatewayError::Unavailable {
+                message: format!("{error}; retry later"),
+                retry_after: Some(
+                    waited
+                        .min(Duration::from_secs(30))
+                        .max(Duration::from_secs(1)),
+                ),
+            },
+            BackendError::Loading => GatewayError::Unavailable {
+                message: "the local model is still loading; retry shortly".into(),
+                retry_after: Some(LOADING_RETRY_AFTER),
+            },
+            BackendError::Unavailable(_) => GatewayError::Unavailable {
+                message: error.to_string(),
+                retry_after: None,
+            },
+            BackendError::Generation(message) => GatewayError::Internal(message),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The `warden` command: parse the command line, hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = warden::cli::Cli::parse();
+    warden::cli::init_logging();
+    match warden::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Starting the gateway: keys, the local backend (fetched and loaded in the background
+//! while the server already answers probes), the listener, graceful shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::{build_app, AppState};
+use crate::auth::KeyStore;
+use crate::backend::local::template::{ChatTemplate, TemplateKind};
+use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
+use crate::config::{Config, LocalConfig};
+use crate::gateway::Gateway;
+use crate::model::{ensure_available, FetchOptions, ModelRef};
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
+        .with_context(|| format!("{}: agent keys", config.path.display()))?;
+    for warning in &setup.warnings {
+        tracing::warn!("{warning}");
+    }
+    let model = ModelRef::resolve(&config.local.model, &config.local.models_dir)
+        .with_context(|| format!("{}: `local.model`", config.path.display()))?;
+    let backend = Arc::new(LocalBackend::loading(
+        model.name(),
+        config.local.slots,
+        config.local.queue_timeout,
+    ));
+    let loading = backend.clone();
+    let local_config = config.local.clone();
+    tokio::task::spawn_blocking(move || match load_engine(&model, &local_config) {
+        Ok(engine) => {
+            tracing::info!(model = %engine.model_name, context = engine.context_length(), "local model ready");
+            loading.set_ready(Arc::new(engine));
+        }
+        Err(error) => {
+            tracing::error!("the local model is unavailable: {error:#}");
+            loading.set_failed(format!("{error:#}"));
+        }
+    });
+
+    let state = AppState {
+        gateway: Arc::new(Gateway::new(backend)),
+        keys: Arc::new(setup.store),
+    };
+    let app = build_app(state, config.server.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    tracing::info!("warden listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")
+}
+
+/// Finds (fetching if allowed and needed) and loads the configured local model.
+pub fn load_engine(model: &ModelRef, config: &LocalConfig) -> anyhow::Result<Engine> {
+    let (path, template, context_length) = match model {
+        ModelRef::Manifest(manifest) => {
+            let path = if config.fetch_on_start {
+                ensure_available(manifest, &FetchOptions::new(config.models_dir.clone()))?
+            } else {
+                existing_file(manifest, config)?
+            };
+            let template = ChatTemplate {
+                kind: manifest.chat_template,
+                default_system_prompt: manifest.default_system_prompt.clone(),
+            };
+            (path, template, manifest.context_length)
+        }
+        ModelRef::File(path) => {
+            let template = ChatTemplate {
+                kind: TemplateKind::Chatml,
+                default_system_prompt: None,
+            };
+            (path.clone(), template, None)
+        }
+    };
+    tracing::info!(file = %path.display(), "loading the local model");
+    let engine = Engine::load(
+        &path,
+        EngineOptions {
+            model_name: model.name(),
+            template,
+            context_length,
+            default_max_tokens: config.default_max_tokens,
+            device: local::device(config.device)?,
+        },
+    )?;
+    Ok(engine)
+}
+
+fn existing_file(
+    manifest: &crate::model::ModelManifest,
+    config: &LocalConfig,
+) -> anyhow::Result<PathBuf> {
+    let name = manifest
+        .converted_file()
+        .unwrap_or_else(|| manifest.file.clone());
+    let path = config.models_dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is absent and `local.fetch_on_start` is off: run `warden model fetch {}`",
+        path.display(),
+        manifest.name
+    );
+    Ok(path)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
