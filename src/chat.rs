@@ -1,6 +1,7 @@
 //! The domain's view of a chat completion: a validated request, and what a backend
 //! produces for it. Wire formats (OpenAI, Anthropic) convert to and from these types.
 
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 /// Who wrote a message. `developer` on the wire is folded into `System`.
@@ -211,21 +212,54 @@ pub struct GenerationSummary {
     pub timings: Timings,
 }
 
-/// What a backend emits while generating, in order: any number of `Content` deltas,
-/// then exactly one `Finished`.
+/// What a generation emits, in order: any number of `Content` deltas, then exactly one
+/// `Finished` carrying `F` (a backend's summary, or the gateway's completed response).
 #[derive(Debug, Clone, PartialEq)]
-pub enum GenerationEvent {
+pub enum StreamEvent<F> {
     Content {
         text: String,
         logprobs: Vec<TokenLogprob>,
     },
-    Finished(Box<GenerationSummary>),
+    Finished(Box<F>),
 }
 
-/// A whole, non-streamed generation.
+pub type GenerationEvent = StreamEvent<GenerationSummary>;
+
+/// A whole, non-streamed generation or response.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Generation {
+pub struct Collected<F> {
     pub content: String,
     pub logprobs: Vec<TokenLogprob>,
-    pub summary: GenerationSummary,
+    pub finished: F,
+}
+
+pub type Generation = Collected<GenerationSummary>;
+
+/// Drains a stream of events into the whole; `ended_early` is the error for a stream
+/// that stops before its `Finished` event.
+pub async fn collect<F, E>(
+    mut events: impl Stream<Item = Result<StreamEvent<F>, E>> + Unpin,
+    ended_early: impl FnOnce() -> E,
+) -> Result<Collected<F>, E> {
+    let mut content = String::new();
+    let mut logprobs = Vec::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            StreamEvent::Content {
+                text,
+                logprobs: token_logprobs,
+            } => {
+                content.push_str(&text);
+                logprobs.extend(token_logprobs);
+            }
+            StreamEvent::Finished(finished) => {
+                return Ok(Collected {
+                    content,
+                    logprobs,
+                    finished: *finished,
+                })
+            }
+        }
+    }
+    Err(ended_early())
 }

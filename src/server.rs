@@ -10,6 +10,7 @@ use crate::api::{build_app, AppState};
 use crate::auth::KeyStore;
 use crate::backend::local::template::{ChatTemplate, TemplateKind};
 use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
+use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
 use crate::gateway::Gateway;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
@@ -40,11 +41,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let state = AppState {
-        gateway: Arc::new(Gateway::new(backend)),
-        keys: Arc::new(setup.store),
-    };
-    let app = build_app(state, config.server.max_body_bytes);
+    let app = build_app(
+        build_state(setup.store, backend),
+        config.server.max_body_bytes,
+    );
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -53,6 +53,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")
+}
+
+/// Everything a request needs, around the given local
+/// backend (tests and benches substitute their own).
+pub fn build_state(keys: KeyStore, local: Arc<dyn Backend>) -> AppState {
+    AppState {
+        gateway: Arc::new(Gateway::new(local)),
+        keys: Arc::new(keys),
+    }
 }
 
 /// Finds (fetching if allowed and needed) and loads the configured local model.

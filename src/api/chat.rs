@@ -18,10 +18,9 @@ use super::openai::request::{self, ParsedRequest};
 use super::openai::response::CompletionIdentity;
 use super::openai::types::ChatCompletionRequest;
 use super::AppState;
-use crate::backend::{self, BackendError};
-use crate::chat::GenerationEvent;
+use crate::chat::StreamEvent;
 use crate::error::GatewayError;
-use crate::gateway::{RequestContext, WardenReport};
+use crate::gateway::{self, Completed, RequestContext, ResponseStream};
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -29,38 +28,28 @@ pub async fn chat_completions(
     OpenAiJson(wire): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let context = RequestContext::new(principal);
+    let request_id = context.request_id.clone();
     let ParsedRequest {
         chat,
         stream,
         include_usage,
     } = request::parse(wire)?;
     let logprobs = chat.logprobs.is_some();
-    let started = state.gateway.start(chat).await?;
+    let started = state.gateway.start(context, chat).await?;
     let identity = CompletionIdentity {
-        id: format!("chatcmpl-{}", context.request_id),
+        id: format!("chatcmpl-{request_id}"),
         created: unix_now(),
         model: started.model.clone(),
     };
-    let request_id = context.request_id.clone();
     let mut response = if stream {
-        let events = sse_events(started.events, identity, context, include_usage, logprobs);
+        let events = sse_events(started.events, identity, include_usage, logprobs);
         Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response()
     } else {
-        let generation = backend::collect(started.events)
-            .await
-            .map_err(GatewayError::from)?;
-        let report = WardenReport::new(&context, &generation.summary);
-        tracing::info!(
-            request_id = %report.request_id,
-            agent = %report.agent,
-            backend = %report.backend,
-            completion_tokens = generation.summary.usage.completion_tokens,
-            total_ms = report.timings.total_ms,
-            "completed"
-        );
-        Json(identity.completion(generation, logprobs, json(&report))).into_response()
+        let response = gateway::collect(started.events).await?;
+        log_completed(&response.finished);
+        Json(identity.completion(response, logprobs)).into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
@@ -68,10 +57,21 @@ pub async fn chat_completions(
     Ok(response)
 }
 
+fn log_completed(completed: &Completed) {
+    let report = &completed.report;
+    tracing::info!(
+        request_id = %report.request_id,
+        agent = %report.agent,
+        backend = %report.backend,
+        completion_tokens = completed.summary.usage.completion_tokens,
+        total_ms = report.timings.total_ms,
+        "completed"
+    );
+}
+
 fn sse_events(
-    events: backend::EventStream,
+    events: ResponseStream,
     identity: CompletionIdentity,
-    context: RequestContext,
     include_usage: bool,
     logprobs: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -80,26 +80,16 @@ fn sse_events(
     let body_identity = identity.clone();
     let body = events.flat_map(move |event| {
         let frames = match event {
-            Ok(GenerationEvent::Content {
+            Ok(StreamEvent::Content {
                 text,
                 logprobs: token_logprobs,
-            }) => {
-                vec![data(
-                    &body_identity.content_chunk(text, logprobs.then_some(token_logprobs)),
-                )]
-            }
-            Ok(GenerationEvent::Finished(summary)) => {
-                let report = WardenReport::new(&context, &summary);
-                tracing::info!(
-                    request_id = %report.request_id,
-                    agent = %report.agent,
-                    backend = %report.backend,
-                    completion_tokens = summary.usage.completion_tokens,
-                    total_ms = report.timings.total_ms,
-                    "streamed"
-                );
+            }) => vec![data(
+                &body_identity.content_chunk(text, logprobs.then_some(token_logprobs)),
+            )],
+            Ok(StreamEvent::Finished(completed)) => {
+                log_completed(&completed);
                 body_identity
-                    .final_chunks(&summary, include_usage, json(&report))
+                    .final_chunks(&completed, include_usage)
                     .iter()
                     .map(data)
                     .chain(std::iter::once(Ok(Event::default().data("[DONE]"))))
@@ -114,18 +104,15 @@ fn sse_events(
 
 /// Once streaming has begun the status is sent; a failure can only be reported in-band,
 /// the way OpenAI's SDKs expect it.
-fn stream_error(error: BackendError) -> Result<Event, Infallible> {
-    let error = ApiError::from(GatewayError::from(error));
+fn stream_error(error: GatewayError) -> Result<Event, Infallible> {
+    let error = ApiError::from(error);
     tracing::error!(%error, "stream failed");
     Ok(Event::default().data(error.body().to_string()))
 }
 
 fn data(chunk: &impl serde::Serialize) -> Result<Event, Infallible> {
-    Ok(Event::default().data(json(chunk).to_string()))
-}
-
-fn json(value: &impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+    let json = serde_json::to_string(chunk).unwrap_or_else(|_| "{}".into());
+    Ok(Event::default().data(json))
 }
 
 fn unix_now() -> u64 {

@@ -6,7 +6,7 @@ pub mod local;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 
 use crate::chat::{ChatRequest, Generation, GenerationEvent};
 
@@ -59,29 +59,10 @@ pub trait Backend: Send + Sync {
     async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError>;
 }
 
-/// Drains an event stream into a whole generation.
-pub async fn collect(mut events: EventStream) -> Result<Generation, BackendError> {
-    let mut content = String::new();
-    let mut logprobs = Vec::new();
-    while let Some(event) = events.next().await {
-        match event? {
-            GenerationEvent::Content {
-                text,
-                logprobs: token_logprobs,
-            } => {
-                content.push_str(&text);
-                logprobs.extend(token_logprobs);
-            }
-            GenerationEvent::Finished(summary) => {
-                return Ok(Generation {
-                    content,
-                    logprobs,
-                    summary: *summary,
-                });
-            }
-        }
-    }
-    Err(BackendError::Generation(
-        "the generation ended without a summary".into(),
-    ))
+/// Drains a backend's events into a whole generation.
+pub async fn collect(events: EventStream) -> Result<Generation, BackendError> {
+    crate::chat::collect(events, || {
+        BackendError::Generation("the generation ended without a summary".into())
+    })
+    .await
 }

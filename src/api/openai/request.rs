@@ -244,36 +244,37 @@ fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
 }
 
 fn tool_choice(choice: Option<ToolChoiceValue>, tools: &[ToolSpec]) -> Result<ToolChoice, Invalid> {
-    let choice =
-        match choice {
-            None => return Ok(ToolChoice::Auto),
-            Some(ToolChoiceValue::Mode(mode)) => match mode.as_str() {
-                "auto" => ToolChoice::Auto,
-                "none" => ToolChoice::None,
-                "required" => ToolChoice::Required,
-                other => return Err(GatewayError::invalid(
+    let choice = match choice {
+        None => return Ok(ToolChoice::Auto),
+        Some(ToolChoiceValue::Mode(mode)) => match mode.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(GatewayError::invalid(
                     "tool_choice",
                     format!(
                         "`{other}` is not a tool_choice; use none, auto, required or a function"
                     ),
-                )),
-            },
-            Some(ToolChoiceValue::Named(named)) => {
-                if named.kind != "function" {
-                    return Err(GatewayError::invalid(
-                        "tool_choice.type",
-                        "only `function` can be chosen",
-                    ));
-                }
-                if !tools.iter().any(|tool| tool.name == named.function.name) {
-                    return Err(GatewayError::invalid(
-                        "tool_choice.function.name",
-                        format!("`{}` is not among the offered tools", named.function.name),
-                    ));
-                }
-                ToolChoice::Function(named.function.name)
+                ))
             }
-        };
+        },
+        Some(ToolChoiceValue::Named(named)) => {
+            if named.kind != "function" {
+                return Err(GatewayError::invalid(
+                    "tool_choice.type",
+                    "only `function` can be chosen",
+                ));
+            }
+            if !tools.iter().any(|tool| tool.name == named.function.name) {
+                return Err(GatewayError::invalid(
+                    "tool_choice.function.name",
+                    format!("`{}` is not among the offered tools", named.function.name),
+                ));
+            }
+            ToolChoice::Function(named.function.name)
+        }
+    };
     if matches!(choice, ToolChoice::Required) && tools.is_empty() {
         return Err(GatewayError::invalid(
             "tool_choice",
@@ -285,19 +286,20 @@ fn tool_choice(choice: Option<ToolChoiceValue>, tools: &[ToolSpec]) -> Result<To
 
 fn message(index: usize, message: RequestMessage) -> Result<Message, Invalid> {
     let param = |field: &str| format!("messages[{index}].{field}");
-    let role =
-        match message.role.as_str() {
-            "system" | "developer" => Role::System,
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            "tool" => Role::Tool,
-            other => return Err(GatewayError::invalid(
+    let role = match message.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(GatewayError::invalid(
                 param("role"),
                 format!(
                     "unknown role `{other}`; expected system, developer, user, assistant or tool"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let content = match message.content {
         None => None,
         Some(content) => Some(text_of(content, &param("content"))?),

@@ -1,12 +1,11 @@
 //! Domain results to OpenAI's response and stream-chunk shapes.
 
-use serde_json::Value;
-
 use super::types::{
     ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta, FunctionCall, LogprobsBody,
     ResponseMessage, ResponseToolCall,
 };
-use crate::chat::{FinishReason, Generation, GenerationSummary, TokenLogprob, ToolCall};
+use crate::chat::{FinishReason, TokenLogprob, ToolCall};
+use crate::gateway::{Completed, Response};
 
 pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
@@ -40,15 +39,10 @@ pub struct CompletionIdentity {
 }
 
 impl CompletionIdentity {
-    pub fn completion(
-        &self,
-        generation: Generation,
-        logprobs: bool,
-        warden: Value,
-    ) -> ChatCompletion {
-        let summary = generation.summary;
-        let content = (!generation.content.is_empty() || summary.tool_calls.is_empty())
-            .then_some(generation.content);
+    pub fn completion(&self, response: Response, logprobs: bool) -> ChatCompletion {
+        let Completed { summary, report } = response.finished;
+        let content = (!response.content.is_empty() || summary.tool_calls.is_empty())
+            .then_some(response.content);
         ChatCompletion {
             id: self.id.clone(),
             object: "chat.completion",
@@ -62,12 +56,12 @@ impl CompletionIdentity {
                     tool_calls: tool_calls(&summary.tool_calls, false),
                 },
                 logprobs: logprobs.then_some(LogprobsBody {
-                    content: generation.logprobs,
+                    content: response.logprobs,
                 }),
                 finish_reason: finish_reason(summary.finish_reason),
             }],
             usage: summary.usage.into(),
-            warden,
+            warden: report,
         }
     }
 
@@ -124,10 +118,10 @@ impl CompletionIdentity {
     /// then usage when the client asked for it.
     pub fn final_chunks(
         &self,
-        summary: &GenerationSummary,
+        completed: &Completed,
         include_usage: bool,
-        warden: Value,
     ) -> Vec<ChatCompletionChunk> {
+        let summary = &completed.summary;
         let mut chunks = Vec::new();
         if !summary.tool_calls.is_empty() {
             chunks.push(self.chunk(
@@ -144,7 +138,7 @@ impl CompletionIdentity {
             None,
             Some(finish_reason(summary.finish_reason)),
         );
-        last.warden = Some(warden);
+        last.warden = Some(completed.report.clone());
         chunks.push(last);
         if include_usage {
             chunks.push(ChatCompletionChunk {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chat::{TokenLogprob, Usage};
+use crate::gateway::WardenReport;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -134,7 +135,7 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<Choice>,
     pub usage: UsageBody,
-    pub warden: Value,
+    pub warden: WardenReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -197,7 +198,7 @@ pub struct ChatCompletionChunk {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub warden: Option<Value>,
+    pub warden: Option<WardenReport>,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,15 +1,21 @@
 //! The path of one request through warden, independent of HTTP: pick the backend for
-//! the model asked for, start the generation, and report how it was served.
+//! the model asked for, start the generation, and turn what it produces into the
+//! events a client receives, ending with warden's report of how it was served.
 
+mod report;
+
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use futures::{Stream, StreamExt};
 
 use crate::auth::Principal;
-use crate::backend::{Backend, BackendStatus, EventStream};
-use crate::chat::{ChatRequest, Confidence, GenerationSummary};
+use crate::backend::{Backend, BackendStatus};
+use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
 use crate::error::GatewayError;
+
+pub use report::{ReportTimings, WardenReport};
 
 /// The model name that lets warden choose where a request runs.
 pub const AUTO_MODEL: &str = "auto";
@@ -35,35 +41,27 @@ impl RequestContext {
     }
 }
 
-/// A generation under way.
+/// What the client receives: content deltas, then the completed response.
+pub type ResponseEvent = StreamEvent<Completed>;
+
+/// The end of a response: how the generation finished and warden's account of it.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub summary: GenerationSummary,
+    pub report: WardenReport,
+}
+
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseEvent, GatewayError>> + Send>>;
+
+/// A response under way.
 pub struct Started {
-    pub backend: String,
+    /// The model that answers, as the response names it.
     pub model: String,
-    pub events: EventStream,
+    pub events: ResponseStream,
 }
 
-/// warden's account of how a request was served: the `warden` object of a response.
-#[derive(Debug, Clone, Serialize)]
-pub struct WardenReport {
-    pub request_id: String,
-    pub agent: String,
-    pub tenant: String,
-    pub route: &'static str,
-    pub backend: String,
-    pub model: String,
-    pub confidence: Option<Confidence>,
-    pub malformed_tool_call: bool,
-    pub timings: ReportTimings,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReportTimings {
-    pub queue_ms: f64,
-    pub prefill_ms: f64,
-    pub decode_ms: f64,
-    pub first_token_ms: f64,
-    pub total_ms: f64,
-}
+/// A whole, non-streamed response.
+pub type Response = Collected<Completed>;
 
 /// One entry of the model list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,18 +99,36 @@ impl Gateway {
         }
     }
 
-    pub async fn start(&self, request: ChatRequest) -> Result<Started, GatewayError> {
+    pub async fn start(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+    ) -> Result<Started, GatewayError> {
         let backend = self.backend_for(&request.model)?;
         let model = backend
             .models()
             .into_iter()
             .next()
             .unwrap_or_else(|| request.model.clone());
-        let events = backend.generate(request).await?;
+        let events = backend
+            .generate(request)
+            .await?
+            .map(move |event| match event {
+                Ok(StreamEvent::Content { text, logprobs }) => {
+                    Ok(StreamEvent::Content { text, logprobs })
+                }
+                Ok(StreamEvent::Finished(summary)) => {
+                    let report = WardenReport::new(&context, &summary);
+                    Ok(StreamEvent::Finished(Box::new(Completed {
+                        summary: *summary,
+                        report,
+                    })))
+                }
+                Err(error) => Err(GatewayError::from(error)),
+            });
         Ok(Started {
-            backend: backend.name().to_string(),
             model,
-            events,
+            events: Box::pin(events),
         })
     }
 
@@ -125,24 +141,10 @@ impl Gateway {
     }
 }
 
-impl WardenReport {
-    pub fn new(context: &RequestContext, summary: &GenerationSummary) -> Self {
-        Self {
-            request_id: context.request_id.clone(),
-            agent: context.principal.agent_id.clone(),
-            tenant: context.principal.tenant.clone(),
-            route: "local",
-            backend: summary.backend.clone(),
-            model: summary.model.clone(),
-            confidence: summary.confidence,
-            malformed_tool_call: summary.malformed_tool_call,
-            timings: ReportTimings {
-                queue_ms: summary.timings.queue_ms,
-                prefill_ms: summary.timings.prefill_ms,
-                decode_ms: summary.timings.decode_ms,
-                first_token_ms: summary.timings.first_token_ms,
-                total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
-            },
-        }
-    }
+/// Drains a response stream into a whole response.
+pub async fn collect(events: ResponseStream) -> Result<Response, GatewayError> {
+    crate::chat::collect(events, || {
+        GatewayError::Internal("the response ended without completing".into())
+    })
+    .await
 }

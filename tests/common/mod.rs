@@ -1,0 +1,241 @@
+//! Shared test harness: the real gateway on an ephemeral loopback port, serving the real
+//! local model (loaded once per test binary and shared by every server it starts).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use warden::auth::{digest, KeyStore};
+use warden::backend::local::{Engine, LocalBackend};
+use warden::backend::Backend;
+use warden::config::Config;
+use warden::model::ModelRef;
+
+pub const KEY_A: &str = "test-key-agent-a";
+pub const KEY_B: &str = "test-key-agent-b";
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The shipped model, fetched if absent (idempotent) and loaded once.
+pub fn engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let config = test_config(&ServerOptions::default());
+            let model = ModelRef::resolve(&config.local.model, &config.local.models_dir).unwrap();
+            Arc::new(warden::server::load_engine(&model, &config.local).unwrap())
+        })
+        .clone()
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub slots: usize,
+    pub queue_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub default_max_tokens: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            slots: 2,
+            queue_timeout_ms: 30_000,
+            max_body_bytes: 4 * 1024 * 1024,
+            default_max_tokens: 64,
+        }
+    }
+}
+
+pub fn test_config(options: &ServerOptions) -> Config {
+    let yaml = format!(
+        "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
+         agents:\n\
+         \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"}}\n\
+         \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"}}\n\
+         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n",
+        max_body = options.max_body_bytes,
+        a = digest(KEY_A),
+        b = digest(KEY_B),
+        models = repo_path("models").display(),
+        slots = options.slots,
+        timeout = options.queue_timeout_ms,
+        max_tokens = options.default_max_tokens,
+    );
+    Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub local: Arc<LocalBackend>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    pub async fn start_with(options: ServerOptions) -> Self {
+        let config = test_config(&options);
+        let local = Arc::new(LocalBackend::loading(
+            "smollm2-135m-instruct",
+            config.local.slots,
+            config.local.queue_timeout,
+        ));
+        local.set_ready(engine());
+        let base = serve(&config, local.clone()).await;
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            local,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A POST to the chat endpoint as agent A.
+    pub fn chat_request(&self) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(KEY_A)
+    }
+
+    /// Sends `body` as agent A and returns the status and JSON answer.
+    pub async fn chat(&self, body: Value) -> (u16, Value) {
+        let response = self.chat_request().json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Streams `body` and returns every `data:` payload, `[DONE]` included.
+    pub async fn stream(&self, body: Value) -> Vec<String> {
+        let response = self.chat_request().json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        sse_data(&text)
+    }
+}
+
+/// Serves the gateway around `local` on an ephemeral port; returns its base URL.
+pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
+    let keys = KeyStore::from_config(config, |_| None).unwrap().store;
+    let app = warden::build_app(
+        warden::server::build_state(keys, local),
+        config.server.max_body_bytes,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("http://{address}")
+}
+
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The content a stream carried, joined.
+pub fn streamed_content(frames: &[String]) -> String {
+    frames
+        .iter()
+        .filter(|frame| *frame != "[DONE]")
+        .map(|frame| serde_json::from_str::<Value>(frame).unwrap())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+pub fn user(content: &str) -> Value {
+    json!([{"role": "user", "content": content}])
+}
+
+pub fn weather_tool() -> Value {
+    json!([{
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"]
+            }
+        }
+    }])
+}
+
+/// A Python interpreter with the official OpenAI SDK, in a venv under `target/` that is
+/// created on first use so `cargo test` needs nothing installed beforehand.
+pub fn python_with_openai_sdk() -> PathBuf {
+    let venv = repo_path("target/python-openai-sdk");
+    let python = venv.join("bin/python");
+    let requirements = repo_path("tests/sdk/requirements.txt");
+    let has_sdk = |python: &Path| {
+        std::process::Command::new(python)
+            .args(["-c", "import openai"])
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !has_sdk(&python) {
+        let created = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(created.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements)
+            .status()
+            .unwrap();
+        assert!(installed.success(), "installing the OpenAI SDK failed");
+    }
+    python
+}
+
+pub async fn wait_until(mut ready: impl FnMut() -> bool, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ready()
+}
+
+pub async fn wait_until_async<F, Fut>(mut ready: F, limit: Duration) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if ready().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
