@@ -10,8 +10,10 @@ pub mod backend;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod model;
 pub mod server;
 

@@ -13,6 +13,7 @@ use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -42,7 +43,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     let app = build_app(
-        build_state(setup.store, backend),
+        build_state(&config, setup.store, backend)?,
         config.server.max_body_bytes,
     );
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -55,13 +56,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("serving")
 }
 
-/// Everything a request needs, around the given local
+/// Everything a request needs, built from the configuration around the given local
 /// backend (tests and benches substitute their own).
-pub fn build_state(keys: KeyStore, local: Arc<dyn Backend>) -> AppState {
-    AppState {
-        gateway: Arc::new(Gateway::new(local)),
+pub fn build_state(
+    config: &Config,
+    keys: KeyStore,
+    local: Arc<dyn Backend>,
+) -> anyhow::Result<AppState> {
+    Ok(AppState {
+        config: Arc::new(config.clone()),
+        gateway: Arc::new(Gateway::new(local, Arc::new(config.prices.clone()))),
         keys: Arc::new(keys),
-    }
+        metrics: Arc::new(Metrics::new().context("registering metrics")?),
+        started: std::time::Instant::now(),
+    })
 }
 
 /// Finds (fetching if allowed and needed) and loads the configured local model.

@@ -29,6 +29,19 @@ async fn capital_of_france_is_paris() {
     assert_eq!(warden["agent"], "agent-a");
     assert!(warden["confidence"]["mean_logprob"].as_f64().unwrap() <= 0.0);
     assert!(warden["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+    // routing/prices.yaml: 0.01 per 1M prompt tokens, 0.02 per 1M completion tokens.
+    let expected = rust_decimal::Decimal::from(usage["prompt_tokens"].as_u64().unwrap())
+        * rust_decimal::Decimal::new(1, 8)
+        + rust_decimal::Decimal::from(usage["completion_tokens"].as_u64().unwrap())
+            * rust_decimal::Decimal::new(2, 8);
+    assert_eq!(
+        warden["cost_usd"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        expected
+    );
 }
 
 #[tokio::test]
@@ -208,7 +221,7 @@ async fn eight_concurrent_requests_on_two_slots_stay_independent() {
     assert!(
         common::wait_until(
             || server.local.busy_slots() == 0,
-            std::time::Duration::from_secs(5)
+            std::time::Duration::from_secs(60)
         )
         .await
     );
@@ -428,4 +441,70 @@ async fn readiness_waits_for_the_model() {
     local.set_ready(common::engine());
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_admin_status_needs_the_admin_key() {
+    let server = TestServer::start().await;
+    server
+        .chat(json!({"messages": user("Hi"), "max_tokens": 2}))
+        .await;
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "warden_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    for key in [None, Some(common::KEY_A)] {
+        let mut request = server.client.get(server.url("/admin/status"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_admin_key");
+    }
+    let status: Value = server
+        .client
+        .get(server.url("/admin/status"))
+        .bearer_auth(common::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["local"]["status"], "ready");
+    assert_eq!(status["agents"][0]["id"], "agent-a");
+}
+
+#[tokio::test]
+async fn run_id_from_header_or_metadata_is_echoed() {
+    let server = TestServer::start().await;
+    let (_, body) = server
+        .chat(json!({"messages": user("Hi"), "max_tokens": 2, "metadata": {"run_id": "run-body"}}))
+        .await;
+    assert_eq!(body["warden"]["run_id"], "run-body");
+    let body: Value = server
+        .chat_request()
+        .header("x-run-id", "run-header")
+        .json(&json!({"messages": user("Hi"), "max_tokens": 2, "metadata": {"run_id": "run-body"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["warden"]["run_id"], "run-header");
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,15 +25,24 @@ use crate::gateway::{self, Completed, RequestContext, ResponseStream};
 pub async fn chat_completions(
     State(state): State<AppState>,
     Caller(principal): Caller,
+    headers: HeaderMap,
     OpenAiJson(wire): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let context = RequestContext::new(principal);
-    let request_id = context.request_id.clone();
     let ParsedRequest {
         chat,
         stream,
         include_usage,
+        mut metadata,
     } = request::parse(wire)?;
+    // Headers win over the body: a proxy or SDK wrapper can set them for the agent.
+    if let Some(priority) = header_text(&headers, "x-priority")? {
+        metadata.priority = Some(priority);
+    }
+    if let Some(run_id) = header_text(&headers, "x-run-id")? {
+        metadata.run_id = Some(run_id);
+    }
+    let context = RequestContext::new(principal, metadata);
+    let request_id = context.request_id.clone();
     let logprobs = chat.logprobs.is_some();
     let started = state.gateway.start(context, chat).await?;
     let identity = CompletionIdentity {
@@ -55,6 +64,21 @@ pub async fn chat_completions(
         response.headers_mut().insert("x-request-id", value);
     }
     Ok(response)
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(|text| Some(text.trim().to_string()))
+            .map_err(|_| {
+                ApiError::from(GatewayError::invalid(
+                    name,
+                    format!("header `{name}` must be visible ASCII"),
+                ))
+            }),
+    }
 }
 
 fn log_completed(completed: &Completed) {

@@ -24,6 +24,8 @@ pub enum ApiError {
         message: String,
         param: Option<String>,
     },
+    #[error("this endpoint needs the admin key: `Authorization: Bearer <admin key>`")]
+    AdminKeyRequired,
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -101,6 +103,11 @@ impl ApiError {
                     D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
                 }
             },
+            ApiError::AdminKeyRequired => D::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                Some("invalid_admin_key"),
+            ),
             ApiError::PayloadTooLarge { .. } => D::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 INVALID,

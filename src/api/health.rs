@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use super::extract::Caller;
 use super::openai::types::{ModelCard, ModelList};
 use super::AppState;
-use crate::backend::BackendStatus;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -17,11 +16,6 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let readiness = state.gateway.readiness();
-    let local = match &readiness.local {
-        BackendStatus::Ready => json!({"status": "ready"}),
-        BackendStatus::Loading => json!({"status": "loading"}),
-        BackendStatus::Failed(reason) => json!({"status": "failed", "error": reason}),
-    };
     let status = if readiness.ready {
         StatusCode::OK
     } else {
@@ -29,9 +23,22 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     };
     let body = json!({
         "status": if readiness.ready { "ready" } else { "not_ready" },
-        "local": local,
+        "local": readiness.local,
     });
     (status, Json(body))
+}
+
+/// Prometheus text exposition; carries no secrets, so it needs no key.
+pub async fn metrics(
+    State(state): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }
 
 pub async fn models(State(state): State<AppState>, _caller: Caller) -> Json<ModelList> {

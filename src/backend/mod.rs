@@ -34,7 +34,8 @@ pub enum BackendError {
     Generation(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", content = "error", rename_all = "snake_case")]
 pub enum BackendStatus {
     Ready,
     Loading,

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
+use crate::cost::PriceTable;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
@@ -35,6 +37,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub agents: Vec<AgentConfig>,
     pub local: LocalConfig,
+    pub prices: PriceTable,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +226,21 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         auth,
         agents,
         local: validate_local(raw.local, base)?,
+        prices: load_prices(raw.prices.as_deref(), base)?,
+    })
+}
+
+/// An explicitly named prices file must exist; the default one is optional.
+fn load_prices(named: Option<&str>, base: &Path) -> Result<PriceTable, Invalid> {
+    let path = base.join(named.unwrap_or(raw::DEFAULT_PRICES_FILE));
+    if named.is_none() && !path.exists() {
+        return Ok(PriceTable::default());
+    }
+    PriceTable::load(&path).map_err(|(key, message)| {
+        (
+            "prices".to_string(),
+            format!("{}: `{key}`: {message}", path.display()),
+        )
     })
 }
 
@@ -377,6 +395,7 @@ mod tests {
             "agents[1].id"
         );
         assert_eq!(invalid_key("auth:\n  mode: open\n"), "auth.open_agent");
+        assert_eq!(invalid_key("prices: missing.yaml\n"), "prices");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub const DEFAULT_SLOTS: usize = 2;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 pub const DEFAULT_ADMIN_KEY_ENV: &str = "WARDEN_ADMIN_KEY";
+pub const DEFAULT_PRICES_FILE: &str = "prices.yaml";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,8 @@ pub struct RawConfig {
     pub agents: Vec<RawAgent>,
     #[serde(default)]
     pub local: RawLocal,
+    /// Prices file (relative to this file); `prices.yaml` beside it when present.
+    pub prices: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 
 mod report;
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use futures::{Stream, StreamExt};
 use crate::auth::Principal;
 use crate::backend::{Backend, BackendStatus};
 use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
+use crate::cost::PriceTable;
 use crate::error::GatewayError;
 
 pub use report::{ReportTimings, WardenReport};
@@ -22,20 +24,35 @@ pub const AUTO_MODEL: &str = "auto";
 
 pub struct Gateway {
     local: Arc<dyn Backend>,
+    prices: Arc<PriceTable>,
 }
 
-/// One request as it travels: who sent it, when, and under which id.
+/// One request as it travels: who sent it, when, under which id, and what the client
+/// said about it beyond the chat itself.
 pub struct RequestContext {
     pub request_id: String,
     pub principal: Arc<Principal>,
+    pub metadata: RequestMetadata,
     pub received: Instant,
 }
 
+/// What a client attaches to a request for warden's sake (headers or `metadata`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMetadata {
+    /// The priority class asked for (`P0`, `P1`, `P2`), as written.
+    pub priority: Option<String>,
+    /// The agent run this request is a step of.
+    pub run_id: Option<String>,
+    /// Every other entry: labels that policies and routing match on (`env: prod`).
+    pub labels: BTreeMap<String, String>,
+}
+
 impl RequestContext {
-    pub fn new(principal: Arc<Principal>) -> Self {
+    pub fn new(principal: Arc<Principal>, metadata: RequestMetadata) -> Self {
         Self {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             principal,
+            metadata,
             received: Instant::now(),
         }
     }
@@ -77,8 +94,8 @@ pub struct Readiness {
 }
 
 impl Gateway {
-    pub fn new(local: Arc<dyn Backend>) -> Self {
-        Self { local }
+    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>) -> Self {
+        Self { local, prices }
     }
 
     pub fn models(&self) -> Vec<ModelEntry> {
@@ -110,6 +127,7 @@ impl Gateway {
             .into_iter()
             .next()
             .unwrap_or_else(|| request.model.clone());
+        let prices = self.prices.clone();
         let events = backend
             .generate(request)
             .await?
@@ -118,7 +136,8 @@ impl Gateway {
                     Ok(StreamEvent::Content { text, logprobs })
                 }
                 Ok(StreamEvent::Finished(summary)) => {
-                    let report = WardenReport::new(&context, &summary);
+                    let cost = prices.cost(&summary.model, summary.usage);
+                    let report = WardenReport::new(&context, &summary, cost);
                     Ok(StreamEvent::Finished(Box::new(Completed {
                         summary: *summary,
                         report,

@@ -1,5 +1,6 @@
 //! warden's account of how a request was served: the `warden` object of a response.
 
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::RequestContext;
@@ -10,11 +11,15 @@ pub struct WardenReport {
     pub request_id: String,
     pub agent: String,
     pub tenant: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     pub route: &'static str,
     pub backend: String,
     pub model: String,
     pub confidence: Option<Confidence>,
     pub malformed_tool_call: bool,
+    /// US dollars, as a decimal string; absent when the model has no price.
+    pub cost_usd: Option<Decimal>,
     pub timings: ReportTimings,
 }
 
@@ -28,16 +33,22 @@ pub struct ReportTimings {
 }
 
 impl WardenReport {
-    pub fn new(context: &RequestContext, summary: &GenerationSummary) -> Self {
+    pub fn new(
+        context: &RequestContext,
+        summary: &GenerationSummary,
+        cost_usd: Option<Decimal>,
+    ) -> Self {
         Self {
             request_id: context.request_id.clone(),
             agent: context.principal.agent_id.clone(),
             tenant: context.principal.tenant.clone(),
+            run_id: context.metadata.run_id.clone(),
             route: "local",
             backend: summary.backend.clone(),
             model: summary.model.clone(),
             confidence: summary.confidence,
             malformed_tool_call: summary.malformed_tool_call,
+            cost_usd,
             timings: ReportTimings {
                 queue_ms: summary.timings.queue_ms,
                 prefill_ms: summary.timings.prefill_ms,

@@ -15,6 +15,7 @@ use warden::model::ModelRef;
 
 pub const KEY_A: &str = "test-key-agent-a";
 pub const KEY_B: &str = "test-key-agent-b";
+pub const ADMIN_KEY: &str = "test-admin-key";
 
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -44,7 +45,9 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             slots: 2,
-            queue_timeout_ms: 30_000,
+            // Generous: tests share two cores with each other, and a queue timeout is
+            // only what the tests about timeouts are about.
+            queue_timeout_ms: 600_000,
             max_body_bytes: 4 * 1024 * 1024,
             default_max_tokens: 64,
         }
@@ -125,9 +128,13 @@ impl TestServer {
 
 /// Serves the gateway around `local` on an ephemeral port; returns its base URL.
 pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
-    let keys = KeyStore::from_config(config, |_| None).unwrap().store;
+    let keys = KeyStore::from_config(config, |name| {
+        (name == config.auth.admin_key_env).then(|| ADMIN_KEY.to_string())
+    })
+    .unwrap()
+    .store;
     let app = warden::build_app(
-        warden::server::build_state(keys, local),
+        warden::server::build_state(config, keys, local).unwrap(),
         config.server.max_body_bytes,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,7 +6,7 @@ use super::types::{
 };
 use crate::chat::{ChatRequest, Message, Role, Sampling, ToolCall, ToolChoice, ToolSpec};
 use crate::error::GatewayError;
-use crate::gateway::AUTO_MODEL;
+use crate::gateway::{RequestMetadata, AUTO_MODEL};
 
 /// Far beyond any model's context: a larger figure is a client bug, not a wish.
 const MAX_TOKENS_LIMIT: i64 = 1 << 20;
@@ -14,12 +14,18 @@ const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_TOP_LOGPROBS: u32 = 20;
 const MAX_TOOL_NAME_LEN: usize = 64;
 
+/// OpenAI's own limits on `metadata`.
+const MAX_METADATA_ENTRIES: usize = 16;
+const MAX_METADATA_KEY_LEN: usize = 64;
+const MAX_METADATA_VALUE_LEN: usize = 512;
+
 /// A validated request and how the client wants it delivered.
 #[derive(Debug)]
 pub struct ParsedRequest {
     pub chat: ChatRequest,
     pub stream: bool,
     pub include_usage: bool,
+    pub metadata: RequestMetadata,
 }
 
 type Invalid = GatewayError;
@@ -63,6 +69,7 @@ pub fn parse(wire: ChatCompletionRequest) -> Result<ParsedRequest, Invalid> {
             "`stream_options` is only allowed with `stream: true`",
         ));
     }
+    let metadata = metadata(wire.metadata.as_ref())?;
     let sampling = sampling(&wire)?;
     let logprobs = logprobs(wire.logprobs, wire.top_logprobs)?;
     let tools = tools(wire.tools.unwrap_or_default())?;
@@ -90,7 +97,47 @@ pub fn parse(wire: ChatCompletionRequest) -> Result<ParsedRequest, Invalid> {
         },
         stream: wire.stream,
         include_usage: wire.stream_options.is_some_and(|o| o.include_usage),
+        metadata,
     })
+}
+
+/// `priority` and `run_id` are warden's; every other entry is a label.
+fn metadata(
+    entries: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<RequestMetadata, Invalid> {
+    let mut metadata = RequestMetadata::default();
+    let Some(entries) = entries else {
+        return Ok(metadata);
+    };
+    if entries.len() > MAX_METADATA_ENTRIES {
+        return Err(GatewayError::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_ENTRIES} entries"),
+        ));
+    }
+    for (key, value) in entries {
+        let param = format!("metadata.{key}");
+        let serde_json::Value::String(value) = value else {
+            return Err(GatewayError::invalid(
+                param,
+                "metadata values must be strings",
+            ));
+        };
+        if key.len() > MAX_METADATA_KEY_LEN || value.len() > MAX_METADATA_VALUE_LEN {
+            return Err(GatewayError::invalid(
+                param,
+                format!("metadata keys are at most {MAX_METADATA_KEY_LEN} characters, values {MAX_METADATA_VALUE_LEN}"),
+            ));
+        }
+        match key.as_str() {
+            "priority" => metadata.priority = Some(value.clone()),
+            "run_id" => metadata.run_id = Some(value.clone()),
+            _ => {
+                metadata.labels.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(metadata)
 }
 
 fn in_range(
@@ -485,9 +532,16 @@ mod tests {
             ],
             "tools": [{"type": "function", "function": {"name": "f"}}],
             "tool_choice": {"type": "function", "function": {"name": "f"}},
-            "logprobs": true, "top_logprobs": 2, "stop": "END", "seed": -1
+            "logprobs": true, "top_logprobs": 2, "stop": "END", "seed": -1,
+            "metadata": {"priority": "P1", "run_id": "run-7", "env": "prod"}
         }))
         .unwrap();
+        assert_eq!(parsed.metadata.priority.as_deref(), Some("P1"));
+        assert_eq!(parsed.metadata.run_id.as_deref(), Some("run-7"));
+        assert_eq!(
+            parsed.metadata.labels.get("env").map(String::as_str),
+            Some("prod")
+        );
         let chat = parsed.chat;
         assert_eq!(chat.messages[0].role, Role::System);
         assert_eq!(chat.messages[0].content, "Be brief");
