@@ -24,11 +24,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let model = ModelRef::resolve(&config.local.model, &config.local.models_dir)
         .with_context(|| format!("{}: `local.model`", config.path.display()))?;
-    let backend = Arc::new(LocalBackend::loading(
-        model.name(),
-        config.local.slots,
-        config.local.queue_timeout,
-    ));
+    let backend = Arc::new(
+        LocalBackend::loading(model.name(), config.local.slots, config.local.queue_timeout)
+            .with_kv_cache_bytes(config.local.kv_cache_bytes),
+    );
     let loading = backend.clone();
     let local_config = config.local.clone();
     tokio::task::spawn_blocking(move || match load_engine(&model, &local_config) {

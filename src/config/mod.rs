@@ -107,6 +107,8 @@ pub struct LocalConfig {
     pub device: DeviceSpec,
     pub threads: usize,
     pub slots: usize,
+    /// Key/value cache budget in bytes.
+    pub kv_cache_bytes: usize,
     pub queue_timeout: Duration,
     pub default_max_tokens: u32,
     pub fetch_on_start: bool,
@@ -306,6 +308,13 @@ fn validate_local(local: RawLocal, base: &Path) -> Result<LocalConfig, Invalid> 
         Some(threads) => threads,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    // 1 TiB: past that the figure is a typo, not a budget.
+    if local.kv_cache_mib == 0 || local.kv_cache_mib > 1 << 20 {
+        return Err((
+            "local.kv_cache_mib".into(),
+            "must be between 1 and 1048576 (MiB)".into(),
+        ));
+    }
     if local.queue_timeout_ms == 0 {
         return Err((
             "local.queue_timeout_ms".into(),
@@ -327,6 +336,7 @@ fn validate_local(local: RawLocal, base: &Path) -> Result<LocalConfig, Invalid> 
         device,
         threads,
         slots: local.slots,
+        kv_cache_bytes: local.kv_cache_mib << 20,
         queue_timeout: Duration::from_millis(local.queue_timeout_ms),
         default_max_tokens: local.default_max_tokens,
         fetch_on_start: local.fetch_on_start,
@@ -379,6 +389,10 @@ mod tests {
         assert_eq!(invalid_key("server:\n  listen: nowhere\n"), "server.listen");
         assert_eq!(invalid_key("local:\n  slots: 0\n"), "local.slots");
         assert_eq!(invalid_key("local:\n  device: tpu\n"), "local.device");
+        assert_eq!(
+            invalid_key("local:\n  kv_cache_mib: 0\n"),
+            "local.kv_cache_mib"
+        );
         assert_eq!(invalid_key("local:\n  slots: many\n"), "local.slots");
         assert_eq!(
             invalid_key("agents:\n  - id: a\n    tenant: t\n"),

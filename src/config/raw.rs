@@ -10,7 +10,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 pub const DEFAULT_MODELS_DIR: &str = "../models";
 pub const DEFAULT_DEVICE: &str = "cpu";
-pub const DEFAULT_SLOTS: usize = 2;
+pub const DEFAULT_SLOTS: usize = 8;
+/// Holds 23,000 positions of SmolLM2-135M (45 KiB each): several full 8,192-token
+/// contexts, or dozens of ordinary requests.
+pub const DEFAULT_KV_CACHE_MIB: usize = 1024;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 pub const DEFAULT_ADMIN_KEY_ENV: &str = "WARDEN_ADMIN_KEY";
@@ -110,9 +113,14 @@ pub struct RawLocal {
     pub device: String,
     /// CPU threads for the engine; absent means one per available core.
     pub threads: Option<usize>,
-    /// Generations that may run at once, each with its own KV cache.
+    /// Generations decoded together in one batch; more wait in the queue.
     #[serde(default = "default_slots")]
     pub slots: usize,
+    /// Memory for the key/value cache, in MiB, allocated once. Each generation reserves
+    /// room for its prompt and `max_tokens` when it joins the batch, and waits while
+    /// the cache is full.
+    #[serde(default = "default_kv_cache_mib")]
+    pub kv_cache_mib: usize,
     /// How long a request may wait for a free slot before 503.
     #[serde(default = "default_queue_timeout_ms")]
     pub queue_timeout_ms: u64,
@@ -132,6 +140,7 @@ impl Default for RawLocal {
             device: default_device(),
             threads: None,
             slots: default_slots(),
+            kv_cache_mib: default_kv_cache_mib(),
             queue_timeout_ms: default_queue_timeout_ms(),
             default_max_tokens: default_max_tokens(),
             fetch_on_start: true,
@@ -159,6 +168,9 @@ fn default_device() -> String {
 }
 fn default_slots() -> usize {
     DEFAULT_SLOTS
+}
+fn default_kv_cache_mib() -> usize {
+    DEFAULT_KV_CACHE_MIB
 }
 fn default_queue_timeout_ms() -> u64 {
     DEFAULT_QUEUE_TIMEOUT_MS

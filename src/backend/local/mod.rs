@@ -1,33 +1,42 @@
-//! The local backend: the candle engine behind a fixed number of slots. Each slot is a
-//! clone of the model that shares its weights and owns a KV cache, so several requests
-//! generate at once without touching each other's state.
+//! The local backend: warden's own llama forward pass (`llama`) behind a continuous
+//! batching scheduler. Up to `slots` requests decode together in one forward pass per
+//! token, each with its own position and its own blocks of a key/value cache whose size
+//! the operator budgets; further requests wait, for at most the queue timeout.
 
 pub mod engine;
+mod generation;
+pub use warden_llama as llama;
 mod output;
 mod sampler;
+pub mod scheduler;
 pub mod template;
 mod token_text;
 pub mod tokenizer;
 mod tool_parse;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc as std_mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use candle_transformers::models::quantized_llama::ModelWeights;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use engine::{Engine, EngineOptions};
+pub use scheduler::Capacity;
 
 use super::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::ChatRequest;
 use crate::config::DeviceSpec;
+use llama::kv_cache::KvCache;
+use scheduler::{Occupancy, Scheduler, Submission};
 
 pub const BACKEND_NAME: &str = "local";
 
-/// Events buffered between the engine thread and the client; a slow reader pauses the
-/// engine instead of growing memory.
+/// Events buffered between the engine thread and the client; a sequence whose reader
+/// falls this far behind sits out of the batch until it catches up.
 const EVENT_BUFFER: usize = 32;
+
+/// The key/value cache budget when none is configured.
+pub const DEFAULT_KV_CACHE_BYTES: usize = 1024 * 1024 * 1024;
 
 pub fn device(spec: DeviceSpec) -> Result<candle_core::Device, BackendError> {
     let device = match spec {
@@ -46,13 +55,18 @@ enum LoadState {
 
 struct Ready {
     engine: Arc<Engine>,
-    slots: Arc<SlotPool>,
+    /// The engine thread's queue.
+    submissions: std_mpsc::Sender<Submission>,
+    occupancy: Arc<Occupancy>,
+    /// Longest sequence (prompt and answer) the cache can hold at all.
+    cache_tokens: usize,
 }
 
 pub struct LocalBackend {
     model_name: String,
     slot_count: usize,
     queue_timeout: Duration,
+    kv_cache_bytes: usize,
     state: RwLock<LoadState>,
 }
 
@@ -68,13 +82,43 @@ impl LocalBackend {
             model_name: model_name.into(),
             slot_count,
             queue_timeout,
+            kv_cache_bytes: DEFAULT_KV_CACHE_BYTES,
             state: RwLock::new(LoadState::Loading),
         }
     }
 
+    /// Sets the key/value cache budget (before `set_ready`).
+    pub fn with_kv_cache_bytes(mut self, bytes: usize) -> Self {
+        self.kv_cache_bytes = bytes;
+        self
+    }
+
+    /// Allocates the key/value cache and starts the engine thread.
     pub fn set_ready(&self, engine: Arc<Engine>) {
-        let slots = Arc::new(SlotPool::new(&engine, self.slot_count));
-        self.set_state(LoadState::Ready(Arc::new(Ready { engine, slots })));
+        let cache = KvCache::with_budget(engine.model().config(), self.kv_cache_bytes);
+        let cache_tokens = cache.capacity_tokens();
+        if cache_tokens < engine.context_length() {
+            tracing::warn!(
+                cache_tokens,
+                context = engine.context_length(),
+                "the key/value cache budget holds less than one full context"
+            );
+        }
+        let occupancy = Arc::new(Occupancy::default());
+        let (submissions, receiver) = std_mpsc::channel();
+        let scheduler = Scheduler::new(engine.clone(), cache, self.slot_count, occupancy.clone());
+        let started = std::thread::Builder::new()
+            .name("warden-engine".into())
+            .spawn(move || scheduler.run(receiver));
+        match started {
+            Ok(_) => self.set_state(LoadState::Ready(Arc::new(Ready {
+                engine,
+                submissions,
+                occupancy,
+                cache_tokens,
+            }))),
+            Err(error) => self.set_failed(format!("starting the engine thread: {error}")),
+        }
     }
 
     pub fn set_failed(&self, reason: String) {
@@ -100,15 +144,25 @@ impl LocalBackend {
         }
     }
 
-    /// Slots generating right now.
+    /// Sequences in the batch right now.
     pub fn busy_slots(&self) -> usize {
-        self.ready().map_or(0, |ready| {
-            self.slot_count - ready.slots.permits.available_permits()
-        })
+        self.ready().map_or(0, |ready| ready.occupancy.running())
     }
 
     pub fn slot_count(&self) -> usize {
         self.slot_count
+    }
+
+    /// The engine's load and free room, for admission decisions made upstream (the
+    /// governor); `None` until the model is ready.
+    pub fn capacity(&self) -> Option<Capacity> {
+        self.ready().ok().map(|ready| Capacity {
+            max_sequences: self.slot_count,
+            running: ready.occupancy.running(),
+            waiting: ready.occupancy.waiting(),
+            cache_tokens: ready.cache_tokens,
+            free_cache_tokens: ready.occupancy.free_tokens(),
+        })
     }
 
     pub fn engine(&self) -> Option<Arc<Engine>> {
@@ -137,103 +191,40 @@ impl Backend for LocalBackend {
     async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError> {
         let arrived = Instant::now();
         let ready = self.ready()?;
-        let prompt = ready.engine.prepare(&request)?;
-        let (mut weights, lease) = ready.slots.lease(self.queue_timeout).await?;
-        let queue_ms = arrived.elapsed().as_secs_f64() * 1000.0;
-        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
-        let engine = ready.engine.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut emit = |event| sender.blocking_send(Ok(event)).is_ok();
-            // A panic inside candle must end this request with an error, not leave the
-            // client waiting on a stream that silently stops.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                engine.generate(&mut weights, &request, prompt, arrived, queue_ms, &mut emit)
-            }));
-            let result = match result {
-                Ok(result) => {
-                    lease.give_back(weights);
-                    result
-                }
-                // The slot's KV cache may be half-written: drop it, a fresh clone replaces it.
-                Err(_) => Err(BackendError::Generation("the engine panicked".into())),
-            };
-            if let Err(error) = result {
-                let _ = sender.blocking_send(Err(error));
-            }
-        });
-        Ok(Box::pin(ReceiverStream::new(receiver)))
-    }
-}
-
-/// Slots are model clones; a permit says one is free, the idle list holds them.
-struct SlotPool {
-    count: usize,
-    permits: Arc<Semaphore>,
-    idle: Arc<Mutex<Vec<ModelWeights>>>,
-    engine: Arc<Engine>,
-}
-
-impl SlotPool {
-    fn new(engine: &Arc<Engine>, count: usize) -> Self {
-        Self {
-            count,
-            permits: Arc::new(Semaphore::new(count)),
-            idle: Arc::new(Mutex::new((0..count).map(|_| engine.new_slot()).collect())),
-            engine: engine.clone(),
+        let prompt = ready.engine.prepare(&request, ready.cache_tokens)?;
+        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let (admitted, admission) = oneshot::channel();
+        let submission = Submission {
+            request,
+            prompt,
+            arrived,
+            admitted,
+            events,
+        };
+        if ready.submissions.send(submission).is_err() {
+            return Err(BackendError::Unavailable(
+                "the engine thread stopped".into(),
+            ));
+        }
+        // Dropping `admission` on timeout withdraws the request: the engine skips it.
+        match tokio::time::timeout(self.queue_timeout, admission).await {
+            Ok(Ok(Ok(()))) => Ok(Box::pin(ReceiverStream::new(receiver))),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(_)) => Err(BackendError::Unavailable(
+                "the engine thread stopped".into(),
+            )),
+            Err(_elapsed) => Err(BackendError::Saturated {
+                slots: self.slot_count,
+                waited: self.queue_timeout,
+            }),
         }
     }
-
-    async fn lease(&self, timeout: Duration) -> Result<(ModelWeights, SlotLease), BackendError> {
-        let permit = match tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => {
-                return Err(BackendError::Unavailable("the engine shut down".into()))
-            }
-            Err(_elapsed) => {
-                return Err(BackendError::Saturated {
-                    slots: self.count,
-                    waited: timeout,
-                })
-            }
-        };
-        // A slot lost to a panicking generation is replaced by a fresh clone.
-        let weights = lock(&self.idle)
-            .pop()
-            .unwrap_or_else(|| self.engine.new_slot());
-        Ok((
-            weights,
-            SlotLease {
-                idle: self.idle.clone(),
-                _permit: permit,
-            },
-        ))
-    }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-/// A slot on loan. However generation ends (finished, failed, abandoned by its client)
-/// the permit is released when the lease drops; `give_back` first returns the weights.
-struct SlotLease {
-    idle: Arc<Mutex<Vec<ModelWeights>>>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl SlotLease {
-    fn give_back(self, weights: ModelWeights) {
-        lock(&self.idle).push(weights);
-    }
-}
-
-/// Sets the engine's CPU thread count. candle reads it once, when its thread pool
-/// first starts, so this must run before any model is loaded (and before other threads
-/// exist). An explicit `CANDLE_NUM_THREADS` in the environment wins.
+/// Sets the engine's CPU thread count. candle's worker pool, which the engine's
+/// kernels run on, reads it once when it first starts, so this must run before any
+/// model is loaded (and before other threads exist). An explicit `CANDLE_NUM_THREADS`
+/// in the environment wins.
 pub fn use_threads(threads: usize) {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());

@@ -1,0 +1,178 @@
+//! One request's generation, driven a token at a time by the scheduler: sampling, stop
+//! sequences, held-back tool calls, log-probabilities, and the summary at the end. The
+//! model's forward pass is not here; the scheduler batches it and hands each
+//! sequence its logits.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::engine::{Engine, PreparedPrompt};
+use super::output::OutputGate;
+use super::sampler::Sampler;
+use super::token_text::Utf8Stream;
+use super::tool_parse;
+use crate::chat::{
+    ChatRequest, Confidence, FinishReason, GenerationEvent, GenerationSummary, Timings,
+    TokenLogprob, ToolSpec, Usage,
+};
+
+/// What the sequence needs next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Feed this token back through the model and bring its logits.
+    Token(u32),
+    /// The generation is over; `finish` gives its last events.
+    Finished,
+}
+
+pub struct Generation {
+    tools: Vec<ToolSpec>,
+    logprobs: bool,
+    max_tokens: usize,
+    prompt_tokens: usize,
+    sampler: Sampler,
+    gate: OutputGate,
+    utf8: Utf8Stream,
+    pending_logprobs: Vec<TokenLogprob>,
+    sampled_logprobs: Vec<f32>,
+    finish_reason: FinishReason,
+    arrived: Instant,
+    queue_ms: f64,
+    prefill_started: Instant,
+    prefill_ms: Option<f64>,
+    decode_started: Instant,
+    first_token_ms: Option<f64>,
+}
+
+impl Generation {
+    /// A generation admitted now, `queue_ms` after it `arrived`.
+    pub fn new(
+        request: &ChatRequest,
+        prompt: &PreparedPrompt,
+        arrived: Instant,
+        queue_ms: f64,
+    ) -> Self {
+        let tools = request.callable_tools().to_vec();
+        let now = Instant::now();
+        Self {
+            gate: OutputGate::new(
+                request.sampling.stop.clone(),
+                !tools.is_empty(),
+                &prompt.answer_prefix,
+            ),
+            tools,
+            logprobs: request.logprobs.is_some(),
+            max_tokens: prompt.max_tokens,
+            prompt_tokens: prompt.tokens.len(),
+            sampler: Sampler::new(
+                &request.sampling,
+                usize::from(request.logprobs.unwrap_or(0)),
+            ),
+            utf8: Utf8Stream::default(),
+            pending_logprobs: Vec::new(),
+            sampled_logprobs: Vec::new(),
+            finish_reason: FinishReason::Length,
+            arrived,
+            queue_ms,
+            prefill_started: now,
+            prefill_ms: None,
+            decode_started: now,
+            first_token_ms: None,
+        }
+    }
+
+    /// Takes the logits that follow the sequence so far; releasable text goes to `out`.
+    pub fn accept(
+        &mut self,
+        engine: &Engine,
+        logits: &[f32],
+        out: &mut VecDeque<GenerationEvent>,
+    ) -> Next {
+        if self.prefill_ms.is_none() {
+            self.prefill_ms = Some(ms_since(self.prefill_started));
+            self.decode_started = Instant::now();
+        }
+        if self.sampled_logprobs.len() >= self.max_tokens {
+            return Next::Finished;
+        }
+        let sampled = self.sampler.sample(logits);
+        self.first_token_ms
+            .get_or_insert_with(|| ms_since(self.arrived));
+        if engine.is_control(sampled.token) {
+            self.finish_reason = FinishReason::Stop;
+            return Next::Finished;
+        }
+        self.sampled_logprobs.push(sampled.logprob);
+        if self.logprobs {
+            self.pending_logprobs.push(engine.token_logprob(
+                sampled.token,
+                sampled.logprob,
+                &sampled.top,
+            ));
+        }
+        let released = self
+            .gate
+            .push(&self.utf8.push(engine.token_bytes(sampled.token)));
+        if !released.is_empty() {
+            out.push_back(GenerationEvent::Content {
+                text: released,
+                logprobs: std::mem::take(&mut self.pending_logprobs),
+            });
+        }
+        if self.gate.stopped() {
+            self.finish_reason = FinishReason::Stop;
+            return Next::Finished;
+        }
+        if self.sampled_logprobs.len() == self.max_tokens {
+            return Next::Finished;
+        }
+        Next::Token(sampled.token)
+    }
+
+    /// The held-back text, any tool calls, and the summary.
+    pub fn finish(mut self, engine: &Engine, out: &mut VecDeque<GenerationEvent>) {
+        let tail = self.gate.push(&self.utf8.finish());
+        let (_, held) = self.gate.finish();
+        let parsed = tool_parse::parse(&held, &self.tools);
+        if parsed.malformed {
+            tracing::debug!(output = %held, "withheld a malformed tool call");
+        }
+        let text = format!("{tail}{}", parsed.content);
+        if !text.is_empty() || !self.pending_logprobs.is_empty() {
+            out.push_back(GenerationEvent::Content {
+                text,
+                logprobs: self.pending_logprobs,
+            });
+        }
+        if !parsed.tool_calls.is_empty() {
+            self.finish_reason = FinishReason::ToolCalls;
+        }
+        let prefill_ms = self
+            .prefill_ms
+            .unwrap_or_else(|| ms_since(self.prefill_started));
+        out.push_back(GenerationEvent::Finished(Box::new(GenerationSummary {
+            backend: super::BACKEND_NAME.to_string(),
+            model: engine.model_name.clone(),
+            finish_reason: self.finish_reason,
+            tool_calls: parsed.tool_calls,
+            malformed_tool_call: parsed.malformed,
+            usage: Usage {
+                prompt_tokens: self.prompt_tokens as u32,
+                completion_tokens: self.sampled_logprobs.len() as u32,
+            },
+            confidence: Confidence::from_logprobs(self.sampled_logprobs),
+            timings: Timings {
+                queue_ms: self.queue_ms,
+                prefill_ms,
+                decode_ms: ms_since(self.decode_started),
+                first_token_ms: self
+                    .first_token_ms
+                    .unwrap_or_else(|| ms_since(self.arrived)),
+            },
+        })));
+    }
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,346 @@
+//! Continuous batching. One engine thread owns the key/value cache and runs the model
+//! step after step; every step is a single forward pass over all running sequences:
+//! one token for each sequence that is decoding, and a slice of the prompt of each one
+//! still reading it. Sequences join at any step boundary, as soon as a batch place and
+//! cache blocks for their whole length are free, and leave at the step they finish or
+//! their client goes away.
+//!
+//! Requests wait in arrival order while the batch or the cache is full; the caller
+//! bounds the wait (`LocalBackend`'s queue timeout), the scheduler never refuses one.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::engine::{Engine, PreparedPrompt};
+use super::generation::{Generation, Next};
+use super::llama::kv_cache::{BlockTable, KvCache};
+use super::llama::{SequenceInput, Workspace};
+use crate::backend::BackendError;
+use crate::chat::{ChatRequest, GenerationEvent};
+
+/// Prompt tokens read per step across all sequences: a long prompt joining a running
+/// batch delays the others' next token by one such slice, not by the whole prompt.
+pub const PREFILL_TOKENS_PER_STEP: usize = 256;
+
+/// How long the engine thread sleeps when every running sequence waits for a slow
+/// client to read its events.
+const STALLED_POLL: Duration = Duration::from_millis(2);
+
+pub type EventSender = mpsc::Sender<Result<GenerationEvent, BackendError>>;
+
+/// A request handed to the engine thread.
+pub struct Submission {
+    pub request: ChatRequest,
+    pub prompt: PreparedPrompt,
+    pub arrived: Instant,
+    /// Answered once the sequence has joined the batch (or can never join).
+    pub admitted: oneshot::Sender<Result<(), BackendError>>,
+    pub events: EventSender,
+}
+
+/// What the engine thread reports for callers and the governor to read.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    free_tokens: AtomicUsize,
+}
+
+/// A snapshot of the engine's load and room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Capacity {
+    /// Sequences that may decode together.
+    pub max_sequences: usize,
+    /// Sequences in the batch now.
+    pub running: usize,
+    /// Requests waiting for a place or for cache blocks.
+    pub waiting: usize,
+    /// Positions the key/value cache holds in all.
+    pub cache_tokens: usize,
+    /// Positions not reserved by any sequence.
+    pub free_cache_tokens: usize,
+}
+
+impl Occupancy {
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn free_tokens(&self) -> usize {
+        self.free_tokens.load(Ordering::Relaxed)
+    }
+}
+
+/// One sequence in the batch.
+struct Sequence {
+    generation: Option<Generation>,
+    /// The prompt, then each sampled token as it is fed back.
+    tokens: Vec<u32>,
+    /// Positions already in the cache.
+    cached: usize,
+    table: BlockTable,
+    events: EventSender,
+    outbox: VecDeque<GenerationEvent>,
+}
+
+impl Sequence {
+    fn done(&self) -> bool {
+        self.generation.is_none()
+    }
+
+    /// Tokens still to run through the model.
+    fn pending(&self) -> &[u32] {
+        &self.tokens[self.cached..]
+    }
+
+    /// Hands queued events to the client's channel. `false` once nobody listens.
+    fn flush(&mut self) -> bool {
+        while let Some(event) = self.outbox.pop_front() {
+            match self.events.try_send(Ok(event)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Ok(event))) => {
+                    self.outbox.push_front(event);
+                    return true;
+                }
+                Err(_) => return false,
+            }
+        }
+        !self.events.is_closed()
+    }
+}
+
+pub struct Scheduler {
+    engine: Arc<Engine>,
+    cache: KvCache,
+    work: Workspace,
+    max_sequences: usize,
+    running: Vec<Sequence>,
+    waiting: VecDeque<Submission>,
+    occupancy: Arc<Occupancy>,
+}
+
+impl Scheduler {
+    pub fn new(
+        engine: Arc<Engine>,
+        cache: KvCache,
+        max_sequences: usize,
+        occupancy: Arc<Occupancy>,
+    ) -> Self {
+        occupancy
+            .free_tokens
+            .store(cache.free_tokens(), Ordering::Relaxed);
+        Self {
+            engine,
+            cache,
+            work: Workspace::default(),
+            max_sequences,
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            occupancy,
+        }
+    }
+
+    /// Serves submissions until every sender is gone and the last sequence has ended.
+    pub fn run(mut self, submissions: Receiver<Submission>) {
+        let mut open = true;
+        while open || !self.running.is_empty() || !self.waiting.is_empty() {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match submissions.recv() {
+                    Ok(submission) => self.waiting.push_back(submission),
+                    Err(_) => open = false,
+                }
+            }
+            loop {
+                match submissions.try_recv() {
+                    Ok(submission) => self.waiting.push_back(submission),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.retire();
+            self.admit();
+            self.publish();
+            if !self.step() {
+                // Nothing could run: every sequence waits for its reader. Sleep on the
+                // queue instead of spinning, waking early for a new request.
+                match submissions.recv_timeout(STALLED_POLL) {
+                    Ok(submission) => self.waiting.push_back(submission),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        std::thread::sleep(STALLED_POLL);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops sequences whose client left and finished ones whose events are delivered.
+    fn retire(&mut self) {
+        let cache = &mut self.cache;
+        self.running.retain_mut(|sequence| {
+            let listening = sequence.flush();
+            let keep = listening && !(sequence.done() && sequence.outbox.is_empty());
+            if !keep {
+                cache.release(std::mem::take(&mut sequence.table));
+            }
+            keep
+        });
+    }
+
+    /// Moves waiting requests into the batch, oldest first, while there is room.
+    fn admit(&mut self) {
+        while self.running.len() < self.max_sequences {
+            let Some(submission) = self.waiting.pop_front() else {
+                break;
+            };
+            if submission.admitted.is_closed() {
+                continue; // its caller stopped waiting
+            }
+            let length = submission.prompt.tokens.len() + submission.prompt.max_tokens;
+            let Some(table) = self.cache.allocate(length) else {
+                if length > self.cache.capacity_tokens() {
+                    let _ = submission
+                        .admitted
+                        .send(Err(BackendError::ContextLengthExceeded {
+                            prompt_tokens: submission.prompt.tokens.len(),
+                            context_length: self.cache.capacity_tokens(),
+                        }));
+                    continue;
+                }
+                self.waiting.push_front(submission);
+                break;
+            };
+            let queue_ms = submission.arrived.elapsed().as_secs_f64() * 1000.0;
+            if submission.admitted.send(Ok(())).is_err() {
+                self.cache.release(table);
+                continue;
+            }
+            self.running.push(Sequence {
+                generation: Some(Generation::new(
+                    &submission.request,
+                    &submission.prompt,
+                    submission.arrived,
+                    queue_ms,
+                )),
+                tokens: submission.prompt.tokens,
+                cached: 0,
+                table,
+                events: submission.events,
+                outbox: VecDeque::new(),
+            });
+        }
+    }
+
+    fn publish(&self) {
+        self.occupancy
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
+        self.occupancy
+            .waiting
+            .store(self.waiting.len(), Ordering::Relaxed);
+        self.occupancy
+            .free_tokens
+            .store(self.cache.free_tokens(), Ordering::Relaxed);
+    }
+
+    /// One forward pass over every sequence that can advance. `false` if none could.
+    fn step(&mut self) -> bool {
+        // Which sequences take part, and how many of their tokens.
+        let mut budget = PREFILL_TOKENS_PER_STEP;
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        for (index, sequence) in self.running.iter().enumerate() {
+            // A sequence whose reader is behind sits this step out.
+            if sequence.done() || !sequence.outbox.is_empty() {
+                continue;
+            }
+            let pending = sequence.pending().len();
+            let take = if pending == 1 { 1 } else { pending.min(budget) };
+            if take == 0 {
+                continue;
+            }
+            if pending > 1 {
+                budget -= take;
+            }
+            plan.push((index, take));
+        }
+        if plan.is_empty() {
+            return false;
+        }
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.forward(&plan)));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.fail(&plan, &error),
+            Err(_) => self.fail(&plan, "the engine panicked"),
+        }
+        true
+    }
+
+    fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(), String> {
+        let inputs: Vec<SequenceInput> = plan
+            .iter()
+            .map(|&(index, take)| {
+                let sequence = &self.running[index];
+                SequenceInput {
+                    tokens: &sequence.pending()[..take],
+                    position: sequence.cached,
+                    table: &sequence.table,
+                    logits: take == sequence.pending().len(),
+                }
+            })
+            .collect();
+        let logits = self
+            .engine
+            .model()
+            .forward(&inputs, &mut self.cache, &mut self.work)
+            .map_err(|e| e.to_string())?;
+        let vocab = self.engine.model().config().vocab;
+        let mut rows = logits.chunks_exact(vocab);
+        for &(index, take) in plan {
+            let sequence = &mut self.running[index];
+            sequence.cached += take;
+            if sequence.cached < sequence.tokens.len() {
+                continue; // more of the prompt to read
+            }
+            let (Some(generation), Some(logits)) = (sequence.generation.as_mut(), rows.next())
+            else {
+                continue;
+            };
+            match generation.accept(&self.engine, logits, &mut sequence.outbox) {
+                Next::Token(token) => sequence.tokens.push(token),
+                Next::Finished => {
+                    if let Some(generation) = sequence.generation.take() {
+                        generation.finish(&self.engine, &mut sequence.outbox);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the sequences of a failed pass with an error; the others carry on.
+    fn fail(&mut self, plan: &[(usize, usize)], error: &str) {
+        tracing::error!(%error, "local generation failed");
+        for &(index, _) in plan {
+            let sequence = &mut self.running[index];
+            sequence.generation = None;
+            sequence.outbox.clear();
+            let _ = sequence
+                .events
+                .try_send(Err(BackendError::Generation(error.to_string())));
+        }
+    }
+}
