@@ -183,7 +183,8 @@ async fn oversized_body_is_413() {
 #[tokio::test]
 async fn prompt_longer_than_the_context_is_400_with_the_counts() {
     let server = TestServer::start().await;
-    let long = "word ".repeat(6000);
+    // The model's full context is 8,192 positions.
+    let long = "word ".repeat(9000);
     let response = server
         .chat_request()
         .json(&json!({"messages": user(&long)}))
@@ -193,13 +194,13 @@ async fn prompt_longer_than_the_context_is_400_with_the_counts() {
     let error = expect_error(response, 400).await;
     assert_eq!(error["code"], "context_length_exceeded");
     let message = error["message"].as_str().unwrap();
-    assert!(message.contains("4096"), "{message}");
+    assert!(message.contains("8192"), "{message}");
     let numbers: Vec<u64> = message
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .collect();
     assert!(
-        numbers.iter().any(|&n| n > 6000),
+        numbers.iter().any(|&n| n > 9000),
         "the prompt's token count is named: {message}"
     );
 }

@@ -1,0 +1,127 @@
+//! Continuous batching through the real server: requests of different lengths join a
+//! running batch one after another and leave it as they finish, and each one still gets
+//! exactly the answer it gets alone.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{streamed_content, user, ServerOptions, TestServer};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// Questions of different prompt lengths with different answer lengths: the longest
+/// first, so the others join a batch that is already decoding, and the short ones
+/// leave while the long ones carry on.
+const REQUESTS: [(&str, u32); 8] = [
+    (
+        "Write a short story about a lighthouse keeper and a storm.",
+        120,
+    ),
+    ("What is the capital of France?", 12),
+    (
+        "Name three primary colours and say why they are called primary.",
+        60,
+    ),
+    ("What do bees make?", 4),
+    (
+        "Explain in a few sentences how a compiler turns source code into a program.",
+        90,
+    ),
+    ("What is 12 times 12?", 8),
+    (
+        "Describe autumn in a forest, with its colours, sounds and smells.",
+        45,
+    ),
+    ("Who wrote Romeo and Juliet?", 25),
+];
+
+fn ask(question: &str, max_tokens: u32, stream: bool) -> Value {
+    json!({"messages": user(question), "temperature": 0, "max_tokens": max_tokens, "stream": stream})
+}
+
+#[tokio::test]
+async fn eight_overlapping_requests_of_different_lengths_each_get_their_own_answer() {
+    let server = Arc::new(
+        TestServer::start_with(ServerOptions {
+            slots: 8,
+            ..ServerOptions::default()
+        })
+        .await,
+    );
+    // Alone, one after another: the reference answers.
+    let mut alone = Vec::new();
+    for (question, max_tokens) in REQUESTS {
+        let (status, body) = server.chat(ask(question, max_tokens, false)).await;
+        assert_eq!(status, 200, "{body}");
+        alone.push(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+
+    // Overlapping: each request is sent once the one before has streamed its first
+    // chunk, so it joins a batch that is mid-generation.
+    let most_running = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (server, most_running, done) = (server.clone(), most_running.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                most_running.fetch_max(server.local.busy_slots(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut previous_started: Option<oneshot::Receiver<()>> = None;
+    let mut tasks = Vec::new();
+    for (question, max_tokens) in REQUESTS {
+        let (started, next) = oneshot::channel();
+        let wait_for = previous_started.replace(next);
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Some(previous) = wait_for {
+                previous.await.unwrap();
+            }
+            let response = server
+                .chat_request()
+                .json(&ask(question, max_tokens, true))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = response.bytes_stream();
+            let mut text = String::new();
+            let mut started = Some(started);
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                if let Some(started) = started.take() {
+                    let _ = started.send(());
+                }
+            }
+            streamed_content(&common::sse_data(&text))
+        }));
+    }
+    let together: Vec<String> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    done.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+
+    for (((question, _), expected), got) in REQUESTS.iter().zip(&alone).zip(&together) {
+        assert_eq!(got, expected, "{question}");
+    }
+    assert!(alone[1].contains("Paris"), "{}", alone[1]);
+    let most_running = most_running.load(Ordering::Relaxed);
+    eprintln!("at most {most_running} sequences decoded together");
+    assert!(most_running >= 2, "the requests never shared a batch");
+    assert!(common::wait_until(|| server.local.busy_slots() == 0, Duration::from_secs(60)).await);
+}
