@@ -13,6 +13,7 @@ use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
 use crate::gateway::Gateway;
+use crate::governor::{Governor, GovernorSettings};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
 
@@ -63,11 +64,23 @@ pub fn build_state(
     keys: KeyStore,
     local: Arc<dyn Backend>,
 ) -> anyhow::Result<AppState> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    // The local engine never queues on its own: the governor admits at most `slots`
+    // generations to it, and the waiting happens in the governor's priority queue.
+    let governor = Governor::new(
+        GovernorSettings::from_config(config).backend(local.name(), config.local.slots),
+        metrics.governor.clone(),
+    );
     Ok(AppState {
         config: Arc::new(config.clone()),
-        gateway: Arc::new(Gateway::new(local, Arc::new(config.prices.clone()))),
+        gateway: Arc::new(Gateway::new(
+            local,
+            Arc::new(config.prices.clone()),
+            governor.clone(),
+        )),
+        governor,
         keys: Arc::new(keys),
-        metrics: Arc::new(Metrics::new().context("registering metrics")?),
+        metrics: Arc::new(metrics),
         started: std::time::Instant::now(),
     })
 }

@@ -5,6 +5,7 @@ mod admin;
 mod chat;
 pub mod error;
 mod extract;
+mod governor;
 mod health;
 pub mod openai;
 
@@ -23,6 +24,7 @@ pub use admin::AdminCaller;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::governor::Governor;
 use crate::metrics::Metrics;
 use error::ApiError;
 use extract::BodyLimit;
@@ -31,6 +33,7 @@ use extract::BodyLimit;
 pub struct AppState {
     pub config: Arc<Config>,
     pub gateway: Arc<Gateway>,
+    pub governor: Governor,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
@@ -45,6 +48,7 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
+        .merge(governor::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

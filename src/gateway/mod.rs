@@ -1,6 +1,7 @@
 //! The path of one request through warden, independent of HTTP: pick the backend for
-//! the model asked for, start the generation, and turn what it produces into the
-//! events a client receives, ending with warden's report of how it was served.
+//! the model asked for, take a permit from the governor, start the generation, and turn
+//! what it produces into the events a client receives, ending with warden's report of
+//! how it was served.
 
 mod report;
 
@@ -16,6 +17,7 @@ use crate::backend::{Backend, BackendStatus};
 use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
 use crate::cost::PriceTable;
 use crate::error::GatewayError;
+use crate::governor::{Admission, Governor, Priority};
 
 pub use report::{ReportTimings, WardenReport};
 
@@ -25,6 +27,7 @@ pub const AUTO_MODEL: &str = "auto";
 pub struct Gateway {
     local: Arc<dyn Backend>,
     prices: Arc<PriceTable>,
+    governor: Governor,
 }
 
 /// One request as it travels: who sent it, when, under which id, and what the client
@@ -39,8 +42,9 @@ pub struct RequestContext {
 /// What a client attaches to a request for warden's sake (headers or `metadata`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMetadata {
-    /// The priority class asked for (`P0`, `P1`, `P2`), as written.
-    pub priority: Option<String>,
+    /// The priority class asked for; the governor applies the agent's default and
+    /// ceiling.
+    pub priority: Option<Priority>,
     /// The agent run this request is a step of.
     pub run_id: Option<String>,
     /// Every other entry: labels that policies and routing match on (`env: prod`).
@@ -94,8 +98,12 @@ pub struct Readiness {
 }
 
 impl Gateway {
-    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>) -> Self {
-        Self { local, prices }
+    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>, governor: Governor) -> Self {
+        Self {
+            local,
+            prices,
+            governor,
+        }
     }
 
     pub fn models(&self) -> Vec<ModelEntry> {
@@ -122,6 +130,19 @@ impl Gateway {
         request: ChatRequest,
     ) -> Result<Started, GatewayError> {
         let backend = self.backend_for(&request.model)?;
+        let permit = self
+            .governor
+            .admit(Admission {
+                agent: &context.principal.agent_id,
+                tenant: &context.principal.tenant,
+                priority: context.metadata.priority,
+                backend: backend.name(),
+            })
+            .await?;
+        let (priority, queued) = (permit.priority(), permit.waited());
+        // The permit travels with the stream: a failure to start, the end of the
+        // generation or a client that stops reading gives the slot back.
+        let mut permit = Some(permit);
         let model = backend
             .models()
             .into_iter()
@@ -137,7 +158,10 @@ impl Gateway {
                 }
                 Ok(StreamEvent::Finished(summary)) => {
                     let cost = prices.cost(&summary.model, summary.usage);
-                    let report = WardenReport::new(&context, &summary, cost);
+                    if let Some(permit) = permit.take() {
+                        permit.charge(summary.usage.total_tokens().into(), cost);
+                    }
+                    let report = WardenReport::new(&context, &summary, cost, priority, queued);
                     Ok(StreamEvent::Finished(Box::new(Completed {
                         summary: *summary,
                         report,

@@ -1,10 +1,13 @@
 //! warden's account of how a request was served: the `warden` object of a response.
 
+use std::time::Duration;
+
 use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
+use crate::governor::Priority;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WardenReport {
@@ -14,6 +17,8 @@ pub struct WardenReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     pub route: &'static str,
+    /// The class the governor ran the request in (after the agent's default and ceiling).
+    pub priority: Priority,
     pub backend: String,
     pub model: String,
     pub confidence: Option<Confidence>,
@@ -25,6 +30,7 @@ pub struct WardenReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportTimings {
+    /// Waiting to start: in the governor's queue, then for an engine slot.
     pub queue_ms: f64,
     pub prefill_ms: f64,
     pub decode_ms: f64,
@@ -37,6 +43,8 @@ impl WardenReport {
         context: &RequestContext,
         summary: &GenerationSummary,
         cost_usd: Option<Decimal>,
+        priority: Priority,
+        governor_wait: Duration,
     ) -> Self {
         Self {
             request_id: context.request_id.clone(),
@@ -44,13 +52,14 @@ impl WardenReport {
             tenant: context.principal.tenant.clone(),
             run_id: context.metadata.run_id.clone(),
             route: "local",
+            priority,
             backend: summary.backend.clone(),
             model: summary.model.clone(),
             confidence: summary.confidence,
             malformed_tool_call: summary.malformed_tool_call,
             cost_usd,
             timings: ReportTimings {
-                queue_ms: summary.timings.queue_ms,
+                queue_ms: governor_wait.as_secs_f64() * 1000.0 + summary.timings.queue_ms,
                 prefill_ms: summary.timings.prefill_ms,
                 decode_ms: summary.timings.decode_ms,
                 first_token_ms: summary.timings.first_token_ms,
