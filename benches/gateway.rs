@@ -96,7 +96,7 @@ async fn warden_url(backend: Arc<dyn Backend>) -> String {
     let config = Config::from_yaml(&yaml, std::path::Path::new("bench.yaml")).unwrap();
     let keys = KeyStore::from_config(&config, |_| None).unwrap().store;
     serve(warden::build_app(
-        warden::server::build_state(&config, keys, backend).unwrap(),
+        warden::server::build_state(&config, keys, backend, &|_| None).unwrap(),
         config.server.max_body_bytes,
     ))
     .await
