@@ -16,6 +16,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Time to the response head (for streams: to the first byte, not the last).
     pub http_latency: HistogramVec,
+    /// Completed responses by how they were routed.
+    pub routes: IntCounterVec,
+    /// Local answers sent out, by what was wrong with them.
+    pub escalations: IntCounterVec,
     pub governor: GovernorMetrics,
 }
 
@@ -95,13 +99,25 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let routes = IntCounterVec::new(
+            Opts::new("routes_total", "Completed responses by route"),
+            &["route"],
+        )?;
+        let escalations = IntCounterVec::new(
+            Opts::new("escalations_total", "Local answers escalated, by reason"),
+            &["reason"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
+        registry.register(Box::new(routes.clone()))?;
+        registry.register(Box::new(escalations.clone()))?;
         let governor = GovernorMetrics::register(&registry)?;
         Ok(Self {
             registry,
             http_requests,
             http_latency,
+            routes,
+            escalations,
             governor,
         })
     }

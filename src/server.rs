@@ -16,6 +16,7 @@ use crate::gateway::Gateway;
 use crate::governor::{Governor, GovernorSettings};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
+use crate::route::{RoutingState, RoutingTable};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
@@ -43,10 +44,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let app = build_app(
-        build_state(&config, setup.store, backend)?,
-        config.server.max_body_bytes,
-    );
+    let state = build_state(&config, setup.store, backend, &process_env)?;
+    spawn_reload_on_hangup(config.path.clone(), state.gateway.routing().clone());
+    let app = build_app(state, config.server.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -58,13 +58,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Everything a request needs, built from the configuration around the given local
-/// backend (tests and benches substitute their own).
+/// backend (tests and benches substitute their own). `env` looks up provider keys.
 pub fn build_state(
     config: &Config,
     keys: KeyStore,
     local: Arc<dyn Backend>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<AppState> {
-    let metrics = Metrics::new().context("registering metrics")?;
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let table = RoutingTable::build(config, 1, None, env).map_err(anyhow::Error::msg)?;
+    let routing = Arc::new(RoutingState::new(table));
     // The local engine never queues on its own: the governor admits at most `slots`
     // generations to it, and the waiting happens in the governor's priority queue.
     let governor = Governor::new(
@@ -75,12 +78,13 @@ pub fn build_state(
         config: Arc::new(config.clone()),
         gateway: Arc::new(Gateway::new(
             local,
-            Arc::new(config.prices.clone()),
+            routing,
+            metrics.clone(),
             governor.clone(),
         )),
         governor,
         keys: Arc::new(keys),
-        metrics: Arc::new(metrics),
+        metrics,
         started: std::time::Instant::now(),
     })
 }
@@ -137,6 +141,43 @@ fn existing_file(
         manifest.name
     );
     Ok(path)
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// SIGHUP re-reads the configuration file and swaps in its providers, routing and
+/// prices. A file that fails validation changes nothing. Agents, keys, the listener and
+/// the local model are read at start only.
+fn spawn_reload_on_hangup(path: PathBuf, routing: Arc<RoutingState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => match routing.reload(&config, &process_env) {
+                    Ok(table) => {
+                        tracing::info!(version = table.version, file = %path.display(), "configuration reloaded")
+                    }
+                    Err((key, message)) => {
+                        tracing::error!(%key, %message, "reload refused; the previous routing stays")
+                    }
+                },
+                Err(error) => tracing::error!(%error, "reload refused; the previous routing stays"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (path, routing);
 }
 
 async fn shutdown_signal() {

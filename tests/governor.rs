@@ -184,7 +184,10 @@ async fn kill_switches_stop_queued_and_new_requests_until_cleared() {
                 .send()
                 .await
                 .unwrap();
-            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
         })
     };
     wait_for_queued(&server, 1).await;
@@ -206,7 +209,10 @@ async fn kill_switches_stop_queued_and_new_requests_until_cleared() {
     drop(holder);
 
     let (status, body) = server.chat(short()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("kill_switch")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("kill_switch"))
+    );
     assert_eq!(chat_as(&server, KEY_B, short()).await.0, 200);
     let switches = &snapshot(&server).await["kill_switches"];
     assert_eq!(switches["agents"]["agent-a"]["reason"], "runaway loop");
@@ -352,7 +358,10 @@ async fn clients_that_leave_the_queue_or_the_stream_give_their_place_back() {
     assert!(common::wait_until(|| server.local.busy_slots() == 0, EVENTUALLY).await);
     assert_eq!(server.chat(short()).await.0, 200);
     let view = snapshot(&server).await;
-    assert_eq!((view["in_flight"].as_u64(), total_queued(&view)), (Some(0), 0));
+    assert_eq!(
+        (view["in_flight"].as_u64(), total_queued(&view)),
+        (Some(0), 0)
+    );
 }
 
 #[tokio::test]
@@ -386,7 +395,10 @@ async fn the_admin_view_shows_limits_waits_and_usage() {
     assert_eq!(agent["default_priority"], "P1");
     // The completion's tokens came out of the bucket (it refills slowly meanwhile).
     let available = agent["tokens_available"].as_f64().unwrap();
-    assert!(available < 100_000.0 && available >= 100_000.0 - tokens, "{available}");
+    assert!(
+        available < 100_000.0 && available >= 100_000.0 - tokens,
+        "{available}"
+    );
     assert!(view["agents"]["agent-b"]["tokens_available"].is_null());
     assert!(view["kill_switches"]["global"].is_null());
 }
@@ -458,7 +470,11 @@ async fn overload_at_three_times_capacity_answers_everyone_and_favours_p0() {
                 refused += 1;
                 assert!(retry_after, "{status} without Retry-After: {body}");
                 let code = body["error"]["code"].as_str().unwrap();
-                let expected = if *status == 429 { "queue_full" } else { "queue_timeout" };
+                let expected = if *status == 429 {
+                    "queue_full"
+                } else {
+                    "queue_timeout"
+                };
                 assert_eq!(code, expected, "{body}");
             }
             other => panic!("unexpected status {other}: {body}"),
@@ -478,7 +494,10 @@ async fn overload_at_three_times_capacity_answers_everyone_and_favours_p0() {
         waits["P2"].len()
     );
     assert!(refused > 0, "three times capacity must overflow the queues");
-    assert!(p0 * 4.0 < p2, "P0 median wait {p0} ms is not well below P2's {p2} ms");
+    assert!(
+        p0 * 4.0 < p2,
+        "P0 median wait {p0} ms is not well below P2's {p2} ms"
+    );
     assert!(backend.most_running() <= SLOTS);
 
     let view = reqwest::Client::new()

@@ -4,6 +4,7 @@
 
 mod governor;
 pub mod raw;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ pub use governor::{AgentLimits, GovernorConfig};
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
-use crate::cost::PriceTable;
+use crate::cost::{ModelPrice, PriceTable};
+pub use routing::{ProviderConfig, ProviderKind, RoutingConfig, Thresholds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +43,8 @@ pub struct Config {
     pub local: LocalConfig,
     pub prices: PriceTable,
     pub governor: GovernorConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +225,20 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         ));
     }
 
+    let mut prices = load_prices(raw.prices.as_deref(), base)?;
+    for (model, input, output) in routing::provider_prices(&raw.providers)? {
+        let price = ModelPrice {
+            input_per_million: input,
+            output_per_million: output,
+        };
+        prices
+            .add(&model, price)
+            .map_err(|message| ("providers".to_string(), message))?;
+    }
+    let providers = routing::validate_providers(raw.providers)?;
+    let agent_ids: Vec<String> = agents.iter().map(|agent| agent.id.clone()).collect();
+    let routing = routing::validate_routing(raw.routing, &providers, &agent_ids, "routing.")?;
+
     Ok(Config {
         path: path.to_path_buf(),
         server: crate::config::ServerConfig {
@@ -229,9 +247,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         },
         auth,
         local: validate_local(raw.local, base)?,
-        prices: load_prices(raw.prices.as_deref(), base)?,
+        prices,
         governor: governor::validate_governor(raw.governor, &agents)?,
         agents,
+        providers,
+        routing,
     })
 }
 

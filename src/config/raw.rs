@@ -8,6 +8,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::governor::Priority;
 
+use super::routing::{RawProvider, RawRouting};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Large enough for long conversations with tool outputs, small enough that one
 /// request cannot exhaust memory.
@@ -49,6 +51,10 @@ pub struct RawConfig {
     pub prices: Option<String>,
     #[serde(default)]
     pub governor: RawGovernor,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub routing: RawRouting,
 }
 
 #[derive(Debug, Deserialize)]

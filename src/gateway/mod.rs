@@ -1,32 +1,48 @@
-//! The path of one request through warden, independent of HTTP: pick the backend for
-//! the model asked for, take a permit from the governor, start the generation, and turn
-//! what it produces into the events a client receives, ending with warden's report of
-//! how it was served.
+//! The path of one request through warden, independent of HTTP: decide where it runs
+//! (local first, external when the risk, the context or the model asks for it), check
+//! a local answer before it is shown and escalate it when it falls short, fail over
+//! along the provider chain, and end every response with warden's report of all that.
+//!
+//! Every request holds one governor permit from before its first attempt until its
+//! response stream ends or is dropped. The permit is admitted for the backend the
+//! request starts on and moves with each later attempt, so the governor's per-backend
+//! count is always where the work is. The governor limits the local engine (its
+//! `slots`): local generations wait in its priority queue, never in the engine's own
+//! FIFO. A provider's `max_concurrency` is enforced by the provider's own semaphore
+//! alone: a saturated provider is a failover signal for the chain, and queueing for it
+//! in the governor as well would make a request wait twice.
 
 mod report;
+mod trail;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 
 use crate::auth::Principal;
-use crate::backend::{Backend, BackendStatus};
-use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
-use crate::cost::PriceTable;
+use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
+use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
 use crate::error::GatewayError;
-use crate::governor::{Admission, Governor, Priority};
+use crate::governor::{Admission, Governor, Permit, Priority};
+use crate::metrics::Metrics;
+use crate::route::{
+    assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
+};
+use trail::Trail;
 
 pub use report::{ReportTimings, WardenReport};
+pub use trail::{Attempt, Outcome};
 
 /// The model name that lets warden choose where a request runs.
 pub const AUTO_MODEL: &str = "auto";
 
 pub struct Gateway {
     local: Arc<dyn Backend>,
-    prices: Arc<PriceTable>,
+    routing: Arc<RoutingState>,
+    metrics: Arc<Metrics>,
     governor: Governor,
 }
 
@@ -78,6 +94,8 @@ pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseEvent, Gatewa
 pub struct Started {
     /// The model that answers, as the response names it.
     pub model: String,
+    /// How it is being routed, as far as known before the first byte (`x-warden-route`).
+    pub route: String,
     pub events: ResponseStream,
 }
 
@@ -98,22 +116,40 @@ pub struct Readiness {
 }
 
 impl Gateway {
-    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>, governor: Governor) -> Self {
+    pub fn new(
+        local: Arc<dyn Backend>,
+        routing: Arc<RoutingState>,
+        metrics: Arc<Metrics>,
+        governor: Governor,
+    ) -> Self {
         Self {
             local,
-            prices,
+            routing,
+            metrics,
             governor,
         }
     }
 
+    pub fn routing(&self) -> &Arc<RoutingState> {
+        &self.routing
+    }
+
     pub fn models(&self) -> Vec<ModelEntry> {
-        std::iter::once(AUTO_MODEL.to_string())
+        let local = std::iter::once(AUTO_MODEL.to_string())
             .chain(self.local.models())
             .map(|id| ModelEntry {
                 id,
                 owned_by: "warden".into(),
-            })
-            .collect()
+            });
+        let table = self.routing.current();
+        let external = table.models().into_iter().map(|id| ModelEntry {
+            owned_by: table
+                .targets_for(&id)
+                .first()
+                .map_or_else(String::new, |target| target.provider.config().name.clone()),
+            id,
+        });
+        local.chain(external).collect()
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -124,64 +160,395 @@ impl Gateway {
         }
     }
 
+    /// Starts answering `request`. `stream` says whether the client reads the answer as
+    /// it comes, which decides whether a checked local answer can be streamed live.
     pub async fn start(
         &self,
         context: RequestContext,
         request: ChatRequest,
+        stream: bool,
     ) -> Result<Started, GatewayError> {
-        let backend = self.backend_for(&request.model)?;
-        let permit = self
-            .governor
-            .admit(Admission {
-                agent: &context.principal.agent_id,
-                tenant: &context.principal.tenant,
-                priority: context.metadata.priority,
-                backend: backend.name(),
-            })
-            .await?;
-        let (priority, queued) = (permit.priority(), permit.waited());
-        // The permit travels with the stream: a failure to start, the end of the
-        // generation or a client that stops reading gives the slot back.
-        let mut permit = Some(permit);
-        let model = backend
-            .models()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| request.model.clone());
-        let prices = self.prices.clone();
-        let events = backend
-            .generate(request)
-            .await?
-            .map(move |event| match event {
-                Ok(StreamEvent::Content { text, logprobs }) => {
-                    Ok(StreamEvent::Content { text, logprobs })
-                }
-                Ok(StreamEvent::Finished(summary)) => {
-                    let cost = prices.cost(&summary.model, summary.usage);
-                    if let Some(permit) = permit.take() {
-                        permit.charge(summary.usage.total_tokens().into(), cost);
+        let table = self.routing.current();
+        if request.model != AUTO_MODEL {
+            return self.start_named(context, request, stream, table).await;
+        }
+        let thresholds = table.routing.thresholds_for(&context.principal.agent_id);
+        let chain = table.escalation_chain();
+        let mut trail = Trail::new(table.clone(), Route::Local);
+        trail.risk = assess_risk(&context.metadata, &table.routing);
+        if trail.risk.score > thresholds.local_risk_ceiling {
+            trail.route = Route::External;
+            trail.reason(Reason::RiskAboveCeiling);
+            return self
+                .start_external(context, request, stream, chain, trail, None)
+                .await;
+        }
+        trail.reason(Reason::LocalFirst);
+
+        let mut permit = self.admit(&context, self.local.name()).await?;
+        let started = Instant::now();
+        let local_events = match self.local.generate(request.clone()).await {
+            Ok(events) => events,
+            Err(error) => {
+                let reason = match &error {
+                    BackendError::ContextLengthExceeded { .. } => Reason::ContextOverflow,
+                    BackendError::Saturated { .. } => Reason::LocalSaturated,
+                    BackendError::Loading | BackendError::Unavailable(_) => {
+                        Reason::LocalUnavailable
                     }
-                    let report = WardenReport::new(&context, &summary, cost, priority, queued);
-                    Ok(StreamEvent::Finished(Box::new(Completed {
-                        summary: *summary,
-                        report,
-                    })))
+                    _ => return Err(error.into()),
+                };
+                if chain.is_empty() {
+                    return Err(error.into());
                 }
-                Err(error) => Err(GatewayError::from(error)),
+                trail.failed(
+                    self.local.name(),
+                    &self.local_model(),
+                    &error,
+                    ms_since(started),
+                );
+                trail.route = Route::External;
+                trail.reason(reason);
+                return self
+                    .start_external(context, request, stream, chain, trail, Some(permit))
+                    .await;
+            }
+        };
+        if chain.is_empty() || (stream && !table.routing.verify_before_stream) {
+            if chain.is_empty() {
+                trail.reason(Reason::NoEscalationTarget);
+            }
+            let route = trail.header(self.local.name(), &self.local_model(), None);
+            return Ok(self.respond(
+                self.local_model(),
+                route,
+                local_events,
+                context,
+                trail,
+                permit,
+            ));
+        }
+
+        // Verify before anything is shown: the client sees either this answer or the
+        // one that replaces it, never both.
+        let local = collect_events(local_events).await?;
+        let shortfalls = check_local_answer(&local.summary, request.callable_tools(), &thresholds);
+        if shortfalls.is_empty() {
+            let route = trail.header(
+                self.local.name(),
+                &self.local_model(),
+                local.summary.confidence,
+            );
+            return Ok(self.respond(
+                self.local_model(),
+                route,
+                local.replay(),
+                context,
+                trail,
+                permit,
+            ));
+        }
+        for shortfall in &shortfalls {
+            self.metrics
+                .escalations
+                .with_label_values(&[shortfall.as_str()])
+                .inc();
+        }
+        trail.reasons.extend(shortfalls);
+        trail.answered(&local.summary, Outcome::Rejected);
+        trail.route = Route::Escalated;
+        match self
+            .try_chain(&request, stream, &chain, &mut trail, &mut permit)
+            .await
+        {
+            Ok((target, events)) => {
+                let route =
+                    trail.header(target.provider.config().name.as_str(), &target.model, None);
+                Ok(self.respond(target.model, route, events, context, trail, permit))
+            }
+            Err(_) => {
+                // The local answer was already paid for and the risk allowed it: better a
+                // flagged local answer than none.
+                let rejected = trail
+                    .attempts
+                    .iter()
+                    .position(|a| a.outcome == Outcome::Rejected);
+                if let Some(index) = rejected {
+                    trail.attempts.remove(index);
+                }
+                trail.route = Route::FallbackLocal;
+                trail.reason(Reason::FallbackLocal);
+                let route = trail.header(
+                    self.local.name(),
+                    &self.local_model(),
+                    local.summary.confidence,
+                );
+                Ok(self.respond(
+                    self.local_model(),
+                    route,
+                    local.replay(),
+                    context,
+                    trail,
+                    permit,
+                ))
+            }
+        }
+    }
+
+    /// A model named by the client: the local one, or the providers serving it.
+    async fn start_named(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+        stream: bool,
+        table: Arc<RoutingTable>,
+    ) -> Result<Started, GatewayError> {
+        let mut trail = Trail::new(table.clone(), Route::Local);
+        trail.reason(Reason::NamedModel);
+        if self.local.models().contains(&request.model) {
+            let permit = self.admit(&context, self.local.name()).await?;
+            let events = self.local.generate(request).await?;
+            let route = trail.header(self.local.name(), &self.local_model(), None);
+            return Ok(self.respond(self.local_model(), route, events, context, trail, permit));
+        }
+        let targets = table.targets_for(&request.model);
+        if targets.is_empty() {
+            return Err(GatewayError::ModelNotFound(request.model));
+        }
+        trail.route = Route::External;
+        self.start_external(context, request, stream, targets, trail, None)
+            .await
+    }
+
+    /// Runs `request` along `targets`, under `permit` when the request already holds
+    /// one (it tried the local engine first), else under one admitted now.
+    async fn start_external(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+        stream: bool,
+        targets: Vec<Target>,
+        mut trail: Trail,
+        permit: Option<Permit>,
+    ) -> Result<Started, GatewayError> {
+        let Some(first) = targets.first() else {
+            return Err(GatewayError::Unavailable {
+                message:
+                    "this request must be served by an external provider and none is configured"
+                        .into(),
+                retry_after: None,
             });
-        Ok(Started {
-            model,
-            events: Box::pin(events),
+        };
+        let mut permit = match permit {
+            Some(permit) => permit,
+            None => self.admit(&context, &first.provider.config().name).await?,
+        };
+        let (target, events) = self
+            .try_chain(&request, stream, &targets, &mut trail, &mut permit)
+            .await?;
+        let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
+        Ok(self.respond(target.model, route, events, context, trail, permit))
+    }
+
+    /// Takes a governor permit for a request that starts on `backend`, waiting in the
+    /// priority queue if need be.
+    async fn admit(&self, context: &RequestContext, backend: &str) -> Result<Permit, GatewayError> {
+        let admission = Admission {
+            agent: &context.principal.agent_id,
+            tenant: &context.principal.tenant,
+            priority: context.metadata.priority,
+            backend,
+        };
+        Ok(self.governor.admit(admission).await?)
+    }
+
+    /// Tries each target in order until one answers. A streaming client gets the first
+    /// provider that starts answering; everyone else gets the first whole answer, so a
+    /// provider that breaks mid-answer is failed over too.
+    async fn try_chain(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+        targets: &[Target],
+        trail: &mut Trail,
+        permit: &mut Permit,
+    ) -> Result<(Target, EventStream), GatewayError> {
+        let mut retry_after = None;
+        let mut only_refusals = true;
+        for target in targets {
+            let started = Instant::now();
+            let provider_name = target.provider.config().name.clone();
+            permit.move_to(&provider_name)?;
+            let mut attempt = request.clone();
+            attempt.model = target.model.clone();
+            let outcome = match target.provider.generate(attempt).await {
+                Ok(events) if stream => Ok(events),
+                Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(events) => {
+                    if trail
+                        .attempts
+                        .iter()
+                        .any(|a| a.outcome == Outcome::Failed || a.outcome == Outcome::Skipped)
+                    {
+                        trail.reason(Reason::ProviderFailover);
+                    }
+                    return Ok((target.clone(), events));
+                }
+                Err(error) => {
+                    tracing::warn!(provider = %provider_name, %error, "provider failed");
+                    only_refusals &= matches!(
+                        error,
+                        BackendError::Upstream {
+                            retryable: false,
+                            ..
+                        }
+                    );
+                    if let BackendError::Upstream {
+                        retry_after: Some(wait),
+                        ..
+                    }
+                    | BackendError::CircuitOpen { retry_in: wait, .. } = &error
+                    {
+                        retry_after =
+                            Some(retry_after.map_or(*wait, |known: Duration| known.min(*wait)));
+                    }
+                    trail.failed(&provider_name, &target.model, &error, ms_since(started));
+                }
+            }
+        }
+        let failures: Vec<String> = trail
+            .attempts
+            .iter()
+            .filter_map(|a| {
+                a.error
+                    .as_ref()
+                    .map(|e| format!("{} ({}): {e}", a.backend, a.model))
+            })
+            .collect();
+        let message = format!(
+            "every provider that could serve this request failed: {}",
+            failures.join("; ")
+        );
+        // Providers that are up but refuse the request will refuse it again: no point
+        // in telling the client to come back later.
+        if only_refusals {
+            return Err(GatewayError::Upstream {
+                message,
+                retry_after: None,
+            });
+        }
+        Err(GatewayError::Unavailable {
+            message,
+            retry_after: Some(
+                retry_after
+                    .unwrap_or(ALL_DOWN_RETRY_AFTER)
+                    .max(Duration::from_secs(1)),
+            ),
         })
     }
 
-    fn backend_for(&self, model: &str) -> Result<&Arc<dyn Backend>, GatewayError> {
-        if model == AUTO_MODEL || self.local.models().iter().any(|m| m == model) {
-            Ok(&self.local)
-        } else {
-            Err(GatewayError::ModelNotFound(model.to_string()))
+    /// The answer's events as the client receives them, ending with warden's report.
+    /// The permit travels with them: the end of the answer, or a client that stops
+    /// reading, gives its slots back.
+    fn respond(
+        &self,
+        model: String,
+        route: String,
+        events: EventStream,
+        context: RequestContext,
+        trail: Trail,
+        permit: Permit,
+    ) -> Started {
+        let metrics = self.metrics.clone();
+        let (priority, governor_wait) = (permit.priority(), permit.waited());
+        let mut trail = Some(trail);
+        let mut permit = Some(permit);
+        let events = events.map(move |event| match event {
+            Ok(StreamEvent::Content { text, logprobs }) => {
+                Ok(StreamEvent::Content { text, logprobs })
+            }
+            Ok(StreamEvent::Finished(summary)) => {
+                let trail = trail
+                    .take()
+                    .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
+                let report = WardenReport::new(&context, &summary, trail, priority, governor_wait);
+                if let Some(permit) = permit.take() {
+                    // Every attempt's tokens and cost count, not only the served one's.
+                    let tokens = report
+                        .attempts
+                        .iter()
+                        .map(|attempt| u64::from(attempt.usage.total_tokens()))
+                        .sum();
+                    permit.charge(tokens, report.cost_usd);
+                }
+                metrics
+                    .routes
+                    .with_label_values(&[report.route.as_str()])
+                    .inc();
+                Ok(StreamEvent::Finished(Box::new(Completed {
+                    summary: *summary,
+                    report,
+                })))
+            }
+            Err(error) => Err(GatewayError::from(error)),
+        });
+        Started {
+            model,
+            route,
+            events: Box::pin(events),
         }
     }
+
+    fn local_model(&self) -> String {
+        self.local.models().into_iter().next().unwrap_or_default()
+    }
+}
+
+/// When every provider failed and none said when to come back.
+const ALL_DOWN_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// A generation held back whole, to be checked before it is shown.
+struct CollectedEvents {
+    events: Vec<GenerationEvent>,
+    summary: GenerationSummary,
+}
+
+impl CollectedEvents {
+    /// The same events again, as the backend produced them.
+    fn replay(self) -> EventStream {
+        let finished = StreamEvent::Finished(Box::new(self.summary));
+        let events = self
+            .events
+            .into_iter()
+            .chain(std::iter::once(finished))
+            .map(Ok);
+        Box::pin(futures::stream::iter(events.collect::<Vec<_>>()))
+    }
+}
+
+async fn collect_events(mut events: EventStream) -> Result<CollectedEvents, BackendError> {
+    let mut held = Vec::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            StreamEvent::Finished(summary) => {
+                return Ok(CollectedEvents {
+                    events: held,
+                    summary: *summary,
+                })
+            }
+            content => held.push(content),
+        }
+    }
+    Err(BackendError::Generation(
+        "the generation ended without a summary".into(),
+    ))
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Drains a response stream into a whole response.

@@ -39,6 +39,14 @@ pub enum GovernorError {
     },
     #[error("the {scope} kill switch is engaged ({reason}); an operator must clear it")]
     KillSwitch { scope: KillScope, reason: String },
+    /// A running request could not move on to another backend: all of that backend's
+    /// slots were taken.
+    #[error("backend `{backend}` has all its {limit} slots taken; retry in {}s", seconds(*retry_after))]
+    BackendBusy {
+        backend: String,
+        limit: usize,
+        retry_after: Duration,
+    },
 }
 
 /// Which per-minute limit was hit.
@@ -80,7 +88,8 @@ impl GovernorError {
             GovernorError::QueueFull { retry_after, .. }
             | GovernorError::QueueTimeout { retry_after, .. }
             | GovernorError::RateLimited { retry_after, .. }
-            | GovernorError::BudgetExceeded { retry_after, .. } => Some(*retry_after),
+            | GovernorError::BudgetExceeded { retry_after, .. }
+            | GovernorError::BackendBusy { retry_after, .. } => Some(*retry_after),
             GovernorError::KillSwitch { .. } => None,
         }
     }
@@ -93,6 +102,7 @@ impl GovernorError {
             GovernorError::RateLimited { .. } => "rate_limited",
             GovernorError::BudgetExceeded { .. } => "budget_exceeded",
             GovernorError::KillSwitch { .. } => "kill_switch",
+            GovernorError::BackendBusy { .. } => "backend_busy",
         }
     }
 }

@@ -281,6 +281,22 @@ impl Permit {
         self.waited
     }
 
+    /// Moves the request to `backend` for its next attempt (an escalation or a
+    /// failover), giving the slot on the backend it leaves to whoever waits for it.
+    /// Never waits: a backend the governor limits that has no room refuses with
+    /// `BackendBusy`, and the permit stays where it was.
+    pub fn move_to(&mut self, backend: &str) -> Result<(), GovernorError> {
+        let now = Instant::now();
+        self.shared.lock().move_backend(
+            &mut self.slot,
+            backend,
+            now.duration_since(self.acquired),
+            now,
+        )?;
+        self.acquired = now;
+        Ok(())
+    }
+
     /// Debits what the finished request used: `tokens` (prompt and completion) from
     /// the agent's per-minute bucket, `cost` from the agent's and tenant's spend.
     pub fn charge(&self, tokens: u64, cost: Option<Decimal>) {

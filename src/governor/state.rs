@@ -90,6 +90,24 @@ struct BackendSlots {
     gauge: IntGauge,
 }
 
+impl BackendSlots {
+    /// One request leaves; `served_for` (absent for a grant nobody took up) feeds the
+    /// mean service time.
+    fn free(&mut self, served_for: Option<Duration>) {
+        self.occupancy.in_flight -= 1;
+        self.gauge.dec();
+        if let Some(served_for) = served_for {
+            self.mean_service = Some(match self.mean_service {
+                None => served_for,
+                Some(mean) => {
+                    mean.mul_f64(1.0 - SERVICE_TIME_WEIGHT)
+                        + served_for.mul_f64(SERVICE_TIME_WEIGHT)
+                }
+            });
+        }
+    }
+}
+
 /// Global, per-agent and per-backend occupancy. A request runs only when all three
 /// have room.
 struct Slots {
@@ -113,23 +131,21 @@ impl Slots {
         backend.gauge.inc();
     }
 
+    /// Moves one running request from backend `from` to backend `to`; its global and
+    /// agent slots stay taken.
+    fn move_backend(&mut self, from: usize, to: usize, served_for: Duration) {
+        self.backends[from].free(Some(served_for));
+        let backend = &mut self.backends[to];
+        backend.occupancy.in_flight += 1;
+        backend.gauge.inc();
+    }
+
     /// Frees a slot; `served_for` (absent for a grant nobody took up) feeds the mean
     /// service time.
     fn give_back(&mut self, slot: Slot, served_for: Option<Duration>) {
         self.global.in_flight -= 1;
         self.agents[slot.agent].in_flight -= 1;
-        let backend = &mut self.backends[slot.backend];
-        backend.occupancy.in_flight -= 1;
-        backend.gauge.dec();
-        if let Some(served_for) = served_for {
-            backend.mean_service = Some(match backend.mean_service {
-                None => served_for,
-                Some(mean) => {
-                    mean.mul_f64(1.0 - SERVICE_TIME_WEIGHT)
-                        + served_for.mul_f64(SERVICE_TIME_WEIGHT)
-                }
-            });
-        }
+        self.backends[slot.backend].free(served_for);
     }
 }
 
@@ -526,6 +542,40 @@ impl State {
                 return;
             }
         }
+    }
+
+    /// Moves a running request's backend slot to `backend` (the next attempt runs
+    /// there), freeing the one it held for whoever waits. Nothing waits here: a backend
+    /// the governor limits and that has no room refuses the move, and the request keeps
+    /// its slot where it was.
+    pub fn move_backend(
+        &mut self,
+        slot: &mut Slot,
+        backend: &str,
+        served_for: Duration,
+        now: Instant,
+    ) -> Result<(), GovernorError> {
+        let to = self.backend(backend, None);
+        if to == slot.backend {
+            return Ok(());
+        }
+        let occupancy = self.slots.backends[to].occupancy;
+        if !occupancy.has_room() {
+            let error = GovernorError::BackendBusy {
+                backend: backend.to_string(),
+                limit: occupancy.limit.unwrap_or(0),
+                retry_after: self.drain_estimate(to),
+            };
+            self.metrics
+                .rejections
+                .with_label_values(&[error.reason()])
+                .inc();
+            return Err(error);
+        }
+        self.slots.move_backend(slot.backend, to, served_for);
+        slot.backend = to;
+        self.dispatch(now);
+        Ok(())
     }
 
     /// Debits what a finished request used: tokens from the agent's bucket, its cost

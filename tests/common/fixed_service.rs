@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use futures::{stream, StreamExt};
 use warden::backend::{Backend, BackendError, BackendStatus, EventStream};
-use warden::chat::{
-    ChatRequest, FinishReason, GenerationEvent, GenerationSummary, Timings, Usage,
-};
+use warden::chat::{ChatRequest, FinishReason, GenerationEvent, GenerationSummary, Timings, Usage};
 
 pub const FIXED_MODEL: &str = "fixed-service";
 

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fixed_service;
+pub mod mock_upstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -47,6 +48,8 @@ pub struct ServerOptions {
     /// A `governor:` section, as YAML. Empty: the governor's queue timeout is
     /// `queue_timeout_ms` (waiting happens in its queue), aging a quarter of it.
     pub governor: String,
+    /// More configuration (e.g. `providers:` and `routing:` sections), appended.
+    pub extra_config: String,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,7 @@ impl Default for ServerOptions {
             agent_a: String::new(),
             agent_b: String::new(),
             governor: String::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -91,7 +95,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
         max_tokens = options.default_max_tokens,
         agent_a = options.agent_a,
         agent_b = options.agent_b,
-    );
+    ) + &options.extra_config;
     Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
 }
 
@@ -157,7 +161,7 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
     .unwrap()
     .store;
     let app = warden::build_app(
-        warden::server::build_state(config, keys, local).unwrap(),
+        warden::server::build_state(config, keys, local, &provider_keys).unwrap(),
         config.server.max_body_bytes,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -166,6 +170,15 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
         axum::serve(listener, app).await.unwrap();
     });
     format!("http://{address}")
+}
+
+/// Provider keys as the tests' environment would hold them.
+pub fn provider_keys(name: &str) -> Option<String> {
+    match name {
+        "TEST_ANTHROPIC_KEY" => Some("sk-test-anthropic".into()),
+        "TEST_OPENAI_KEY" => Some("sk-test-openai".into()),
+        _ => None,
+    }
 }
 
 pub fn sse_data(text: &str) -> Vec<String> {
