@@ -16,6 +16,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Time to the response head (for streams: to the first byte, not the last).
     pub http_latency: HistogramVec,
+    pub policy: crate::policy::PolicyCounters,
 }
 
 impl Metrics {
@@ -36,12 +37,31 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let policy = crate::policy::PolicyCounters {
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "policy_decisions_total",
+                    "Tool-call decisions by verdict and reason code",
+                ),
+                &["verdict", "code"],
+            )?,
+            findings: IntCounterVec::new(
+                Opts::new(
+                    "output_findings_total",
+                    "Personal data and secrets found in output, by detector and action",
+                ),
+                &["detector", "action"],
+            )?,
+        };
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
+        registry.register(Box::new(policy.decisions.clone()))?;
+        registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             http_latency,
+            policy,
         })
     }
 

@@ -15,6 +15,7 @@ use crate::config::{Config, LocalConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
+use crate::policy::PolicyEngine;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
@@ -42,10 +43,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let app = build_app(
-        build_state(&config, setup.store, backend)?,
-        config.server.max_body_bytes,
-    );
+    let state = build_state(&config, setup.store, backend)?;
+    #[cfg(unix)]
+    crate::policy::reload_on_hangup(state.policy.clone()).context("listening for SIGHUP")?;
+    let app = build_app(state, config.server.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -63,11 +64,18 @@ pub fn build_state(
     keys: KeyStore,
     local: Arc<dyn Backend>,
 ) -> anyhow::Result<AppState> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let policy = Arc::new(PolicyEngine::open(&config.policy, metrics.policy.clone())?);
     Ok(AppState {
         config: Arc::new(config.clone()),
-        gateway: Arc::new(Gateway::new(local, Arc::new(config.prices.clone()))),
+        gateway: Arc::new(Gateway::new(
+            local,
+            Arc::new(config.prices.clone()),
+            policy.clone(),
+        )),
         keys: Arc::new(keys),
-        metrics: Arc::new(Metrics::new().context("registering metrics")?),
+        metrics: Arc::new(metrics),
+        policy,
         started: std::time::Instant::now(),
     })
 }

@@ -16,6 +16,7 @@ use crate::backend::{Backend, BackendStatus};
 use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
 use crate::cost::PriceTable;
 use crate::error::GatewayError;
+use crate::policy::{PolicyEngine, Screen, Screened};
 
 pub use report::{ReportTimings, WardenReport};
 
@@ -25,6 +26,7 @@ pub const AUTO_MODEL: &str = "auto";
 pub struct Gateway {
     local: Arc<dyn Backend>,
     prices: Arc<PriceTable>,
+    policy: Arc<PolicyEngine>,
 }
 
 /// One request as it travels: who sent it, when, under which id, and what the client
@@ -94,8 +96,16 @@ pub struct Readiness {
 }
 
 impl Gateway {
-    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>) -> Self {
-        Self { local, prices }
+    pub fn new(
+        local: Arc<dyn Backend>,
+        prices: Arc<PriceTable>,
+        policy: Arc<PolicyEngine>,
+    ) -> Self {
+        Self {
+            local,
+            prices,
+            policy,
+        }
     }
 
     pub fn models(&self) -> Vec<ModelEntry> {
@@ -128,22 +138,26 @@ impl Gateway {
             .next()
             .unwrap_or_else(|| request.model.clone());
         let prices = self.prices.clone();
-        let events = backend
-            .generate(request)
-            .await?
+        // Policy fixed now (risk assessed on the request as sent); every event of the
+        // generation passes it before the client sees it.
+        let screen = Screen::new(self.policy.clone(), &request, &context);
+        let events = screen
+            .apply(backend.generate(request).await?)
             .map(move |event| match event {
                 Ok(StreamEvent::Content { text, logprobs }) => {
                     Ok(StreamEvent::Content { text, logprobs })
                 }
-                Ok(StreamEvent::Finished(summary)) => {
+                Ok(StreamEvent::Finished(screened)) => {
+                    let Screened { summary, policy } = *screened;
                     let cost = prices.cost(&summary.model, summary.usage);
-                    let report = WardenReport::new(&context, &summary, cost);
+                    let mut report = WardenReport::new(&context, &summary, cost);
+                    report.policy = Some(policy);
                     Ok(StreamEvent::Finished(Box::new(Completed {
-                        summary: *summary,
+                        summary,
                         report,
                     })))
                 }
-                Err(error) => Err(GatewayError::from(error)),
+                Err(error) => Err(error),
             });
         Ok(Started {
             model,

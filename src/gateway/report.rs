@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
+use crate::policy::PolicyReport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WardenReport {
@@ -21,6 +22,9 @@ pub struct WardenReport {
     /// US dollars, as a decimal string; absent when the model has no price.
     pub cost_usd: Option<Decimal>,
     pub timings: ReportTimings,
+    /// Tool-call decisions, output findings, tickets and risk under the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +60,7 @@ impl WardenReport {
                 first_token_ms: summary.timings.first_token_ms,
                 total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
             },
+            policy: None,
         }
     }
 }
