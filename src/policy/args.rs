@@ -27,12 +27,14 @@ pub fn parse_object(text: &str) -> Result<Map<String, Value>, ArgumentsError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = StrictSeed {
         duplicate: &duplicate,
-        path: String::new(),
     }
     .deserialize(&mut deserializer)
     .and_then(|value| deserializer.end().map(|()| value));
-    if let Some(key) = duplicate.into_inner() {
-        return Err(ArgumentsError::DuplicateKey(key));
+    if let Some(mut path) = duplicate.into_inner() {
+        path.reverse();
+        let path = path.concat();
+        let path = path.strip_prefix('.').unwrap_or(&path);
+        return Err(ArgumentsError::DuplicateKey(path.to_string()));
     }
     match parsed.map_err(|error| ArgumentsError::NotJson(error.to_string()))? {
         Value::Object(object) => Ok(object),
@@ -52,10 +54,23 @@ pub fn kind_of(value: &Value) -> &'static str {
 }
 
 /// Builds a `Value` like serde_json does, but refuses a key seen twice in one object
-/// (serde_json keeps the last one silently; other parsers keep the first).
+/// (serde_json keeps the last one silently; other parsers keep the first). The path
+/// to a duplicate is collected innermost first as the error unwinds, so a clean parse
+/// builds no paths at all.
 struct StrictSeed<'a> {
-    duplicate: &'a RefCell<Option<String>>,
-    path: String,
+    duplicate: &'a RefCell<Option<Vec<String>>>,
+}
+
+impl StrictSeed<'_> {
+    /// Adds the step to the parent on the way out of a duplicate found below.
+    fn unwinding<T, E>(&self, result: Result<T, E>, step: impl FnOnce() -> String) -> Result<T, E> {
+        if result.is_err() {
+            if let Some(path) = self.duplicate.borrow_mut().as_mut() {
+                path.push(step());
+            }
+        }
+        result
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
@@ -105,31 +120,28 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(StrictSeed {
-            duplicate: self.duplicate,
-            path: format!("{}[{}]", self.path, items.len()),
-        })? {
-            items.push(item);
+        loop {
+            let next = seq.next_element_seed(StrictSeed {
+                duplicate: self.duplicate,
+            });
+            match self.unwinding(next, || format!("[{}]", items.len()))? {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
         }
-        Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() {
-                key.clone()
-            } else {
-                format!("{}.{key}", self.path)
-            };
             if object.contains_key(&key) {
-                *self.duplicate.borrow_mut() = Some(path);
+                *self.duplicate.borrow_mut() = Some(vec![format!(".{key}")]);
                 return Err(serde::de::Error::custom("duplicate key"));
             }
             let value = map.next_value_seed(StrictSeed {
                 duplicate: self.duplicate,
-                path,
-            })?;
+            });
+            let value = self.unwinding(value, || format!(".{key}"))?;
             object.insert(key, value);
         }
         Ok(Value::Object(object))
@@ -187,13 +199,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The identity of a call: the folded tool name and the canonical arguments. Call ids
-/// are left out: they are fresh for every generation of the same call.
-pub fn call_hash(tool: &str, arguments: &Map<String, Value>) -> String {
+/// The identity of a call: the folded tool name and the canonical arguments text.
+/// Call ids are left out: they are fresh for every generation of the same call.
+pub fn call_hash(tool: &str, canonical_arguments: &str) -> String {
     let mut text = String::new();
     write_string(tool, &mut text);
     text.push(':');
-    write_canonical(&Value::Object(arguments.clone()), &mut text);
+    text.push_str(canonical_arguments);
     sha256_hex(text.as_bytes())
 }
 
@@ -261,9 +273,12 @@ mod tests {
             r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#
         );
         let b = parse_object(r#"{"a":"\u00e9","b":[1,{"x":1,"y":2}]}"#).unwrap();
-        assert_eq!(call_hash("t", &a), call_hash("t", &b));
-        assert_ne!(call_hash("t", &a), call_hash("u", &a));
+        let hash = |tool: &str, object: &Map<String, Value>| {
+            call_hash(tool, &canonical(&Value::Object(object.clone())))
+        };
+        assert_eq!(hash("t", &a), hash("t", &b));
+        assert_ne!(hash("t", &a), hash("u", &a));
         let c = json!({"a": "é", "b": [1, {"x": 1, "y": 3}]});
-        assert_ne!(call_hash("t", &a), call_hash("t", c.as_object().unwrap()));
+        assert_ne!(hash("t", &a), hash("t", c.as_object().unwrap()));
     }
 }

@@ -497,3 +497,76 @@ fn compile_constraints(raw: RawConstraints) -> Result<Vec<Constraint>, Invalid> 
     }
     Ok(constraints)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid_key(text: &str) -> String {
+        match Policy::from_yaml(text, Path::new("routing/policy.yaml")) {
+            Err(PolicyError::Invalid { key, file, .. }) => {
+                assert_eq!(file, Path::new("routing/policy.yaml"));
+                key
+            }
+            Err(other) => panic!("expected an invalid key, got {other}"),
+            Ok(_) => panic!("expected an invalid key for {text}"),
+        }
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let rule = |body: &str| format!("rules:\n  - {{id: r, reason: why, {body}}}\n");
+        let cases = [
+            ("defualt: DENY\n".to_string(), "defualt"),
+            ("default: MAYBE\n".to_string(), "default"),
+            ("default: ALLOW_WITH_CONSTRAINTS\n".to_string(), "default"),
+            ("tools: {a: {tier: 4}}\n".to_string(), "tools.a.tier"),
+            ("tools: {a: {tier: 0}, A: {tier: 1}}\n".to_string(), "tools.a"),
+            ("tools: {a: {tier: 0, schema: {type: 12}}}\n".to_string(), "tools.a.schema"),
+            ("tenants: {t: {domains: [\"bad host\"]}}\n".to_string(), "tenants.t.domains[0]"),
+            (rule("decision: ALLOW, match: {tool: []}"), "rules[0].match.tool"),
+            (rule("decision: ALLOW, match: {tier: 7}"), "rules[0].match.tier"),
+            (rule("decision: ALLOW, match: {args: [{path: a, op: \">\", value: x}]}"), "rules[0].match.args[0]"),
+            (rule("decision: ALLOW, match: {args: [{path: a, op: matches, value: \"(\"}]}"), "rules[0].match.args[0]"),
+            (rule("decision: ALLOW, match: {args: [{path: \"a[\", op: exists}]}"), "rules[0].match.args[0]"),
+            (rule("decision: ALLOW, match: {args: [{path: a, op: ==, value: $nobody}]}"), "rules[0].match.args[0]"),
+            (rule("decision: ALLOW_WITH_CONSTRAINTS"), "rules[0].constraints"),
+            (rule("decision: ALLOW, constraints: {max: {a: 1}}"), "rules[0].constraints"),
+            (rule("decision: ALLOW_WITH_CONSTRAINTS, constraints: {timeout: {path: \"a[*]\", max_seconds: 1}}"), "rules[0].constraints.timeout.path"),
+            (rule("decision: ALLOW, break_glass: true, match: {tool: \"db_*\"}"), "rules[0].break_glass"),
+            ("rules:\n  - {id: r, reason: why, decision: ALLOW}\n  - {id: r, reason: why, decision: DENY}\n".to_string(), "rules[1].id"),
+            ("approvals: {ttl_seconds: 0}\n".to_string(), "approvals.ttl_seconds"),
+            ("output: {detectors: {ssn: redact}}\n".to_string(), "output.detectors.ssn"),
+            ("output: {agents: {a: {email: hide}}}\n".to_string(), "output.agents.a.email"),
+            ("risk: {labels: {env: {prod: 2}}}\n".to_string(), "risk.labels.env.prod"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(invalid_key(&text), key, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_snapshot_follows_meaning_not_layout() {
+        let path = Path::new("p.yaml");
+        let a =
+            Policy::from_yaml("# a comment\ntools: {x: {tier: 0}, y: {tier: 1}}\n", path).unwrap();
+        let b = Policy::from_yaml(
+            "tools:\n  y: {tier: 1}\n  x:\n    tier: 0\ndefault: DENY\n",
+            path,
+        )
+        .unwrap();
+        let c = Policy::from_yaml("tools: {x: {tier: 0}, y: {tier: 2}}\n", path).unwrap();
+        assert_eq!(a.snapshot(), b.snapshot());
+        assert_ne!(a.snapshot(), c.snapshot());
+        assert_eq!(a.snapshot().len(), 64);
+    }
+
+    #[test]
+    fn the_shipped_policy_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing/policy.yaml");
+        let policy = Policy::load(&path).unwrap();
+        assert!(policy.rules().len() >= 5);
+        assert_eq!(policy.tier_of("Delete_Account"), 3);
+        assert_eq!(policy.tier_of("not_in_the_catalog"), 3);
+    }
+}

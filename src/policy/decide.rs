@@ -247,37 +247,34 @@ impl Policy {
         let folded = fold(&call.name);
         let catalog = self.tools.get(&folded);
         let tier = catalog.map_or(MAX_TIER, |tool| tool.tier);
-        let mut checked = CheckedCall {
+        let refused = |tool: String, decision: Decision| CheckedCall {
             id: call.id.clone(),
             proposed_name: call.name.clone(),
-            tool: folded.clone(),
-            arguments: call.arguments.clone(),
             hash: args::raw_call_hash(&folded, &call.arguments),
+            tool,
+            arguments: call.arguments.clone(),
             tier,
-            decision: Decision::refuse(ReasonCode::Default, ""),
+            decision,
         };
-        let declared_schema = match declared.map(|tools| offered(tools, &folded)) {
-            None => None,
-            Some(Offered::Tool(spec)) => {
-                checked.tool = spec.name.clone();
-                Some(&spec.parameters)
-            }
+        let (tool, declared_schema) = match declared.map(|tools| offered(tools, &folded)) {
+            None => (folded.clone(), None),
+            Some(Offered::Tool(spec)) => (spec.name.clone(), Some(&spec.parameters)),
             Some(Offered::None) => {
-                checked.decision = Decision::refuse(
-                    ReasonCode::UndeclaredTool,
-                    format!("the request did not offer a tool named `{}`", call.name),
+                let reason = format!("the request did not offer a tool named `{}`", call.name);
+                return refused(
+                    folded.clone(),
+                    Decision::refuse(ReasonCode::UndeclaredTool, reason),
                 );
-                return checked;
             }
             Some(Offered::Several) => {
-                checked.decision = Decision::refuse(
-                    ReasonCode::AmbiguousTool,
-                    format!(
-                        "`{}` matches more than one offered tool once normalised",
-                        call.name
-                    ),
+                let reason = format!(
+                    "`{}` matches more than one offered tool once normalised",
+                    call.name
                 );
-                return checked;
+                return refused(
+                    folded.clone(),
+                    Decision::refuse(ReasonCode::AmbiguousTool, reason),
+                );
             }
         };
         let arguments = match args::parse_object(&call.arguments) {
@@ -288,33 +285,39 @@ impl Policy {
                     ArgumentsError::DuplicateKey(_) => ReasonCode::DuplicateKey,
                     ArgumentsError::NotAnObject(_) => ReasonCode::ArgumentsNotObject,
                 };
-                checked.decision = Decision::refuse(code, error.to_string());
-                return checked;
+                return refused(tool, Decision::refuse(code, error.to_string()));
             }
         };
-        checked.hash = args::call_hash(&folded, &arguments);
         let mut arguments = Value::Object(arguments);
-        checked.arguments = args::canonical(&arguments);
-        if let Some(schema) = declared_schema {
-            if let Err(reason) = fits_declared(schema, &arguments) {
-                checked.decision = Decision::refuse(ReasonCode::SchemaViolation, reason);
-                return checked;
-            }
+        let canonical = args::canonical(&arguments);
+        let mut checked = CheckedCall {
+            id: call.id.clone(),
+            proposed_name: call.name.clone(),
+            hash: args::call_hash(&folded, &canonical),
+            tool,
+            arguments: canonical,
+            tier,
+            decision: Decision::refuse(ReasonCode::Default, ""),
+        };
+        let schema_error = declared_schema
+            .and_then(|schema| fits_declared(schema, &arguments).err())
+            .or_else(|| {
+                let validator = catalog.and_then(|tool| tool.schema.as_ref())?;
+                let error = validator.iter_errors(&arguments).next()?;
+                Some(format!(
+                    "the arguments break the catalog schema at `{}`: {error}",
+                    error.instance_path()
+                ))
+            });
+        if let Some(reason) = schema_error {
+            checked.decision = Decision::refuse(ReasonCode::SchemaViolation, reason);
+            return checked;
         }
-        if let Some(validator) = catalog.and_then(|tool| tool.schema.as_ref()) {
-            if let Some(error) = validator.iter_errors(&arguments).next() {
-                checked.decision = Decision::refuse(
-                    ReasonCode::SchemaViolation,
-                    format!(
-                        "the arguments break the catalog schema at `{}`: {error}",
-                        error.instance_path()
-                    ),
-                );
-                return checked;
-            }
-        }
-        checked.decision = self.decide(&folded, catalog, tier, &mut arguments, subject);
-        if checked.decision.verdict != Verdict::Deny {
+        let (decision, completed) = self.decide(&folded, catalog, tier, &mut arguments, subject);
+        checked.decision = decision;
+        // Constraints may have filled in arguments (a timeout): the agent gets those,
+        // and the hash stays the one of the call the model proposed.
+        if completed && checked.decision.verdict != Verdict::Deny {
             checked.arguments = args::canonical(&arguments);
         }
         checked
@@ -328,7 +331,7 @@ impl Policy {
         tier: u8,
         arguments: &mut Value,
         subject: &Subject,
-    ) -> Decision {
+    ) -> (Decision, bool) {
         let caller = Caller {
             agent: subject.agent,
             tenant: subject.tenant,
@@ -371,10 +374,11 @@ impl Policy {
                 false,
             ),
         };
-        if let Some(rule) = matched.filter(|rule| rule.verdict == Verdict::AllowWithConstraints) {
+        let constrained = matched.filter(|rule| rule.verdict == Verdict::AllowWithConstraints);
+        if let Some(rule) = constrained {
             for constraint in &rule.constraints {
                 if let Err(violation) = constraint.apply(arguments) {
-                    return Decision {
+                    let decision = Decision {
                         verdict: Verdict::Deny,
                         code: ReasonCode::ConstraintViolated,
                         rule: Some(rule.id.clone()),
@@ -384,6 +388,7 @@ impl Policy {
                         ),
                         constraint: Some(violation.constraint),
                     };
+                    return (decision, false);
                 }
             }
         }
@@ -394,7 +399,7 @@ impl Policy {
                 decision.reason = reason;
             }
         }
-        decision
+        (decision, constrained.is_some())
     }
 }
 

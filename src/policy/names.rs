@@ -36,6 +36,10 @@ pub fn is_invisible(c: char) -> bool {
 /// The identity a text is compared by: invisible characters removed, NFKC, lower case,
 /// NFKC again (lower-casing can produce sequences that compose differently).
 pub fn fold(text: &str) -> String {
+    // ASCII is its own NFKC form and holds no invisible characters.
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     let visible: String = text.chars().filter(|&c| !is_invisible(c)).collect();
     let lowered = visible.nfkc().collect::<String>().to_lowercase();
     lowered.nfkc().filter(|&c| !is_invisible(c)).collect()
