@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod route;
 pub mod server;
 
 pub use api::{build_app, AppState};

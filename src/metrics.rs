@@ -16,6 +16,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Time to the response head (for streams: to the first byte, not the last).
     pub http_latency: HistogramVec,
+    /// Completed responses by how they were routed.
+    pub routes: IntCounterVec,
+    /// Local answers sent out, by what was wrong with them.
+    pub escalations: IntCounterVec,
     pub policy: crate::policy::PolicyCounters,
 }
 
@@ -53,14 +57,26 @@ impl Metrics {
                 &["detector", "action"],
             )?,
         };
+        let routes = IntCounterVec::new(
+            Opts::new("routes_total", "Completed responses by route"),
+            &["route"],
+        )?;
+        let escalations = IntCounterVec::new(
+            Opts::new("escalations_total", "Local answers escalated, by reason"),
+            &["reason"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
+        registry.register(Box::new(routes.clone()))?;
+        registry.register(Box::new(escalations.clone()))?;
         registry.register(Box::new(policy.decisions.clone()))?;
         registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             http_latency,
+            routes,
+            escalations,
             policy,
         })
     }

@@ -3,6 +3,7 @@
 //! and the key.
 
 pub mod raw;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,8 @@ use std::time::Duration;
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
-use crate::cost::PriceTable;
+use crate::cost::{ModelPrice, PriceTable};
+pub use routing::{ProviderConfig, ProviderKind, RoutingConfig, Thresholds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +40,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     pub local: LocalConfig,
     pub prices: PriceTable,
+    pub providers: Vec<ProviderConfig>,
+    pub routing: RoutingConfig,
     pub policy: PolicyConfig,
 }
 
@@ -227,6 +231,20 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         ));
     }
 
+    let mut prices = load_prices(raw.prices.as_deref(), base)?;
+    for (model, input, output) in routing::provider_prices(&raw.providers)? {
+        let price = ModelPrice {
+            input_per_million: input,
+            output_per_million: output,
+        };
+        prices
+            .add(&model, price)
+            .map_err(|message| ("providers".to_string(), message))?;
+    }
+    let providers = routing::validate_providers(raw.providers)?;
+    let agent_ids: Vec<String> = agents.iter().map(|agent| agent.id.clone()).collect();
+    let routing = routing::validate_routing(raw.routing, &providers, &agent_ids, "routing.")?;
+
     Ok(Config {
         path: path.to_path_buf(),
         server: crate::config::ServerConfig {
@@ -236,7 +254,9 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         auth,
         agents,
         local: validate_local(raw.local, base)?,
-        prices: load_prices(raw.prices.as_deref(), base)?,
+        prices,
+        providers,
+        routing,
         policy: PolicyConfig {
             file: base.join(
                 raw.policy

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::routing::{RawProvider, RawRouting};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Large enough for long conversations with tool outputs, small enough that one
 /// request cannot exhaust memory.
@@ -32,6 +34,10 @@ pub struct RawConfig {
     pub local: RawLocal,
     /// Prices file (relative to this file); `prices.yaml` beside it when present.
     pub prices: Option<String>,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub routing: RawRouting,
     #[serde(default)]
     pub policy: RawPolicySettings,
 }

@@ -20,7 +20,7 @@ use super::hosts::HostPattern;
 use super::names::{fold, NamePattern};
 use super::output::{Actions, Detector, Detectors, OutputAction, OutputPolicy};
 use super::path::JsonPath;
-use super::risk::RiskPolicy;
+use super::risk::RiskSignals;
 
 /// Regexes in conditions are compiled within this size, so a policy cannot make
 /// matching slow.
@@ -187,18 +187,7 @@ fn compile(raw: RawPolicy) -> Result<Policy, Invalid> {
     if raw.approvals.ttl_seconds == 0 {
         return Err(("approvals.ttl_seconds".into(), "must be at least 1".into()));
     }
-    for (label, values) in &raw.risk.labels {
-        for (value, weight) in values {
-            if !(0.0..=1.0).contains(weight) {
-                return Err((
-                    format!("risk.labels.{label}.{value}"),
-                    "weights are between 0 and 1".into(),
-                ));
-            }
-        }
-    }
-    let risk = RiskPolicy::new(raw.risk.labels)
-        .map_err(|error| ("risk".to_string(), error.to_string()))?;
+    let risk = RiskSignals::new().map_err(|error| ("risk".to_string(), error.to_string()))?;
     let detectors = Detectors::new().map_err(|error| ("output".to_string(), error.to_string()))?;
     let defaults = actions(
         &raw.output.detectors,
@@ -538,7 +527,6 @@ mod tests {
             ("approvals: {ttl_seconds: 0}\n".to_string(), "approvals.ttl_seconds"),
             ("output: {detectors: {ssn: redact}}\n".to_string(), "output.detectors.ssn"),
             ("output: {agents: {a: {email: hide}}}\n".to_string(), "output.agents.a.email"),
-            ("risk: {labels: {env: {prod: 2}}}\n".to_string(), "risk.labels.env.prod"),
         ];
         for (text, key) in cases {
             assert_eq!(invalid_key(&text), key, "{text}");

@@ -17,7 +17,7 @@ use super::constraint::Constraint;
 use super::hosts::HostPattern;
 use super::names::{fold, NamePattern};
 use super::output::OutputPolicy;
-use super::risk::RiskPolicy;
+use super::risk::RiskSignals;
 use crate::chat::{ToolCall, ToolSpec};
 
 /// The four decisions, in rising strictness: combining two, the later one wins.
@@ -203,7 +203,7 @@ pub struct Policy {
     pub(super) tenants: HashMap<String, Vec<HostPattern>>,
     pub(super) approval_ttl: Duration,
     pub(super) output: OutputPolicy,
-    pub(super) risk: RiskPolicy,
+    pub(super) risk: RiskSignals,
 }
 
 impl Policy {

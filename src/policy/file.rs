@@ -30,8 +30,6 @@ pub struct RawPolicy {
     pub approvals: RawApprovals,
     #[serde(default)]
     pub output: RawOutput,
-    #[serde(default)]
-    pub risk: RawRisk,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -166,14 +164,6 @@ pub struct RawOutput {
     /// Agent → detector → action, overriding `detectors` for that agent.
     #[serde(default)]
     pub agents: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRisk {
-    /// Label → value → risk added when a request carries it (`env: {prod: 0.3}`).
-    #[serde(default)]
-    pub labels: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 fn default_decision() -> String {

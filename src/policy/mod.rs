@@ -1,7 +1,7 @@
 //! The tool-call policy engine. Every tool call a backend generates is decided here
 //! before the agent sees it (ALLOW, DENY, REQUIRE_APPROVAL, ALLOW_WITH_CONSTRAINTS),
-//! generated text is screened for personal data and secrets, and requests are
-//! assessed for risk. The policy (`routing/policy.yaml`) is swapped atomically on
+//! generated text is screened for personal data and secrets, and requests yield risk
+//! signals (tool tiers, planted instructions) for routing. The policy (`routing/policy.yaml`) is swapped atomically on
 //! reload; a file that fails validation leaves the running policy in place.
 
 pub mod approvals;
@@ -39,12 +39,10 @@ pub use autonomy::AutonomyMode;
 pub use compile::PolicyError;
 pub use decide::{CheckedCall, Decision, Policy, ReasonCode, Subject, Verdict};
 pub use report::{DecisionRecord, Outcome, PolicyReport};
-pub use risk::{Risk, RiskReason};
+pub use risk::RiskSignal;
 pub use screen::{Screen, Screened};
 
-use crate::chat::ChatRequest;
 use crate::config::PolicyConfig;
-use crate::gateway::RequestContext;
 
 /// Counters the engine keeps (registered in `crate::metrics`).
 #[derive(Clone)]
@@ -122,16 +120,6 @@ impl PolicyEngine {
         })
     }
 
-    /// The request's risk before it runs, under the current policy.
-    pub fn assess_risk(&self, request: &ChatRequest, context: &RequestContext) -> Risk {
-        let policy = self.current();
-        policy
-            .risk
-            .assess(request, &context.metadata.labels, |name| {
-                policy.tier_of(name)
-            })
-    }
-
     /// Approves or rejects a ticket, now.
     pub fn review(
         &self,
@@ -149,20 +137,4 @@ impl PolicyEngine {
         tracing::info!(ticket = %ticket.id, status = %ticket.status, "approval reviewed");
         Ok(ticket)
     }
-}
-
-/// Reloads the policy whenever the process receives SIGHUP. The handler is installed
-/// before this returns, so a signal sent afterwards is never lost.
-#[cfg(unix)]
-pub fn reload_on_hangup(engine: Arc<PolicyEngine>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            if let Err(error) = engine.reload() {
-                tracing::error!(%error, "policy reload refused; the running policy stays");
-            }
-        }
-    });
-    Ok(())
 }

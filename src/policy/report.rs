@@ -1,6 +1,5 @@
 //! What policy did to one response, as recorded in the `policy` field of the `warden`
-//! object (and so in the audit log): the snapshot, the subject, the risk assessment,
-//! every tool-call decision with its rule, hash and outcome, the output findings and
+//! object (and so in the audit log): the snapshot, the subject, every tool-call decision with its rule, hash and outcome, the output findings and
 //! the tickets opened. `policy replay` reads these records back.
 
 use std::collections::BTreeMap;
@@ -10,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::autonomy::AutonomyMode;
 use super::decide::{CheckedCall, ReasonCode, Verdict};
 use super::output::{Detector, OutputAction};
-use super::risk::Risk;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyReport {
@@ -21,8 +19,6 @@ pub struct PolicyReport {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub risk: Risk,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<DecisionRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -17,7 +17,6 @@ use super::autonomy::AutonomyMode;
 use super::decide::{CheckedCall, Policy, Subject, Verdict};
 use super::output::{Detector, GuardEnd, OutputAction, OutputGuard};
 use super::report::{DecisionRecord, Outcome, OutputRecord, PolicyReport};
-use super::risk::Risk;
 use super::PolicyEngine;
 use crate::backend::EventStream;
 use crate::chat::{ChatRequest, FinishReason, GenerationSummary, StreamEvent, ToolCall, ToolSpec};
@@ -59,20 +58,19 @@ pub struct Screen {
 }
 
 impl Screen {
-    pub fn new(engine: Arc<PolicyEngine>, request: &ChatRequest, context: &RequestContext) -> Self {
-        let policy = engine.current();
+    /// `policy` is the snapshot the request runs under (from `engine.current()`).
+    pub fn new(
+        engine: Arc<PolicyEngine>,
+        policy: Arc<Policy>,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Self {
         let principal = &context.principal;
-        let risk = policy
-            .risk
-            .assess(request, &context.metadata.labels, |name| {
-                policy.tier_of(name)
-            });
         let report = PolicyReport {
             snapshot: policy.snapshot().to_string(),
             autonomy: principal.autonomy,
             role: principal.role.clone(),
             labels: context.metadata.labels.clone(),
-            risk,
             ..PolicyReport::default()
         };
         Self {
@@ -94,10 +92,6 @@ impl Screen {
             report,
             sent_text: false,
         }
-    }
-
-    pub fn risk(&self) -> &Risk {
-        &self.report.risk
     }
 
     /// Puts a backend's events through policy.

@@ -2,6 +2,8 @@
 //! local model (loaded once per test binary and shared by every server it starts).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod mock_upstream;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -39,6 +41,8 @@ pub struct ServerOptions {
     pub queue_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub default_max_tokens: u32,
+    /// More configuration (e.g. `providers:` and `routing:` sections), appended.
+    pub extra_config: String,
 }
 
 impl Default for ServerOptions {
@@ -50,6 +54,7 @@ impl Default for ServerOptions {
             queue_timeout_ms: 600_000,
             max_body_bytes: 4 * 1024 * 1024,
             default_max_tokens: 64,
+            extra_config: String::new(),
         }
     }
 }
@@ -68,7 +73,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
         slots = options.slots,
         timeout = options.queue_timeout_ms,
         max_tokens = options.default_max_tokens,
-    );
+    ) + &options.extra_config;
     Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
 }
 
@@ -134,7 +139,7 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
     .unwrap()
     .store;
     let app = warden::build_app(
-        warden::server::build_state(config, keys, local).unwrap(),
+        warden::server::build_state(config, keys, local, &provider_keys).unwrap(),
         config.server.max_body_bytes,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -143,6 +148,15 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
         axum::serve(listener, app).await.unwrap();
     });
     format!("http://{address}")
+}
+
+/// Provider keys as the tests' environment would hold them.
+pub fn provider_keys(name: &str) -> Option<String> {
+    match name {
+        "TEST_ANTHROPIC_KEY" => Some("sk-test-anthropic".into()),
+        "TEST_OPENAI_KEY" => Some("sk-test-openai".into()),
+        _ => None,
+    }
 }
 
 pub fn sse_data(text: &str) -> Vec<String> {
