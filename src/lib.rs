@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod governor;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod route;
 pub mod server;
 

@@ -45,6 +45,15 @@ pub struct Config {
     pub governor: GovernorConfig,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub file: PathBuf,
+    /// The file was named explicitly, so it must exist.
+    pub file_named: bool,
+    pub approvals_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +84,7 @@ pub struct AgentConfig {
     pub role: Option<String>,
     pub key: KeySource,
     pub limits: AgentLimits,
+    pub autonomy: crate::policy::AutonomyMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +262,21 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         agents,
         providers,
         routing,
+        policy: PolicyConfig {
+            file: base.join(
+                raw.policy
+                    .file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_POLICY_FILE),
+            ),
+            file_named: raw.policy.file.is_some(),
+            approvals_file: base.join(
+                raw.policy
+                    .approvals_file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_APPROVALS_FILE),
+            ),
+        },
     })
 }
 
@@ -317,6 +342,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
         role: agent.role,
         key: source,
         limits,
+        autonomy: agent.autonomy,
     })
 }
 

@@ -35,6 +35,9 @@ pub const DEFAULT_AGING_MS: u64 = 5_000;
 pub const DEFAULT_PRIORITY_CEILING: Priority = Priority::P0;
 /// The class of a request that names none.
 pub const DEFAULT_PRIORITY: Priority = Priority::P1;
+pub const DEFAULT_POLICY_FILE: &str = "policy.yaml";
+/// Tickets live with the other runtime state, outside the operator's config folder.
+pub const DEFAULT_APPROVALS_FILE: &str = "../data/approvals.jsonl";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +58,18 @@ pub struct RawConfig {
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub routing: RawRouting,
+    #[serde(default)]
+    pub policy: RawPolicySettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicySettings {
+    /// Tool-call policy (relative to this file); `policy.yaml` beside it. Without one,
+    /// every tool call is denied.
+    pub file: Option<String>,
+    /// Where approval tickets are kept (relative to this file).
+    pub approvals_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +135,10 @@ pub struct RawAgent {
     pub key_sha256: Option<String>,
     /// Environment variable holding the agent's key.
     pub key_env: Option<String>,
+    /// observe, suggest, auto_low or guarded (the default): how far the agent's tool
+    /// calls may go without a human.
+    #[serde(default)]
+    pub autonomy: crate::policy::AutonomyMode,
     /// Highest class the agent may claim; higher requests are lowered to it.
     pub priority_ceiling: Option<Priority>,
     /// The class of the agent's requests that name none.

@@ -28,9 +28,8 @@ use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, St
 use crate::error::GatewayError;
 use crate::governor::{Admission, Governor, Permit, Priority};
 use crate::metrics::Metrics;
-use crate::route::{
-    assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
-};
+use crate::policy::{PolicyEngine, Screen, Screened};
+use crate::route::{assess_risk, check_local_answer, Reason, Route, RoutingState, Target};
 use trail::Trail;
 
 pub use report::{ReportTimings, WardenReport};
@@ -44,6 +43,7 @@ pub struct Gateway {
     routing: Arc<RoutingState>,
     metrics: Arc<Metrics>,
     governor: Governor,
+    policy: Arc<PolicyEngine>,
 }
 
 /// One request as it travels: who sent it, when, under which id, and what the client
@@ -120,6 +120,7 @@ impl Gateway {
         local: Arc<dyn Backend>,
         routing: Arc<RoutingState>,
         metrics: Arc<Metrics>,
+        policy: Arc<PolicyEngine>,
         governor: Governor,
     ) -> Self {
         Self {
@@ -127,6 +128,7 @@ impl Gateway {
             routing,
             metrics,
             governor,
+            policy,
         }
     }
 
@@ -169,23 +171,32 @@ impl Gateway {
         stream: bool,
     ) -> Result<Started, GatewayError> {
         let table = self.routing.current();
+        // The policy is fixed for the whole request: its risk signals route it, and
+        // whichever answer is finally chosen passes the same snapshot.
+        let policy = self.policy.current();
+        let mut trail = Trail::new(table.clone(), Route::Local);
+        trail.risk = assess_risk(&request, &context.metadata, &table.routing, &policy);
+        let screen = Screen::new(self.policy.clone(), policy, &request, &context);
         if request.model != AUTO_MODEL {
-            return self.start_named(context, request, stream, table).await;
+            return self
+                .start_named(context, request, stream, trail, screen)
+                .await;
         }
         let thresholds = table.routing.thresholds_for(&context.principal.agent_id);
         let chain = table.escalation_chain();
-        let mut trail = Trail::new(table.clone(), Route::Local);
-        trail.risk = assess_risk(&context.metadata, &table.routing);
         if trail.risk.score > thresholds.local_risk_ceiling {
             trail.route = Route::External;
             trail.reason(Reason::RiskAboveCeiling);
+            let permit = self.admit_external(&context, &chain).await?;
+            let escort = Escort { screen, permit };
             return self
-                .start_external(context, request, stream, chain, trail, None)
+                .start_external(context, request, stream, chain, trail, escort)
                 .await;
         }
         trail.reason(Reason::LocalFirst);
 
-        let mut permit = self.admit(&context, self.local.name()).await?;
+        let permit = self.admit(&context, self.local.name()).await?;
+        let mut escort = Escort { screen, permit };
         let started = Instant::now();
         let local_events = match self.local.generate(request.clone()).await {
             Ok(events) => events,
@@ -210,7 +221,7 @@ impl Gateway {
                 trail.route = Route::External;
                 trail.reason(reason);
                 return self
-                    .start_external(context, request, stream, chain, trail, Some(permit))
+                    .start_external(context, request, stream, chain, trail, escort)
                     .await;
             }
         };
@@ -225,7 +236,7 @@ impl Gateway {
                 local_events,
                 context,
                 trail,
-                permit,
+                escort,
             ));
         }
 
@@ -245,7 +256,7 @@ impl Gateway {
                 local.replay(),
                 context,
                 trail,
-                permit,
+                escort,
             ));
         }
         for shortfall in &shortfalls {
@@ -258,13 +269,13 @@ impl Gateway {
         trail.answered(&local.summary, Outcome::Rejected);
         trail.route = Route::Escalated;
         match self
-            .try_chain(&request, stream, &chain, &mut trail, &mut permit)
+            .try_chain(&request, stream, &chain, &mut trail, &mut escort.permit)
             .await
         {
             Ok((target, events)) => {
                 let route =
                     trail.header(target.provider.config().name.as_str(), &target.model, None);
-                Ok(self.respond(target.model, route, events, context, trail, permit))
+                Ok(self.respond(target.model, route, events, context, trail, escort))
             }
             Err(_) => {
                 // The local answer was already paid for and the risk allowed it: better a
@@ -289,7 +300,7 @@ impl Gateway {
                     local.replay(),
                     context,
                     trail,
-                    permit,
+                    escort,
                 ))
             }
         }
@@ -301,27 +312,29 @@ impl Gateway {
         context: RequestContext,
         request: ChatRequest,
         stream: bool,
-        table: Arc<RoutingTable>,
+        mut trail: Trail,
+        screen: Screen,
     ) -> Result<Started, GatewayError> {
-        let mut trail = Trail::new(table.clone(), Route::Local);
+        let table = trail.table.clone();
         trail.reason(Reason::NamedModel);
         if self.local.models().contains(&request.model) {
             let permit = self.admit(&context, self.local.name()).await?;
+            let escort = Escort { screen, permit };
             let events = self.local.generate(request).await?;
             let route = trail.header(self.local.name(), &self.local_model(), None);
-            return Ok(self.respond(self.local_model(), route, events, context, trail, permit));
+            return Ok(self.respond(self.local_model(), route, events, context, trail, escort));
         }
         let targets = table.targets_for(&request.model);
         if targets.is_empty() {
             return Err(GatewayError::ModelNotFound(request.model));
         }
         trail.route = Route::External;
-        self.start_external(context, request, stream, targets, trail, None)
+        let permit = self.admit_external(&context, &targets).await?;
+        let escort = Escort { screen, permit };
+        self.start_external(context, request, stream, targets, trail, escort)
             .await
     }
 
-    /// Runs `request` along `targets`, under `permit` when the request already holds
-    /// one (it tried the local engine first), else under one admitted now.
     async fn start_external(
         &self,
         context: RequestContext,
@@ -329,25 +342,26 @@ impl Gateway {
         stream: bool,
         targets: Vec<Target>,
         mut trail: Trail,
-        permit: Option<Permit>,
+        mut escort: Escort,
     ) -> Result<Started, GatewayError> {
-        let Some(first) = targets.first() else {
-            return Err(GatewayError::Unavailable {
-                message:
-                    "this request must be served by an external provider and none is configured"
-                        .into(),
-                retry_after: None,
-            });
-        };
-        let mut permit = match permit {
-            Some(permit) => permit,
-            None => self.admit(&context, &first.provider.config().name).await?,
-        };
+        if targets.is_empty() {
+            return Err(no_provider());
+        }
         let (target, events) = self
-            .try_chain(&request, stream, &targets, &mut trail, &mut permit)
+            .try_chain(&request, stream, &targets, &mut trail, &mut escort.permit)
             .await?;
         let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
-        Ok(self.respond(target.model, route, events, context, trail, permit))
+        Ok(self.respond(target.model, route, events, context, trail, escort))
+    }
+
+    /// A permit for a request that goes straight to `targets`, admitted for the first.
+    async fn admit_external(
+        &self,
+        context: &RequestContext,
+        targets: &[Target],
+    ) -> Result<Permit, GatewayError> {
+        let first = targets.first().ok_or_else(no_provider)?;
+        self.admit(context, &first.provider.config().name).await
     }
 
     /// Takes a governor permit for a request that starts on `backend`, waiting in the
@@ -451,6 +465,9 @@ impl Gateway {
     }
 
     /// The answer's events as the client receives them, ending with warden's report.
+    /// Every answer that reaches a client, from whichever backend and however it was
+    /// chosen, comes through here and so through policy: its text is screened and its
+    /// tool calls decided before any of them is sent.
     /// The permit travels with them: the end of the answer, or a client that stops
     /// reading, gives its slots back.
     fn respond(
@@ -460,21 +477,24 @@ impl Gateway {
         events: EventStream,
         context: RequestContext,
         trail: Trail,
-        permit: Permit,
+        escort: Escort,
     ) -> Started {
+        let Escort { screen, permit } = escort;
         let metrics = self.metrics.clone();
         let (priority, governor_wait) = (permit.priority(), permit.waited());
         let mut trail = Some(trail);
         let mut permit = Some(permit);
-        let events = events.map(move |event| match event {
+        let events = screen.apply(events).map(move |event| match event {
             Ok(StreamEvent::Content { text, logprobs }) => {
                 Ok(StreamEvent::Content { text, logprobs })
             }
-            Ok(StreamEvent::Finished(summary)) => {
+            Ok(StreamEvent::Finished(screened)) => {
+                let Screened { summary, policy } = *screened;
                 let trail = trail
                     .take()
                     .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
-                let report = WardenReport::new(&context, &summary, trail, priority, governor_wait);
+                let mut report =
+                    WardenReport::new(&context, &summary, trail, priority, governor_wait);
                 if let Some(permit) = permit.take() {
                     // Every attempt's tokens and cost count, not only the served one's.
                     let tokens = report
@@ -484,16 +504,17 @@ impl Gateway {
                         .sum();
                     permit.charge(tokens, report.cost_usd);
                 }
+                report.policy = Some(policy);
                 metrics
                     .routes
                     .with_label_values(&[report.route.as_str()])
                     .inc();
                 Ok(StreamEvent::Finished(Box::new(Completed {
-                    summary: *summary,
+                    summary,
                     report,
                 })))
             }
-            Err(error) => Err(GatewayError::from(error)),
+            Err(error) => Err(error),
         });
         Started {
             model,
@@ -504,6 +525,21 @@ impl Gateway {
 
     fn local_model(&self) -> String {
         self.local.models().into_iter().next().unwrap_or_default()
+    }
+}
+
+/// What travels with a request to its answer: the policy screen the answer passes and
+/// the governor permit the request holds until the answer ends.
+struct Escort {
+    screen: Screen,
+    permit: Permit,
+}
+
+fn no_provider() -> GatewayError {
+    GatewayError::Unavailable {
+        message: "this request must be served by an external provider and none is configured"
+            .into(),
+        retry_after: None,
     }
 }
 

@@ -10,6 +10,7 @@ use super::trail::{Attempt, Outcome, Trail};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
 use crate::governor::Priority;
+use crate::policy::PolicyReport;
 use crate::route::{Reason, Risk, Route};
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +36,9 @@ pub struct WardenReport {
     pub cost_usd: Option<Decimal>,
     pub routing_version: u64,
     pub timings: ReportTimings,
+    /// Tool-call decisions, output findings and tickets under the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +83,7 @@ impl WardenReport {
                 first_token_ms: summary.timings.first_token_ms,
                 total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
             },
+            policy: None,
         }
     }
 }
