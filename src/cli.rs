@@ -1,4 +1,4 @@
-//! Command-line interface: `warden serve` and `warden model fetch`.
+//! Command-line interface: `warden serve`, `warden model fetch`, `warden policy ...`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +39,11 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Check, test and replay tool-call policies.
+    Policy {
+        #[command(subcommand)]
+        command: crate::policy::cli::PolicyCommand,
     },
 }
 
@@ -83,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config))
         }
+        Command::Policy { command } => crate::policy::cli::run(command),
         Command::Model {
             command: ModelCommand::Fetch { name, config },
         } => {

@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::governor::GovernorError;
+use crate::policy::{ApprovalError, PolicyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Refused by the concurrency governor (queue, rate, spend, kill switch).
+    #[error(transparent)]
+    Governor(#[from] GovernorError),
     #[error("{message}")]
     InvalidRequest {
         message: String,
@@ -27,8 +32,19 @@ pub enum GatewayError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// Every backend that could serve the request failed; `retry_after` when one of
+    /// them said when to come back.
+    #[error("{message}")]
+    Upstream {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    #[error("the policy was not reloaded: {0}")]
+    PolicyInvalid(#[from] PolicyError),
 }
 
 impl GatewayError {
@@ -71,6 +87,14 @@ impl From<BackendError> for GatewayError {
             BackendError::Unavailable(_) => GatewayError::Unavailable {
                 message: error.to_string(),
                 retry_after: None,
+            },
+            BackendError::Upstream { retry_after, .. } => GatewayError::Upstream {
+                message: error.to_string(),
+                retry_after,
+            },
+            BackendError::CircuitOpen { retry_in, .. } => GatewayError::Unavailable {
+                message: error.to_string(),
+                retry_after: Some(retry_in.max(Duration::from_secs(1))),
             },
             BackendError::Generation(message) => GatewayError::Internal(message),
         }

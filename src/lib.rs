@@ -13,8 +13,11 @@ pub mod config;
 pub mod cost;
 pub mod error;
 pub mod gateway;
+pub mod governor;
 pub mod metrics;
 pub mod model;
+pub mod policy;
+pub mod route;
 pub mod server;
 
 pub use api::{build_app, AppState};

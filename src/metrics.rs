@@ -2,7 +2,7 @@
 //! `GET /metrics`. Each concern registers its own series here.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from a fast refusal to a long generation.
@@ -16,6 +16,70 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Time to the response head (for streams: to the first byte, not the last).
     pub http_latency: HistogramVec,
+    /// Completed responses by how they were routed.
+    pub routes: IntCounterVec,
+    /// Local answers sent out, by what was wrong with them.
+    pub escalations: IntCounterVec,
+    pub policy: crate::policy::PolicyCounters,
+    pub governor: GovernorMetrics,
+}
+
+/// The concurrency governor's series.
+#[derive(Clone)]
+pub struct GovernorMetrics {
+    /// Requests waiting, by priority class.
+    pub queue_depth: IntGaugeVec,
+    /// Time from arrival to admission of admitted requests, by priority class.
+    pub queue_wait: HistogramVec,
+    /// Requests holding a permit, by backend.
+    pub in_flight: IntGaugeVec,
+    /// Requests the governor refused, by reason.
+    pub rejections: IntCounterVec,
+    /// Refusals by a per-minute limit, by agent and limit (`requests`, `tokens`).
+    pub rate_limited: IntCounterVec,
+}
+
+impl GovernorMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            queue_depth: IntGaugeVec::new(
+                Opts::new("governor_queue_depth", "Requests waiting by priority class"),
+                &["class"],
+            )?,
+            queue_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "governor_queue_wait_seconds",
+                    "Wait before admission by priority class",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["class"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new("governor_in_flight", "Requests holding a permit by backend"),
+                &["backend"],
+            )?,
+            rejections: IntCounterVec::new(
+                Opts::new(
+                    "governor_rejections_total",
+                    "Requests refused by the governor by reason",
+                ),
+                &["reason"],
+            )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "governor_rate_limited_total",
+                    "Requests refused by a per-minute limit by agent and limit",
+                ),
+                &["agent", "limit"],
+            )?,
+        };
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.queue_wait.clone()))?;
+        registry.register(Box::new(metrics.in_flight.clone()))?;
+        registry.register(Box::new(metrics.rejections.clone()))?;
+        registry.register(Box::new(metrics.rate_limited.clone()))?;
+        Ok(metrics)
+    }
 }
 
 impl Metrics {
@@ -36,12 +100,45 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let policy = crate::policy::PolicyCounters {
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "policy_decisions_total",
+                    "Tool-call decisions by verdict and reason code",
+                ),
+                &["verdict", "code"],
+            )?,
+            findings: IntCounterVec::new(
+                Opts::new(
+                    "output_findings_total",
+                    "Personal data and secrets found in output, by detector and action",
+                ),
+                &["detector", "action"],
+            )?,
+        };
+        let routes = IntCounterVec::new(
+            Opts::new("routes_total", "Completed responses by route"),
+            &["route"],
+        )?;
+        let escalations = IntCounterVec::new(
+            Opts::new("escalations_total", "Local answers escalated, by reason"),
+            &["reason"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
+        registry.register(Box::new(routes.clone()))?;
+        registry.register(Box::new(escalations.clone()))?;
+        let governor = GovernorMetrics::register(&registry)?;
+        registry.register(Box::new(policy.decisions.clone()))?;
+        registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             http_latency,
+            routes,
+            escalations,
+            governor,
+            policy,
         })
     }
 

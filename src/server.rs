@@ -13,8 +13,11 @@ use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
 use crate::gateway::Gateway;
+use crate::governor::{Governor, GovernorSettings};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
+use crate::policy::PolicyEngine;
+use crate::route::{RoutingState, RoutingTable};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
@@ -41,10 +44,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let app = build_app(
-        build_state(&config, setup.store, backend)?,
-        config.server.max_body_bytes,
-    );
+    let state = build_state(&config, setup.store, backend, &process_env)?;
+    if let Err(error) = reload_on_hangup(
+        config.path.clone(),
+        state.gateway.routing().clone(),
+        state.policy.clone(),
+    ) {
+        tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
+    }
+    let app = build_app(state, config.server.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -56,17 +64,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Everything a request needs, built from the configuration around the given local
-/// backend (tests and benches substitute their own).
+/// backend (tests and benches substitute their own). `env` looks up provider keys.
 pub fn build_state(
     config: &Config,
     keys: KeyStore,
     local: Arc<dyn Backend>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<AppState> {
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let table = RoutingTable::build(config, 1, None, env).map_err(anyhow::Error::msg)?;
+    let routing = Arc::new(RoutingState::new(table));
+    // The local engine never queues on its own: the governor admits at most `slots`
+    // generations to it, and the waiting happens in the governor's priority queue.
+    let governor = Governor::new(
+        GovernorSettings::from_config(config).backend(local.name(), config.local.slots),
+        metrics.governor.clone(),
+    );
+    let policy = Arc::new(PolicyEngine::open(&config.policy, metrics.policy.clone())?);
     Ok(AppState {
         config: Arc::new(config.clone()),
-        gateway: Arc::new(Gateway::new(local, Arc::new(config.prices.clone()))),
+        gateway: Arc::new(Gateway::new(
+            local,
+            routing,
+            metrics.clone(),
+            policy.clone(),
+            governor.clone(),
+        )),
+        governor,
         keys: Arc::new(keys),
-        metrics: Arc::new(Metrics::new().context("registering metrics")?),
+        metrics,
+        policy,
         started: std::time::Instant::now(),
     })
 }
@@ -123,6 +150,53 @@ fn existing_file(
         manifest.name
     );
     Ok(path)
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// SIGHUP re-reads the configuration file (providers, routing and prices) and the
+/// policy file, each swapped in whole; a file that fails validation changes nothing of
+/// its own part. Agents, keys, the listener and the local model are read at start
+/// only. The handler is installed before this returns, so a signal sent afterwards is
+/// never lost (nor, by default, fatal).
+#[cfg(unix)]
+pub fn reload_on_hangup(
+    path: PathBuf,
+    routing: Arc<RoutingState>,
+    policy: Arc<PolicyEngine>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => match routing.reload(&config, &process_env) {
+                    Ok(table) => {
+                        tracing::info!(version = table.version, file = %path.display(), "configuration reloaded")
+                    }
+                    Err((key, message)) => {
+                        tracing::error!(%key, %message, "reload refused; the previous routing stays")
+                    }
+                },
+                Err(error) => tracing::error!(%error, "reload refused; the previous routing stays"),
+            }
+            if let Err(error) = policy.reload() {
+                tracing::error!(%error, "policy reload refused; the running policy stays");
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn reload_on_hangup(
+    _path: PathBuf,
+    _routing: Arc<RoutingState>,
+    _policy: Arc<PolicyEngine>,
+) -> std::io::Result<()> {
+    Ok(())
 }
 
 async fn shutdown_signal() {

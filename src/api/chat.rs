@@ -21,6 +21,7 @@ use super::AppState;
 use crate::chat::StreamEvent;
 use crate::error::GatewayError;
 use crate::gateway::{self, Completed, RequestContext, ResponseStream};
+use crate::governor::UnknownPriority;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -36,6 +37,9 @@ pub async fn chat_completions(
     } = request::parse(wire)?;
     // Headers win over the body: a proxy or SDK wrapper can set them for the agent.
     if let Some(priority) = header_text(&headers, "x-priority")? {
+        let priority = priority.parse().map_err(|error: UnknownPriority| {
+            GatewayError::invalid("x-priority", format!("header `x-priority`: {error}"))
+        })?;
         metadata.priority = Some(priority);
     }
     if let Some(run_id) = header_text(&headers, "x-run-id")? {
@@ -44,7 +48,8 @@ pub async fn chat_completions(
     let context = RequestContext::new(principal, metadata);
     let request_id = context.request_id.clone();
     let logprobs = chat.logprobs.is_some();
-    let started = state.gateway.start(context, chat).await?;
+    let started = state.gateway.start(context, chat, stream).await?;
+    let route = started.route.clone();
     let identity = CompletionIdentity {
         id: format!("chatcmpl-{request_id}"),
         created: unix_now(),
@@ -62,6 +67,9 @@ pub async fn chat_completions(
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&route) {
+        response.headers_mut().insert("x-warden-route", value);
     }
     Ok(response)
 }

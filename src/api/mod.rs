@@ -2,11 +2,14 @@
 //! module that knows about axum.
 
 mod admin;
+mod approvals;
 mod chat;
 pub mod error;
 mod extract;
+mod governor;
 mod health;
 pub mod openai;
+mod routing;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +26,9 @@ pub use admin::AdminCaller;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::governor::Governor;
 use crate::metrics::Metrics;
+use crate::policy::PolicyEngine;
 use error::ApiError;
 use extract::BodyLimit;
 
@@ -31,8 +36,10 @@ use extract::BodyLimit;
 pub struct AppState {
     pub config: Arc<Config>,
     pub gateway: Arc<Gateway>,
+    pub governor: Governor,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
+    pub policy: Arc<PolicyEngine>,
     pub started: Instant,
 }
 
@@ -45,6 +52,9 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
+        .merge(governor::routes())
+        .merge(approvals::routes())
+        .merge(routing::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

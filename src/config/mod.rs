@@ -2,17 +2,21 @@
 //! then validated into the types the rest of warden uses. Every error names the file
 //! and the key.
 
+mod governor;
 pub mod raw;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use governor::{AgentLimits, GovernorConfig};
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
-use crate::cost::PriceTable;
+use crate::cost::{ModelPrice, PriceTable};
+pub use routing::{ProviderConfig, ProviderKind, RoutingConfig, Thresholds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +42,18 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     pub local: LocalConfig,
     pub prices: PriceTable,
+    pub governor: GovernorConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub routing: RoutingConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub file: PathBuf,
+    /// The file was named explicitly, so it must exist.
+    pub file_named: bool,
+    pub approvals_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +83,8 @@ pub struct AgentConfig {
     pub tenant: String,
     pub role: Option<String>,
     pub key: KeySource,
+    pub limits: AgentLimits,
+    pub autonomy: crate::policy::AutonomyMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +237,20 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         ));
     }
 
+    let mut prices = load_prices(raw.prices.as_deref(), base)?;
+    for (model, input, output) in routing::provider_prices(&raw.providers)? {
+        let price = ModelPrice {
+            input_per_million: input,
+            output_per_million: output,
+        };
+        prices
+            .add(&model, price)
+            .map_err(|message| ("providers".to_string(), message))?;
+    }
+    let providers = routing::validate_providers(raw.providers)?;
+    let agent_ids: Vec<String> = agents.iter().map(|agent| agent.id.clone()).collect();
+    let routing = routing::validate_routing(raw.routing, &providers, &agent_ids, "routing.")?;
+
     Ok(Config {
         path: path.to_path_buf(),
         server: crate::config::ServerConfig {
@@ -226,9 +258,27 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
             max_body_bytes: raw.server.max_body_bytes,
         },
         auth,
-        agents,
         local: validate_local(raw.local, base)?,
-        prices: load_prices(raw.prices.as_deref(), base)?,
+        prices,
+        governor: governor::validate_governor(raw.governor, &agents)?,
+        agents,
+        providers,
+        routing,
+        policy: PolicyConfig {
+            file: base.join(
+                raw.policy
+                    .file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_POLICY_FILE),
+            ),
+            file_named: raw.policy.file.is_some(),
+            approvals_file: base.join(
+                raw.policy
+                    .approvals_file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_APPROVALS_FILE),
+            ),
+        },
     })
 }
 
@@ -254,6 +304,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
     if agent.tenant.trim().is_empty() {
         return Err((key("tenant"), "must not be empty".into()));
     }
+    let limits = governor::validate_agent_limits(index, &agent)?;
     let source = match (agent.key_sha256, agent.key_env) {
         (Some(digest), None) => {
             let digest = digest.to_ascii_lowercase();
@@ -292,6 +343,8 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
         tenant: agent.tenant,
         role: agent.role,
         key: source,
+        limits,
+        autonomy: agent.autonomy,
     })
 }
 

@@ -67,13 +67,29 @@ impl PriceTable {
         Self::from_yaml(&text)
     }
 
+    /// Adds a price written elsewhere (on a provider's model); a model priced twice is
+    /// an error, so there is one place to change it.
+    pub fn add(&mut self, model: &str, price: ModelPrice) -> Result<(), String> {
+        if self.models.contains_key(model) {
+            return Err(format!(
+                "`{model}` is priced twice (prices file and provider)"
+            ));
+        }
+        self.models.insert(model.to_string(), price);
+        Ok(())
+    }
+
     pub fn price(&self, model: &str) -> Option<&ModelPrice> {
         self.models.get(model)
     }
 
-    /// What `usage` costs on `model`; `None` when the model has no price.
-    pub fn cost(&self, model: &str, usage: Usage) -> Option<Decimal> {
-        let price = self.price(model)?;
+    /// What `usage` costs on `model` served by `backend`: the backend's own price for
+    /// it (`backend/model`, as written on a provider) or else the model's price.
+    /// `None` when neither is priced.
+    pub fn cost(&self, backend: &str, model: &str, usage: Usage) -> Option<Decimal> {
+        let price = self
+            .price(&format!("{backend}/{model}"))
+            .or_else(|| self.price(model))?;
         let per_token = |per_million: Decimal, tokens: u32| {
             per_million * Decimal::from(tokens) / Decimal::from(TOKENS_PER_PRICE_UNIT)
         };
@@ -84,9 +100,16 @@ impl PriceTable {
     }
 }
 
+/// Like `money`, for a field that may be absent.
+pub fn optional_money<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Decimal>, D::Error> {
+    money(deserializer).map(Some)
+}
+
 /// Reads money from a string (`"0.15"`, exact) or a YAML number. Numbers go through
 /// their shortest decimal form, so `0.15` is 0.15 and not 0.1499999….
-fn money<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+pub fn money<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Written {
@@ -117,10 +140,21 @@ mod tests {
         };
         // 1000 * 0.15/1M + 500 * 0.60/1M = 0.00015 + 0.0003
         assert_eq!(
-            table.cost("gpt-x", usage),
+            table.cost("any", "gpt-x", usage),
             Some(Decimal::from_str("0.00045").unwrap())
         );
-        assert_eq!(table.cost("unpriced", usage), None);
+        assert_eq!(table.cost("any", "unpriced", usage), None);
+        // A provider's own price for a model wins over the model's.
+        let mut table = table;
+        let azure = ModelPrice {
+            input_per_million: Decimal::ONE,
+            output_per_million: Decimal::ONE,
+        };
+        table.add("azure/gpt-x", azure).unwrap();
+        assert_eq!(
+            table.cost("azure", "gpt-x", usage),
+            Some(Decimal::from_str("0.0015").unwrap())
+        );
     }
 
     #[test]

@@ -1,30 +1,49 @@
-//! The path of one request through warden, independent of HTTP: pick the backend for
-//! the model asked for, start the generation, and turn what it produces into the
-//! events a client receives, ending with warden's report of how it was served.
+//! The path of one request through warden, independent of HTTP: decide where it runs
+//! (local first, external when the risk, the context or the model asks for it), check
+//! a local answer before it is shown and escalate it when it falls short, fail over
+//! along the provider chain, and end every response with warden's report of all that.
+//!
+//! Every request holds one governor permit from before its first attempt until its
+//! response stream ends or is dropped. The permit is admitted for the backend the
+//! request starts on and moves with each later attempt, so the governor's per-backend
+//! count is always where the work is. The governor limits the local engine (its
+//! `slots`): local generations wait in its priority queue, never in the engine's own
+//! FIFO. A provider's `max_concurrency` is enforced by the provider's own semaphore
+//! alone: a saturated provider is a failover signal for the chain, and queueing for it
+//! in the governor as well would make a request wait twice.
 
 mod report;
+mod trail;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 
 use crate::auth::Principal;
-use crate::backend::{Backend, BackendStatus};
-use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
-use crate::cost::PriceTable;
+use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
+use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
 use crate::error::GatewayError;
+use crate::governor::{Admission, Governor, Permit, Priority};
+use crate::metrics::Metrics;
+use crate::policy::{PolicyEngine, Screen, Screened};
+use crate::route::{assess_risk, check_local_answer, Reason, Route, RoutingState, Target};
+use trail::Trail;
 
 pub use report::{ReportTimings, WardenReport};
+pub use trail::{Attempt, Outcome};
 
 /// The model name that lets warden choose where a request runs.
 pub const AUTO_MODEL: &str = "auto";
 
 pub struct Gateway {
     local: Arc<dyn Backend>,
-    prices: Arc<PriceTable>,
+    routing: Arc<RoutingState>,
+    metrics: Arc<Metrics>,
+    governor: Governor,
+    policy: Arc<PolicyEngine>,
 }
 
 /// One request as it travels: who sent it, when, under which id, and what the client
@@ -39,8 +58,9 @@ pub struct RequestContext {
 /// What a client attaches to a request for warden's sake (headers or `metadata`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMetadata {
-    /// The priority class asked for (`P0`, `P1`, `P2`), as written.
-    pub priority: Option<String>,
+    /// The priority class asked for; the governor applies the agent's default and
+    /// ceiling.
+    pub priority: Option<Priority>,
     /// The agent run this request is a step of.
     pub run_id: Option<String>,
     /// Every other entry: labels that policies and routing match on (`env: prod`).
@@ -74,6 +94,8 @@ pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseEvent, Gatewa
 pub struct Started {
     /// The model that answers, as the response names it.
     pub model: String,
+    /// How it is being routed, as far as known before the first byte (`x-warden-route`).
+    pub route: String,
     pub events: ResponseStream,
 }
 
@@ -94,18 +116,42 @@ pub struct Readiness {
 }
 
 impl Gateway {
-    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>) -> Self {
-        Self { local, prices }
+    pub fn new(
+        local: Arc<dyn Backend>,
+        routing: Arc<RoutingState>,
+        metrics: Arc<Metrics>,
+        policy: Arc<PolicyEngine>,
+        governor: Governor,
+    ) -> Self {
+        Self {
+            local,
+            routing,
+            metrics,
+            governor,
+            policy,
+        }
+    }
+
+    pub fn routing(&self) -> &Arc<RoutingState> {
+        &self.routing
     }
 
     pub fn models(&self) -> Vec<ModelEntry> {
-        std::iter::once(AUTO_MODEL.to_string())
+        let local = std::iter::once(AUTO_MODEL.to_string())
             .chain(self.local.models())
             .map(|id| ModelEntry {
                 id,
                 owned_by: "warden".into(),
-            })
-            .collect()
+            });
+        let table = self.routing.current();
+        let external = table.models().into_iter().map(|id| ModelEntry {
+            owned_by: table
+                .targets_for(&id)
+                .first()
+                .map_or_else(String::new, |target| target.provider.config().name.clone()),
+            id,
+        });
+        local.chain(external).collect()
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -116,48 +162,429 @@ impl Gateway {
         }
     }
 
+    /// Starts answering `request`. `stream` says whether the client reads the answer as
+    /// it comes, which decides whether a checked local answer can be streamed live.
     pub async fn start(
         &self,
         context: RequestContext,
         request: ChatRequest,
+        stream: bool,
     ) -> Result<Started, GatewayError> {
-        let backend = self.backend_for(&request.model)?;
-        let model = backend
-            .models()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| request.model.clone());
-        let prices = self.prices.clone();
-        let events = backend
-            .generate(request)
-            .await?
-            .map(move |event| match event {
-                Ok(StreamEvent::Content { text, logprobs }) => {
-                    Ok(StreamEvent::Content { text, logprobs })
+        let table = self.routing.current();
+        // The policy is fixed for the whole request: its risk signals route it, and
+        // whichever answer is finally chosen passes the same snapshot.
+        let policy = self.policy.current();
+        let mut trail = Trail::new(table.clone(), Route::Local);
+        trail.risk = assess_risk(&request, &context.metadata, &table.routing, &policy);
+        let screen = Screen::new(self.policy.clone(), policy, &request, &context);
+        if request.model != AUTO_MODEL {
+            return self
+                .start_named(context, request, stream, trail, screen)
+                .await;
+        }
+        let thresholds = table.routing.thresholds_for(&context.principal.agent_id);
+        let chain = table.escalation_chain();
+        if trail.risk.score > thresholds.local_risk_ceiling {
+            trail.route = Route::External;
+            trail.reason(Reason::RiskAboveCeiling);
+            let permit = self.admit_external(&context, &chain).await?;
+            let escort = Escort { screen, permit };
+            return self
+                .start_external(context, request, stream, chain, trail, escort)
+                .await;
+        }
+        trail.reason(Reason::LocalFirst);
+
+        let permit = self.admit(&context, self.local.name()).await?;
+        let mut escort = Escort { screen, permit };
+        let started = Instant::now();
+        let local_events = match self.local.generate(request.clone()).await {
+            Ok(events) => events,
+            Err(error) => {
+                let reason = match &error {
+                    BackendError::ContextLengthExceeded { .. } => Reason::ContextOverflow,
+                    BackendError::Saturated { .. } => Reason::LocalSaturated,
+                    BackendError::Loading | BackendError::Unavailable(_) => {
+                        Reason::LocalUnavailable
+                    }
+                    _ => return Err(error.into()),
+                };
+                if chain.is_empty() {
+                    return Err(error.into());
                 }
-                Ok(StreamEvent::Finished(summary)) => {
-                    let cost = prices.cost(&summary.model, summary.usage);
-                    let report = WardenReport::new(&context, &summary, cost);
-                    Ok(StreamEvent::Finished(Box::new(Completed {
-                        summary: *summary,
-                        report,
-                    })))
+                trail.failed(
+                    self.local.name(),
+                    &self.local_model(),
+                    &error,
+                    ms_since(started),
+                );
+                trail.route = Route::External;
+                trail.reason(reason);
+                return self
+                    .start_external(context, request, stream, chain, trail, escort)
+                    .await;
+            }
+        };
+        if chain.is_empty() || (stream && !table.routing.verify_before_stream) {
+            if chain.is_empty() {
+                trail.reason(Reason::NoEscalationTarget);
+            }
+            let route = trail.header(self.local.name(), &self.local_model(), None);
+            return Ok(self.respond(
+                self.local_model(),
+                route,
+                local_events,
+                context,
+                trail,
+                escort,
+            ));
+        }
+
+        // Verify before anything is shown: the client sees either this answer or the
+        // one that replaces it, never both.
+        let local = collect_events(local_events).await?;
+        let shortfalls = check_local_answer(&local.summary, request.callable_tools(), &thresholds);
+        if shortfalls.is_empty() {
+            let route = trail.header(
+                self.local.name(),
+                &self.local_model(),
+                local.summary.confidence,
+            );
+            return Ok(self.respond(
+                self.local_model(),
+                route,
+                local.replay(),
+                context,
+                trail,
+                escort,
+            ));
+        }
+        for shortfall in &shortfalls {
+            self.metrics
+                .escalations
+                .with_label_values(&[shortfall.as_str()])
+                .inc();
+        }
+        trail.reasons.extend(shortfalls);
+        trail.answered(&local.summary, Outcome::Rejected);
+        trail.route = Route::Escalated;
+        match self
+            .try_chain(&request, stream, &chain, &mut trail, &mut escort.permit)
+            .await
+        {
+            Ok((target, events)) => {
+                let route =
+                    trail.header(target.provider.config().name.as_str(), &target.model, None);
+                Ok(self.respond(target.model, route, events, context, trail, escort))
+            }
+            Err(_) => {
+                // The local answer was already paid for and the risk allowed it: better a
+                // flagged local answer than none.
+                let rejected = trail
+                    .attempts
+                    .iter()
+                    .position(|a| a.outcome == Outcome::Rejected);
+                if let Some(index) = rejected {
+                    trail.attempts.remove(index);
                 }
-                Err(error) => Err(GatewayError::from(error)),
+                trail.route = Route::FallbackLocal;
+                trail.reason(Reason::FallbackLocal);
+                let route = trail.header(
+                    self.local.name(),
+                    &self.local_model(),
+                    local.summary.confidence,
+                );
+                Ok(self.respond(
+                    self.local_model(),
+                    route,
+                    local.replay(),
+                    context,
+                    trail,
+                    escort,
+                ))
+            }
+        }
+    }
+
+    /// A model named by the client: the local one, or the providers serving it.
+    async fn start_named(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+        stream: bool,
+        mut trail: Trail,
+        screen: Screen,
+    ) -> Result<Started, GatewayError> {
+        let table = trail.table.clone();
+        trail.reason(Reason::NamedModel);
+        if self.local.models().contains(&request.model) {
+            let permit = self.admit(&context, self.local.name()).await?;
+            let escort = Escort { screen, permit };
+            let events = self.local.generate(request).await?;
+            let route = trail.header(self.local.name(), &self.local_model(), None);
+            return Ok(self.respond(self.local_model(), route, events, context, trail, escort));
+        }
+        let targets = table.targets_for(&request.model);
+        if targets.is_empty() {
+            return Err(GatewayError::ModelNotFound(request.model));
+        }
+        trail.route = Route::External;
+        let permit = self.admit_external(&context, &targets).await?;
+        let escort = Escort { screen, permit };
+        self.start_external(context, request, stream, targets, trail, escort)
+            .await
+    }
+
+    async fn start_external(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+        stream: bool,
+        targets: Vec<Target>,
+        mut trail: Trail,
+        mut escort: Escort,
+    ) -> Result<Started, GatewayError> {
+        if targets.is_empty() {
+            return Err(no_provider());
+        }
+        let (target, events) = self
+            .try_chain(&request, stream, &targets, &mut trail, &mut escort.permit)
+            .await?;
+        let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
+        Ok(self.respond(target.model, route, events, context, trail, escort))
+    }
+
+    /// A permit for a request that goes straight to `targets`, admitted for the first.
+    async fn admit_external(
+        &self,
+        context: &RequestContext,
+        targets: &[Target],
+    ) -> Result<Permit, GatewayError> {
+        let first = targets.first().ok_or_else(no_provider)?;
+        self.admit(context, &first.provider.config().name).await
+    }
+
+    /// Takes a governor permit for a request that starts on `backend`, waiting in the
+    /// priority queue if need be.
+    async fn admit(&self, context: &RequestContext, backend: &str) -> Result<Permit, GatewayError> {
+        let admission = Admission {
+            agent: &context.principal.agent_id,
+            tenant: &context.principal.tenant,
+            priority: context.metadata.priority,
+            backend,
+        };
+        Ok(self.governor.admit(admission).await?)
+    }
+
+    /// Tries each target in order until one answers. A streaming client gets the first
+    /// provider that starts answering; everyone else gets the first whole answer, so a
+    /// provider that breaks mid-answer is failed over too.
+    async fn try_chain(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+        targets: &[Target],
+        trail: &mut Trail,
+        permit: &mut Permit,
+    ) -> Result<(Target, EventStream), GatewayError> {
+        let mut retry_after = None;
+        let mut only_refusals = true;
+        for target in targets {
+            let started = Instant::now();
+            let provider_name = target.provider.config().name.clone();
+            permit.move_to(&provider_name)?;
+            let mut attempt = request.clone();
+            attempt.model = target.model.clone();
+            let outcome = match target.provider.generate(attempt).await {
+                Ok(events) if stream => Ok(events),
+                Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(events) => {
+                    if trail
+                        .attempts
+                        .iter()
+                        .any(|a| a.outcome == Outcome::Failed || a.outcome == Outcome::Skipped)
+                    {
+                        trail.reason(Reason::ProviderFailover);
+                    }
+                    return Ok((target.clone(), events));
+                }
+                Err(error) => {
+                    tracing::warn!(provider = %provider_name, %error, "provider failed");
+                    only_refusals &= matches!(
+                        error,
+                        BackendError::Upstream {
+                            retryable: false,
+                            ..
+                        }
+                    );
+                    if let BackendError::Upstream {
+                        retry_after: Some(wait),
+                        ..
+                    }
+                    | BackendError::CircuitOpen { retry_in: wait, .. } = &error
+                    {
+                        retry_after =
+                            Some(retry_after.map_or(*wait, |known: Duration| known.min(*wait)));
+                    }
+                    trail.failed(&provider_name, &target.model, &error, ms_since(started));
+                }
+            }
+        }
+        let failures: Vec<String> = trail
+            .attempts
+            .iter()
+            .filter_map(|a| {
+                a.error
+                    .as_ref()
+                    .map(|e| format!("{} ({}): {e}", a.backend, a.model))
+            })
+            .collect();
+        let message = format!(
+            "every provider that could serve this request failed: {}",
+            failures.join("; ")
+        );
+        // Providers that are up but refuse the request will refuse it again: no point
+        // in telling the client to come back later.
+        if only_refusals {
+            return Err(GatewayError::Upstream {
+                message,
+                retry_after: None,
             });
-        Ok(Started {
-            model,
-            events: Box::pin(events),
+        }
+        Err(GatewayError::Unavailable {
+            message,
+            retry_after: Some(
+                retry_after
+                    .unwrap_or(ALL_DOWN_RETRY_AFTER)
+                    .max(Duration::from_secs(1)),
+            ),
         })
     }
 
-    fn backend_for(&self, model: &str) -> Result<&Arc<dyn Backend>, GatewayError> {
-        if model == AUTO_MODEL || self.local.models().iter().any(|m| m == model) {
-            Ok(&self.local)
-        } else {
-            Err(GatewayError::ModelNotFound(model.to_string()))
+    /// The answer's events as the client receives them, ending with warden's report.
+    /// Every answer that reaches a client, from whichever backend and however it was
+    /// chosen, comes through here and so through policy: its text is screened and its
+    /// tool calls decided before any of them is sent.
+    /// The permit travels with them: the end of the answer, or a client that stops
+    /// reading, gives its slots back.
+    fn respond(
+        &self,
+        model: String,
+        route: String,
+        events: EventStream,
+        context: RequestContext,
+        trail: Trail,
+        escort: Escort,
+    ) -> Started {
+        let Escort { screen, permit } = escort;
+        let metrics = self.metrics.clone();
+        let (priority, governor_wait) = (permit.priority(), permit.waited());
+        let mut trail = Some(trail);
+        let mut permit = Some(permit);
+        let events = screen.apply(events).map(move |event| match event {
+            Ok(StreamEvent::Content { text, logprobs }) => {
+                Ok(StreamEvent::Content { text, logprobs })
+            }
+            Ok(StreamEvent::Finished(screened)) => {
+                let Screened { summary, policy } = *screened;
+                let trail = trail
+                    .take()
+                    .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
+                let mut report =
+                    WardenReport::new(&context, &summary, trail, priority, governor_wait);
+                if let Some(permit) = permit.take() {
+                    // Every attempt's tokens and cost count, not only the served one's.
+                    let tokens = report
+                        .attempts
+                        .iter()
+                        .map(|attempt| u64::from(attempt.usage.total_tokens()))
+                        .sum();
+                    permit.charge(tokens, report.cost_usd);
+                }
+                report.policy = Some(policy);
+                metrics
+                    .routes
+                    .with_label_values(&[report.route.as_str()])
+                    .inc();
+                Ok(StreamEvent::Finished(Box::new(Completed {
+                    summary,
+                    report,
+                })))
+            }
+            Err(error) => Err(error),
+        });
+        Started {
+            model,
+            route,
+            events: Box::pin(events),
         }
     }
+
+    fn local_model(&self) -> String {
+        self.local.models().into_iter().next().unwrap_or_default()
+    }
+}
+
+/// What travels with a request to its answer: the policy screen the answer passes and
+/// the governor permit the request holds until the answer ends.
+struct Escort {
+    screen: Screen,
+    permit: Permit,
+}
+
+fn no_provider() -> GatewayError {
+    GatewayError::Unavailable {
+        message: "this request must be served by an external provider and none is configured"
+            .into(),
+        retry_after: None,
+    }
+}
+
+/// When every provider failed and none said when to come back.
+const ALL_DOWN_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// A generation held back whole, to be checked before it is shown.
+struct CollectedEvents {
+    events: Vec<GenerationEvent>,
+    summary: GenerationSummary,
+}
+
+impl CollectedEvents {
+    /// The same events again, as the backend produced them.
+    fn replay(self) -> EventStream {
+        let finished = StreamEvent::Finished(Box::new(self.summary));
+        let events = self
+            .events
+            .into_iter()
+            .chain(std::iter::once(finished))
+            .map(Ok);
+        Box::pin(futures::stream::iter(events.collect::<Vec<_>>()))
+    }
+}
+
+async fn collect_events(mut events: EventStream) -> Result<CollectedEvents, BackendError> {
+    let mut held = Vec::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            StreamEvent::Finished(summary) => {
+                return Ok(CollectedEvents {
+                    events: held,
+                    summary: *summary,
+                })
+            }
+            content => held.push(content),
+        }
+    }
+    Err(BackendError::Generation(
+        "the generation ended without a summary".into(),
+    ))
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Drains a response stream into a whole response.

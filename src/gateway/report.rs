@@ -1,10 +1,17 @@
-//! warden's account of how a request was served: the `warden` object of a response.
+//! warden's account of how a request was served: the `warden` object of a response,
+//! and what the audit log records.
+
+use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::trail::{Attempt, Outcome, Trail};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
+use crate::governor::Priority;
+use crate::policy::PolicyReport;
+use crate::route::{Reason, Risk, Route};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WardenReport {
@@ -13,18 +20,30 @@ pub struct WardenReport {
     pub tenant: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
-    pub route: &'static str,
+    pub route: Route,
+    pub reasons: Vec<Reason>,
+    pub risk: Risk,
+    /// The class the governor ran the request in (after the agent's default and ceiling).
+    pub priority: Priority,
+    /// The backend and model whose answer this is.
     pub backend: String,
     pub model: String,
     pub confidence: Option<Confidence>,
     pub malformed_tool_call: bool,
-    /// US dollars, as a decimal string; absent when the model has no price.
+    /// Every attempt, the served one last.
+    pub attempts: Vec<Attempt>,
+    /// US dollars over every attempt, as a decimal string; absent when nothing was priced.
     pub cost_usd: Option<Decimal>,
+    pub routing_version: u64,
     pub timings: ReportTimings,
+    /// Tool-call decisions, output findings and tickets under the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportTimings {
+    /// Waiting to start: in the governor's queue, then for an engine slot.
     pub queue_ms: f64,
     pub prefill_ms: f64,
     pub decode_ms: f64,
@@ -36,26 +55,35 @@ impl WardenReport {
     pub fn new(
         context: &RequestContext,
         summary: &GenerationSummary,
-        cost_usd: Option<Decimal>,
+        mut trail: Trail,
+        priority: Priority,
+        governor_wait: Duration,
     ) -> Self {
+        trail.answered(summary, Outcome::Served);
         Self {
             request_id: context.request_id.clone(),
             agent: context.principal.agent_id.clone(),
             tenant: context.principal.tenant.clone(),
             run_id: context.metadata.run_id.clone(),
-            route: "local",
+            route: trail.route,
+            reasons: trail.reasons.clone(),
+            risk: trail.risk.clone(),
+            priority,
             backend: summary.backend.clone(),
             model: summary.model.clone(),
             confidence: summary.confidence,
             malformed_tool_call: summary.malformed_tool_call,
-            cost_usd,
+            cost_usd: trail.cost(),
+            routing_version: trail.table.version,
+            attempts: trail.attempts,
             timings: ReportTimings {
-                queue_ms: summary.timings.queue_ms,
+                queue_ms: governor_wait.as_secs_f64() * 1000.0 + summary.timings.queue_ms,
                 prefill_ms: summary.timings.prefill_ms,
                 decode_ms: summary.timings.decode_ms,
                 first_token_ms: summary.timings.first_token_ms,
                 total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
             },
+            policy: None,
         }
     }
 }

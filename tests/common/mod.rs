@@ -2,6 +2,9 @@
 //! local model (loaded once per test binary and shared by every server it starts).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fixed_service;
+pub mod mock_upstream;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -39,6 +42,14 @@ pub struct ServerOptions {
     pub queue_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub default_max_tokens: u32,
+    /// Extra keys for agent A and agent B (`", max_concurrent: 1"`).
+    pub agent_a: String,
+    pub agent_b: String,
+    /// A `governor:` section, as YAML. Empty: the governor's queue timeout is
+    /// `queue_timeout_ms` (waiting happens in its queue), aging a quarter of it.
+    pub governor: String,
+    /// More configuration (e.g. `providers:` and `routing:` sections), appended.
+    pub extra_config: String,
 }
 
 impl Default for ServerOptions {
@@ -50,17 +61,31 @@ impl Default for ServerOptions {
             queue_timeout_ms: 600_000,
             max_body_bytes: 4 * 1024 * 1024,
             default_max_tokens: 64,
+            agent_a: String::new(),
+            agent_b: String::new(),
+            governor: String::new(),
+            extra_config: String::new(),
         }
     }
 }
 
 pub fn test_config(options: &ServerOptions) -> Config {
+    let governor = if options.governor.is_empty() {
+        format!(
+            "governor: {{queue_timeout_ms: {}, aging_ms: {}}}",
+            options.queue_timeout_ms,
+            (options.queue_timeout_ms / 4).max(1)
+        )
+    } else {
+        options.governor.clone()
+    };
     let yaml = format!(
         "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
          agents:\n\
-         \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"}}\n\
-         \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"}}\n\
-         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n",
+         \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"{agent_a}}}\n\
+         \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"{agent_b}}}\n\
+         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n\
+         {governor}\n",
         max_body = options.max_body_bytes,
         a = digest(KEY_A),
         b = digest(KEY_B),
@@ -68,7 +93,9 @@ pub fn test_config(options: &ServerOptions) -> Config {
         slots = options.slots,
         timeout = options.queue_timeout_ms,
         max_tokens = options.default_max_tokens,
-    );
+        agent_a = options.agent_a,
+        agent_b = options.agent_b,
+    ) + &options.extra_config;
     Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
 }
 
@@ -134,7 +161,7 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
     .unwrap()
     .store;
     let app = warden::build_app(
-        warden::server::build_state(config, keys, local).unwrap(),
+        warden::server::build_state(config, keys, local, &provider_keys).unwrap(),
         config.server.max_body_bytes,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -143,6 +170,15 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
         axum::serve(listener, app).await.unwrap();
     });
     format!("http://{address}")
+}
+
+/// Provider keys as the tests' environment would hold them.
+pub fn provider_keys(name: &str) -> Option<String> {
+    match name {
+        "TEST_ANTHROPIC_KEY" => Some("sk-test-anthropic".into()),
+        "TEST_OPENAI_KEY" => Some("sk-test-openai".into()),
+        _ => None,
+    }
 }
 
 pub fn sse_data(text: &str) -> Vec<String> {
