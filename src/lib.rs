@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod model;
 pub mod route;
 pub mod server;
+pub mod tune;
 
 pub use api::{build_app, AppState};

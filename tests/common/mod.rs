@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod mock_upstream;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -60,7 +61,12 @@ impl Default for ServerOptions {
 }
 
 pub fn test_config(options: &ServerOptions) -> Config {
-    let yaml = format!(
+    Config::from_yaml(&test_config_yaml(options), &repo_path("routing/test.yaml")).unwrap()
+}
+
+/// The configuration file of a test server, for tests that write it to disk.
+pub fn test_config_yaml(options: &ServerOptions) -> String {
+    format!(
         "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
          agents:\n\
          \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"}}\n\
@@ -73,8 +79,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
         slots = options.slots,
         timeout = options.queue_timeout_ms,
         max_tokens = options.default_max_tokens,
-    ) + &options.extra_config;
-    Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
+    ) + &options.extra_config
 }
 
 pub struct TestServer {
