@@ -1,4 +1,5 @@
-//! Command-line interface: `warden serve`, `warden model fetch` and `warden tune`.
+//! Command-line interface: `warden serve`, `warden model fetch`, `warden tune`,
+//! `warden policy ...`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +59,11 @@ enum Command {
         #[arg(long)]
         agent: Option<String>,
     },
+    /// Check, test and replay tool-call policies.
+    Policy {
+        #[command(subcommand)]
+        command: crate::policy::cli::PolicyCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config))
         }
+        Command::Policy { command } => crate::policy::cli::run(command),
         Command::Model {
             command: ModelCommand::Fetch { name, config },
         } => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::policy::{ApprovalError, PolicyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -36,6 +37,10 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    #[error("the policy was not reloaded: {0}")]
+    PolicyInvalid(#[from] PolicyError),
 }
 
 impl GatewayError {

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub routes: IntCounterVec,
     /// Local answers sent out, by what was wrong with them.
     pub escalations: IntCounterVec,
+    pub policy: crate::policy::PolicyCounters,
 }
 
 impl Metrics {
@@ -40,6 +41,22 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let policy = crate::policy::PolicyCounters {
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "policy_decisions_total",
+                    "Tool-call decisions by verdict and reason code",
+                ),
+                &["verdict", "code"],
+            )?,
+            findings: IntCounterVec::new(
+                Opts::new(
+                    "output_findings_total",
+                    "Personal data and secrets found in output, by detector and action",
+                ),
+                &["detector", "action"],
+            )?,
+        };
         let routes = IntCounterVec::new(
             Opts::new("routes_total", "Completed responses by route"),
             &["route"],
@@ -52,12 +69,15 @@ impl Metrics {
         registry.register(Box::new(http_latency.clone()))?;
         registry.register(Box::new(routes.clone()))?;
         registry.register(Box::new(escalations.clone()))?;
+        registry.register(Box::new(policy.decisions.clone()))?;
+        registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             http_latency,
             routes,
             escalations,
+            policy,
         })
     }
 

@@ -2,6 +2,7 @@
 //! module that knows about axum.
 
 mod admin;
+mod approvals;
 mod chat;
 pub mod error;
 mod extract;
@@ -25,6 +26,7 @@ use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::policy::PolicyEngine;
 use error::ApiError;
 use extract::BodyLimit;
 
@@ -34,6 +36,7 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
+    pub policy: Arc<PolicyEngine>,
     pub started: Instant,
 }
 
@@ -46,6 +49,7 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
+        .merge(approvals::routes())
         .merge(routing::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -42,6 +42,15 @@ pub struct Config {
     pub prices: PriceTable,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub file: PathBuf,
+    /// The file was named explicitly, so it must exist.
+    pub file_named: bool,
+    pub approvals_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +80,7 @@ pub struct AgentConfig {
     pub tenant: String,
     pub role: Option<String>,
     pub key: KeySource,
+    pub autonomy: crate::policy::AutonomyMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +257,21 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         prices,
         providers,
         routing,
+        policy: PolicyConfig {
+            file: base.join(
+                raw.policy
+                    .file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_POLICY_FILE),
+            ),
+            file_named: raw.policy.file.is_some(),
+            approvals_file: base.join(
+                raw.policy
+                    .approvals_file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_APPROVALS_FILE),
+            ),
+        },
     })
 }
 
@@ -310,6 +335,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
         tenant: agent.tenant,
         role: agent.role,
         key: source,
+        autonomy: agent.autonomy,
     })
 }
 

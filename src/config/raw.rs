@@ -17,6 +17,9 @@ pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 pub const DEFAULT_ADMIN_KEY_ENV: &str = "WARDEN_ADMIN_KEY";
 pub const DEFAULT_PRICES_FILE: &str = "prices.yaml";
+pub const DEFAULT_POLICY_FILE: &str = "policy.yaml";
+/// Tickets live with the other runtime state, outside the operator's config folder.
+pub const DEFAULT_APPROVALS_FILE: &str = "../data/approvals.jsonl";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +38,18 @@ pub struct RawConfig {
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub routing: RawRouting,
+    #[serde(default)]
+    pub policy: RawPolicySettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicySettings {
+    /// Tool-call policy (relative to this file); `policy.yaml` beside it. Without one,
+    /// every tool call is denied.
+    pub file: Option<String>,
+    /// Where approval tickets are kept (relative to this file).
+    pub approvals_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +115,10 @@ pub struct RawAgent {
     pub key_sha256: Option<String>,
     /// Environment variable holding the agent's key.
     pub key_env: Option<String>,
+    /// observe, suggest, auto_low or guarded (the default): how far the agent's tool
+    /// calls may go without a human.
+    #[serde(default)]
+    pub autonomy: crate::policy::AutonomyMode,
 }
 
 #[derive(Debug, Deserialize)]

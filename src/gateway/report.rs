@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::trail::{Attempt, Outcome, Trail};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
+use crate::policy::PolicyReport;
 use crate::route::{Reason, Risk, Route};
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +31,9 @@ pub struct WardenReport {
     pub cost_usd: Option<Decimal>,
     pub routing_version: u64,
     pub timings: ReportTimings,
+    /// Tool-call decisions, output findings and tickets under the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +70,7 @@ impl WardenReport {
                 first_token_ms: summary.timings.first_token_ms,
                 total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
             },
+            policy: None,
         }
     }
 }
