@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::governor::GovernorError;
 use crate::policy::{ApprovalError, PolicyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Refused by the concurrency governor (queue, rate, spend, kill switch).
+    #[error(transparent)]
+    Governor(#[from] GovernorError),
     #[error("{message}")]
     InvalidRequest {
         message: String,

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::error::GatewayError;
+use crate::governor::{GovernorError, UnknownScope};
 use crate::policy::ApprovalError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error(transparent)]
+    UnknownKillScope(#[from] UnknownScope),
 }
 
 impl From<AuthError> for ApiError {
@@ -111,6 +114,46 @@ impl ApiError {
                 GatewayError::Internal(_) => {
                     D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
                 }
+                GatewayError::Governor(refusal) => {
+                    let disposition = match refusal {
+                        GovernorError::QueueFull { .. } => D::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            Some("queue_full"),
+                        ),
+                        GovernorError::QueueTimeout { .. } => D::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "service_unavailable",
+                            Some("queue_timeout"),
+                        ),
+                        GovernorError::RateLimited { .. } => D::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            Some("rate_limit_exceeded"),
+                        ),
+                        GovernorError::BudgetExceeded { .. } => D::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "insufficient_quota",
+                            Some("budget_exceeded"),
+                        ),
+                        // 403, not 503: SDKs retry 5xx on their own, and a stopped agent
+                        // must not keep knocking until an operator lets it back in.
+                        GovernorError::KillSwitch { .. } => D::new(
+                            StatusCode::FORBIDDEN,
+                            "permission_error",
+                            Some("kill_switch"),
+                        ),
+                        GovernorError::BackendBusy { .. } => D::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "service_unavailable",
+                            Some("backend_busy"),
+                        ),
+                    };
+                    D {
+                        retry_after: refusal.retry_after(),
+                        ..disposition
+                    }
+                }
                 GatewayError::Approval(ApprovalError::NotFound(_)) => {
                     D::new(StatusCode::NOT_FOUND, INVALID, Some("approval_not_found"))
                 }
@@ -154,6 +197,9 @@ impl ApiError {
                 INVALID,
                 Some("method_not_allowed"),
             ),
+            ApiError::UnknownKillScope(_) => {
+                D::new(StatusCode::NOT_FOUND, INVALID, Some("not_found"))
+            }
         }
     }
 

@@ -6,6 +6,7 @@ mod approvals;
 mod chat;
 pub mod error;
 mod extract;
+mod governor;
 mod health;
 pub mod openai;
 mod routing;
@@ -25,6 +26,7 @@ pub use admin::AdminCaller;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::governor::Governor;
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
 use error::ApiError;
@@ -34,6 +36,7 @@ use extract::BodyLimit;
 pub struct AppState {
     pub config: Arc<Config>,
     pub gateway: Arc<Gateway>,
+    pub governor: Governor,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<PolicyEngine>,
@@ -49,6 +52,7 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
+        .merge(governor::routes())
         .merge(approvals::routes())
         .merge(routing::routes())
         .fallback(not_found)

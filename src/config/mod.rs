@@ -2,6 +2,7 @@
 //! then validated into the types the rest of warden uses. Every error names the file
 //! and the key.
 
+mod governor;
 pub mod raw;
 pub mod routing;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use governor::{AgentLimits, GovernorConfig};
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
@@ -40,6 +42,7 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     pub local: LocalConfig,
     pub prices: PriceTable,
+    pub governor: GovernorConfig,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
     pub policy: PolicyConfig,
@@ -80,6 +83,7 @@ pub struct AgentConfig {
     pub tenant: String,
     pub role: Option<String>,
     pub key: KeySource,
+    pub limits: AgentLimits,
     pub autonomy: crate::policy::AutonomyMode,
 }
 
@@ -252,9 +256,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
             max_body_bytes: raw.server.max_body_bytes,
         },
         auth,
-        agents,
         local: validate_local(raw.local, base)?,
         prices,
+        governor: governor::validate_governor(raw.governor, &agents)?,
+        agents,
         providers,
         routing,
         policy: PolicyConfig {
@@ -297,6 +302,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
     if agent.tenant.trim().is_empty() {
         return Err((key("tenant"), "must not be empty".into()));
     }
+    let limits = governor::validate_agent_limits(index, &agent)?;
     let source = match (agent.key_sha256, agent.key_env) {
         (Some(digest), None) => {
             let digest = digest.to_ascii_lowercase();
@@ -335,6 +341,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
         tenant: agent.tenant,
         role: agent.role,
         key: source,
+        limits,
         autonomy: agent.autonomy,
     })
 }
