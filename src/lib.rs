@@ -5,6 +5,7 @@
 //! tests and benches drive the same code.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod chat;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod model;
+pub mod runs;
 pub mod server;
 
 pub use api::{build_app, AppState};
