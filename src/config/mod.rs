@@ -3,6 +3,7 @@
 //! and the key.
 
 pub mod raw;
+mod records;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use std::time::Duration;
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
+use crate::audit::AuditConfig;
 use crate::cost::PriceTable;
+use crate::runs::RunsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +41,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     pub local: LocalConfig,
     pub prices: PriceTable,
+    pub audit: AuditConfig,
+    pub runs: RunsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +153,7 @@ impl Config {
 
 type Invalid = (String, String);
 
-fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
+fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     let base = path.parent().unwrap_or(Path::new("."));
     let listen = raw.server.listen.parse::<SocketAddr>().map_err(|e| {
         (
@@ -166,6 +171,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         ));
     }
 
+    let run_overrides = raw
+        .agents
+        .iter_mut()
+        .enumerate()
+        .map(|(index, agent)| (index, agent.id.clone(), agent.runs.take()))
+        .collect();
     let agents = raw
         .agents
         .into_iter()
@@ -227,6 +238,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         agents,
         local: validate_local(raw.local, base)?,
         prices: load_prices(raw.prices.as_deref(), base)?,
+        audit: records::validate_audit(raw.audit, base)?,
+        runs: records::validate_runs(raw.runs, run_overrides)?,
     })
 }
 

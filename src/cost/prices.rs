@@ -1,63 +1,107 @@
-//! Prices and what a request costs. Money is `Decimal` US dollars, never a float:
-//! costs are summed over millions of requests and must reconcile to the cent.
+//! Prices (`routing/prices.yaml`): per model, dollars per million input, cached input
+//! and output tokens, or, for a local model, dollars per CPU-second; and the escalation
+//! model, whose prices measure what serving locally saved.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 
-use crate::chat::Usage;
+use super::Metered;
 
 const TOKENS_PER_PRICE_UNIT: i64 = 1_000_000;
+const MICROS_PER_SECOND: u32 = 6;
 
-/// Dollars per million tokens for one model.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// What one model charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPrice {
+    /// Dollars per million tokens; cached input tokens at their own rate where the
+    /// provider has one, else at the input rate.
+    Tokens {
+        input_per_million: Decimal,
+        output_per_million: Decimal,
+        cached_input_per_million: Option<Decimal>,
+    },
+    /// Dollars per second of the engine generating for the request (prefill and
+    /// decode): a local model's share of the machine it runs on.
+    CpuTime { per_cpu_second: Decimal },
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelPrice {
-    #[serde(deserialize_with = "money")]
-    pub input_per_million: Decimal,
-    #[serde(deserialize_with = "money")]
-    pub output_per_million: Decimal,
+struct RawPrice {
+    #[serde(default, deserialize_with = "optional_money")]
+    input_per_million: Option<Decimal>,
+    #[serde(default, deserialize_with = "optional_money")]
+    output_per_million: Option<Decimal>,
+    #[serde(default, deserialize_with = "optional_money")]
+    cached_input_per_million: Option<Decimal>,
+    #[serde(default, deserialize_with = "optional_money")]
+    per_cpu_second: Option<Decimal>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrices {
     #[serde(default)]
-    models: BTreeMap<String, ModelPrice>,
+    models: BTreeMap<String, RawPrice>,
+    /// The model savings are measured against: what every request would have cost there.
+    escalation_model: Option<String>,
 }
 
 /// Prices by model name, as clients and backends name models.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PriceTable {
     models: BTreeMap<String, ModelPrice>,
+    escalation_model: Option<String>,
 }
+
+type Invalid = (String, String);
 
 impl PriceTable {
     /// Parses a prices file; errors carry the offending key's path.
-    pub fn from_yaml(text: &str) -> Result<Self, (String, String)> {
+    pub fn from_yaml(text: &str) -> Result<Self, Invalid> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
         let raw: RawPrices =
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
                 .map_err(|error| (error.path().to_string(), error.into_inner().to_string()))?;
-        for (model, price) in &raw.models {
-            if price.input_per_million.is_sign_negative()
-                || price.output_per_million.is_sign_negative()
-            {
-                return Err((
-                    format!("models.{model}"),
-                    "prices must not be negative".into(),
-                ));
+        let models = raw
+            .models
+            .into_iter()
+            .map(|(model, price)| {
+                let price = validate(&model, price)?;
+                Ok((model, price))
+            })
+            .collect::<Result<BTreeMap<_, _>, Invalid>>()?;
+        if let Some(model) = &raw.escalation_model {
+            match models.get(model) {
+                Some(ModelPrice::Tokens { .. }) => {}
+                Some(ModelPrice::CpuTime { .. }) => {
+                    return Err((
+                        "escalation_model".into(),
+                        format!("`{model}` is priced per CPU-second; savings are measured in tokens at an external model's prices"),
+                    ))
+                }
+                None => {
+                    return Err((
+                        "escalation_model".into(),
+                        format!("`{model}` has no entry under `models`"),
+                    ))
+                }
             }
         }
-        Ok(Self { models: raw.models })
+        Ok(Self {
+            models,
+            escalation_model: raw.escalation_model,
+        })
     }
 
-    pub fn load(path: &Path) -> Result<Self, (String, String)> {
+    pub fn load(path: &Path) -> Result<Self, Invalid> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             (
                 ".".to_string(),
@@ -71,16 +115,104 @@ impl PriceTable {
         self.models.get(model)
     }
 
-    /// What `usage` costs on `model`; `None` when the model has no price.
-    pub fn cost(&self, model: &str, usage: Usage) -> Option<Decimal> {
-        let price = self.price(model)?;
+    pub fn escalation_model(&self) -> Option<&str> {
+        self.escalation_model.as_deref()
+    }
+
+    /// What `metered` costs on its model; `None` when the model has no price.
+    pub fn cost(&self, metered: &Metered) -> Option<Decimal> {
         let per_token = |per_million: Decimal, tokens: u32| {
             per_million * Decimal::from(tokens) / Decimal::from(TOKENS_PER_PRICE_UNIT)
         };
-        Some(
-            per_token(price.input_per_million, usage.prompt_tokens)
-                + per_token(price.output_per_million, usage.completion_tokens),
-        )
+        match self.price(&metered.model)? {
+            ModelPrice::Tokens {
+                input_per_million,
+                output_per_million,
+                cached_input_per_million,
+            } => {
+                let cached = metered.cached_prompt_tokens.min(metered.prompt_tokens);
+                let cached_rate = cached_input_per_million.unwrap_or(*input_per_million);
+                Some(
+                    per_token(*input_per_million, metered.prompt_tokens - cached)
+                        + per_token(cached_rate, cached)
+                        + per_token(*output_per_million, metered.completion_tokens),
+                )
+            }
+            ModelPrice::CpuTime { per_cpu_second } => {
+                Some(*per_cpu_second * seconds(metered.compute))
+            }
+        }
+    }
+
+    /// What the escalation model would have charged for the same tokens.
+    pub fn reference_cost(&self, metered: &Metered) -> Option<Decimal> {
+        let reference = Metered {
+            model: self.escalation_model.clone()?,
+            cached_prompt_tokens: 0,
+            compute: Duration::ZERO,
+            ..metered.clone()
+        };
+        self.cost(&reference)
+    }
+}
+
+/// A duration as exact decimal seconds, to the microsecond.
+fn seconds(duration: Duration) -> Decimal {
+    let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+    Decimal::new(micros, MICROS_PER_SECOND)
+}
+
+fn validate(model: &str, price: RawPrice) -> Result<ModelPrice, Invalid> {
+    let key = |field: &str| format!("models.{model}.{field}");
+    let fields = [
+        ("input_per_million", price.input_per_million),
+        ("output_per_million", price.output_per_million),
+        ("cached_input_per_million", price.cached_input_per_million),
+        ("per_cpu_second", price.per_cpu_second),
+    ];
+    for (field, amount) in fields {
+        if amount.is_some_and(|amount| amount.is_sign_negative()) {
+            return Err((key(field), "prices must not be negative".into()));
+        }
+    }
+    match price {
+        RawPrice {
+            input_per_million: Some(input_per_million),
+            output_per_million: Some(output_per_million),
+            cached_input_per_million,
+            per_cpu_second: None,
+        } => Ok(ModelPrice::Tokens {
+            input_per_million,
+            output_per_million,
+            cached_input_per_million,
+        }),
+        RawPrice {
+            input_per_million: None,
+            output_per_million: None,
+            cached_input_per_million: None,
+            per_cpu_second: Some(per_cpu_second),
+        } => Ok(ModelPrice::CpuTime { per_cpu_second }),
+        RawPrice {
+            per_cpu_second: Some(_),
+            ..
+        } => Err((
+            key("per_cpu_second"),
+            "price a model per CPU-second or per token, not both".into(),
+        )),
+        RawPrice {
+            input_per_million: None,
+            ..
+        } => Err((
+            key("input_per_million"),
+            "give `input_per_million` and `output_per_million`, or `per_cpu_second`".into(),
+        )),
+        RawPrice {
+            output_per_million: None,
+            ..
+        } => Err((
+            key("output_per_million"),
+            "give `input_per_million` and `output_per_million`, or `per_cpu_second`".into(),
+        )),
     }
 }
 
@@ -101,9 +233,30 @@ fn money<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error
         .map_err(|e| serde::de::Error::custom(format!("`{text}` is not an amount: {e}")))
 }
 
+/// [`money`] for a field that may be absent (with `#[serde(default)]`).
+pub(crate) fn optional_money<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Decimal>, D::Error> {
+    money(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tokens(model: &str, prompt: u32, cached: u32, completion: u32) -> Metered {
+        Metered {
+            model: model.into(),
+            prompt_tokens: prompt,
+            cached_prompt_tokens: cached,
+            completion_tokens: completion,
+            compute: Duration::ZERO,
+        }
+    }
+
+    fn amount(text: &str) -> Decimal {
+        Decimal::from_str(text).unwrap()
+    }
 
     #[test]
     fn cost_is_exact_decimal() {
@@ -111,29 +264,76 @@ mod tests {
             "models:\n  gpt-x: {input_per_million: 0.15, output_per_million: \"0.60\"}\n",
         )
         .unwrap();
-        let usage = Usage {
-            prompt_tokens: 1_000,
-            completion_tokens: 500,
-        };
         // 1000 * 0.15/1M + 500 * 0.60/1M = 0.00015 + 0.0003
         assert_eq!(
-            table.cost("gpt-x", usage),
-            Some(Decimal::from_str("0.00045").unwrap())
+            table.cost(&tokens("gpt-x", 1_000, 0, 500)),
+            Some(amount("0.00045"))
         );
-        assert_eq!(table.cost("unpriced", usage), None);
+        assert_eq!(table.cost(&tokens("unpriced", 1_000, 0, 500)), None);
+    }
+
+    #[test]
+    fn cached_input_has_its_own_rate() {
+        let table = PriceTable::from_yaml(
+            "models:\n  gpt-x: {input_per_million: \"2.50\", cached_input_per_million: \"1.25\", output_per_million: 10}\n  plain: {input_per_million: 1, output_per_million: 1}\n",
+        )
+        .unwrap();
+        // 600 fresh at 2.50, 400 cached at 1.25, 100 out at 10: 0.0015 + 0.0005 + 0.001
+        assert_eq!(
+            table.cost(&tokens("gpt-x", 1_000, 400, 100)),
+            Some(amount("0.003"))
+        );
+        // Without a cached rate, cached tokens cost what input costs.
+        assert_eq!(
+            table.cost(&tokens("plain", 1_000, 400, 0)),
+            Some(amount("0.001"))
+        );
+    }
+
+    #[test]
+    fn local_models_can_be_priced_by_cpu_time_and_compared_with_the_escalation_model() {
+        let table = PriceTable::from_yaml(
+            "escalation_model: big\nmodels:\n  small: {per_cpu_second: \"0.0001\"}\n  big: {input_per_million: 5, output_per_million: 15}\n",
+        )
+        .unwrap();
+        let metered = Metered {
+            compute: Duration::from_micros(2_500_000),
+            ..tokens("small", 2_000, 0, 100)
+        };
+        assert_eq!(table.cost(&metered), Some(amount("0.00025")));
+        // 2000 * 5/1M + 100 * 15/1M
+        assert_eq!(table.reference_cost(&metered), Some(amount("0.0115")));
+        assert_eq!(table.escalation_model(), Some("big"));
+        assert_eq!(PriceTable::default().reference_cost(&metered), None);
     }
 
     #[test]
     fn bad_prices_name_their_key() {
-        let (key, _) = PriceTable::from_yaml(
-            "models:\n  m: {input_per_million: abc, output_per_million: 1}\n",
-        )
-        .unwrap_err();
-        assert_eq!(key, "models.m.input_per_million");
-        let (key, _) =
-            PriceTable::from_yaml("models:\n  m: {input_per_million: -1, output_per_million: 1}\n")
-                .unwrap_err();
-        assert_eq!(key, "models.m");
+        let key = |yaml: &str| PriceTable::from_yaml(yaml).unwrap_err().0;
+        assert_eq!(
+            key("models:\n  m: {input_per_million: abc, output_per_million: 1}\n"),
+            "models.m.input_per_million"
+        );
+        assert_eq!(
+            key("models:\n  m: {input_per_million: -1, output_per_million: 1}\n"),
+            "models.m.input_per_million"
+        );
+        assert_eq!(
+            key("models:\n  m: {input_per_million: 1}\n"),
+            "models.m.output_per_million"
+        );
+        assert_eq!(
+            key("models:\n  m: {input_per_million: 1, output_per_million: 1, per_cpu_second: 1}\n"),
+            "models.m.per_cpu_second"
+        );
+        assert_eq!(
+            key("escalation_model: nope\nmodels: {}\n"),
+            "escalation_model"
+        );
+        assert_eq!(
+            key("escalation_model: m\nmodels:\n  m: {per_cpu_second: 1}\n"),
+            "escalation_model"
+        );
         let (key, message) = PriceTable::from_yaml("models:\n  m: {input: 1}\n").unwrap_err();
         assert!(message.contains("unknown field"), "{key}: {message}");
     }
@@ -143,5 +343,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing/prices.yaml");
         let table = PriceTable::load(&path).unwrap();
         assert!(table.price("smollm2-135m-instruct").is_some());
+        let escalation = table.escalation_model().unwrap();
+        assert!(matches!(
+            table.price(escalation),
+            Some(ModelPrice::Tokens { .. })
+        ));
     }
 }
