@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::runs::RunBudgetExceeded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -29,9 +31,27 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    RunBudgetExceeded(#[from] RunBudgetExceeded),
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
 }
 
 impl GatewayError {
+    /// A stable name for the reason, as the audit log records it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Auth(_) => "authentication",
+            GatewayError::InvalidRequest { .. } => "invalid_request",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::ContextLengthExceeded { .. } => "context_length_exceeded",
+            GatewayError::Unavailable { .. } => "unavailable",
+            GatewayError::Internal(_) => "internal",
+            GatewayError::RunBudgetExceeded(_) => "run_budget_exceeded",
+            GatewayError::Audit(_) => "audit_unavailable",
+        }
+    }
+
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         GatewayError::InvalidRequest {
             message: message.into(),

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::{build_app, AppState};
+use crate::audit::AuditLog;
 use crate::auth::KeyStore;
 use crate::backend::local::template::{ChatTemplate, TemplateKind};
 use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
-use crate::gateway::Gateway;
+use crate::gateway::{Bookkeeper, Gateway};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
+use crate::runs::RunTracker;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
@@ -42,10 +44,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let app = build_app(
-        build_state(&config, setup.store, backend)?,
-        config.server.max_body_bytes,
-    );
+    let state = build_state(&config, setup.store, backend)?;
+    let gateway = state.gateway.clone();
+    let app = build_app(state, config.server.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -53,7 +54,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .context("serving")
+        .context("serving")?;
+    // Records of requests abandoned at shutdown are queued without waiting: wait here.
+    gateway
+        .audit()
+        .flush()
+        .await
+        .context("closing the audit log")?;
+    Ok(())
 }
 
 /// Everything a request needs, built from the configuration around the given local
@@ -63,11 +71,25 @@ pub fn build_state(
     keys: KeyStore,
     local: Arc<dyn Backend>,
 ) -> anyhow::Result<AppState> {
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let audit = AuditLog::open(&config.audit, metrics.audit.clone())
+        .with_context(|| format!("{}: `audit`", config.path.display()))?;
+    let runs = Arc::new(RunTracker::new(config.runs.clone()));
+    let restored = runs
+        .restore_from_log(audit.dir())
+        .context("rebuilding runs from the audit log")?;
+    tracing::debug!(records = restored, "runs rebuilt from the audit log");
+    let books = Bookkeeper::new(
+        audit,
+        runs,
+        metrics.requests.clone(),
+        config.audit.store_text,
+    );
     Ok(AppState {
         config: Arc::new(config.clone()),
-        gateway: Arc::new(Gateway::new(local, Arc::new(config.prices.clone()))),
+        gateway: Arc::new(Gateway::new(local, Arc::new(config.prices.clone()), books)),
         keys: Arc::new(keys),
-        metrics: Arc::new(Metrics::new().context("registering metrics")?),
+        metrics,
         started: std::time::Instant::now(),
     })
 }

@@ -2,11 +2,13 @@
 //! module that knows about axum.
 
 mod admin;
+mod audit;
 mod chat;
 pub mod error;
 mod extract;
 mod health;
 pub mod openai;
+mod outcomes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,10 +43,12 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(health::models))
+        .route("/v1/outcomes", post(outcomes::record_outcome))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
+        .merge(audit::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

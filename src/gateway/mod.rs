@@ -3,6 +3,7 @@
 //! events a client receives, ending with warden's report of how it was served.
 
 mod report;
+mod trail;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -11,13 +12,17 @@ use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 
+use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
 use crate::backend::{Backend, BackendStatus};
 use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
+use crate::cost::outcome::Outcome;
 use crate::cost::PriceTable;
 use crate::error::GatewayError;
+use crate::runs::RunTracker;
 
 pub use report::{ReportTimings, WardenReport};
+pub use trail::Bookkeeper;
 
 /// The model name that lets warden choose where a request runs.
 pub const AUTO_MODEL: &str = "auto";
@@ -25,6 +30,7 @@ pub const AUTO_MODEL: &str = "auto";
 pub struct Gateway {
     local: Arc<dyn Backend>,
     prices: Arc<PriceTable>,
+    books: Arc<Bookkeeper>,
 }
 
 /// One request as it travels: who sent it, when, under which id, and what the client
@@ -94,8 +100,25 @@ pub struct Readiness {
 }
 
 impl Gateway {
-    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>) -> Self {
-        Self { local, prices }
+    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>, books: Bookkeeper) -> Self {
+        Self {
+            local,
+            prices,
+            books: Arc::new(books),
+        }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        self.books.audit()
+    }
+
+    pub fn runs(&self) -> &RunTracker {
+        self.books.runs()
+    }
+
+    /// Attaches a business outcome to a run; returns once it is recorded.
+    pub async fn record_outcome(&self, outcome: &Outcome) -> Result<Receipt, GatewayError> {
+        self.books.record_outcome(outcome).await
     }
 
     pub fn models(&self) -> Vec<ModelEntry> {
@@ -116,7 +139,24 @@ impl Gateway {
         }
     }
 
+    /// Starts answering a request. Whatever becomes of it is recorded in the audit log,
+    /// and a completion is released only once its record is durable.
     pub async fn start(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+    ) -> Result<Started, GatewayError> {
+        let mut trail = self.books.open(&context, &request);
+        if let Err(error) = trail.admit() {
+            return Err(trail.refuse(error).await);
+        }
+        match self.generate(context, request).await {
+            Ok(started) => Ok(trail.follow(started)),
+            Err(error) => Err(trail.refuse(error).await),
+        }
+    }
+
+    async fn generate(
         &self,
         context: RequestContext,
         request: ChatRequest,
@@ -136,8 +176,8 @@ impl Gateway {
                     Ok(StreamEvent::Content { text, logprobs })
                 }
                 Ok(StreamEvent::Finished(summary)) => {
-                    let cost = prices.cost(&summary.model, summary.usage);
-                    let report = WardenReport::new(&context, &summary, cost);
+                    let bill = prices.bill(&[&*summary]);
+                    let report = WardenReport::new(&context, &summary, bill);
                     Ok(StreamEvent::Finished(Box::new(Completed {
                         summary: *summary,
                         report,

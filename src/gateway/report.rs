@@ -5,6 +5,8 @@ use serde::Serialize;
 
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
+use crate::cost::{AttemptCost, Bill};
+use crate::runs::{RunUsage, Withheld};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WardenReport {
@@ -18,9 +20,20 @@ pub struct WardenReport {
     pub model: String,
     pub confidence: Option<Confidence>,
     pub malformed_tool_call: bool,
-    /// US dollars, as a decimal string; absent when the model has no price.
+    /// US dollars over every attempt, as a decimal string; absent when no attempt's
+    /// model has a price.
     pub cost_usd: Option<Decimal>,
+    /// What the escalation model would have charged for this answer.
+    pub reference_cost_usd: Option<Decimal>,
+    /// Every attempt at answering (a local try before an escalation, retries), priced.
+    pub attempts: Vec<AttemptCost>,
     pub timings: ReportTimings,
+    /// The run this request is a step of, after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunUsage>,
+    /// Tool calls the run checks kept from the agent (loops, the tool-call budget).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withheld_tool_calls: Vec<Withheld>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,11 +46,7 @@ pub struct ReportTimings {
 }
 
 impl WardenReport {
-    pub fn new(
-        context: &RequestContext,
-        summary: &GenerationSummary,
-        cost_usd: Option<Decimal>,
-    ) -> Self {
+    pub fn new(context: &RequestContext, summary: &GenerationSummary, bill: Bill) -> Self {
         Self {
             request_id: context.request_id.clone(),
             agent: context.principal.agent_id.clone(),
@@ -48,7 +57,9 @@ impl WardenReport {
             model: summary.model.clone(),
             confidence: summary.confidence,
             malformed_tool_call: summary.malformed_tool_call,
-            cost_usd,
+            cost_usd: bill.cost_usd,
+            reference_cost_usd: bill.reference_cost_usd,
+            attempts: bill.attempts,
             timings: ReportTimings {
                 queue_ms: summary.timings.queue_ms,
                 prefill_ms: summary.timings.prefill_ms,
@@ -56,6 +67,8 @@ impl WardenReport {
                 first_token_ms: summary.timings.first_token_ms,
                 total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
             },
+            run: None,
+            withheld_tool_calls: Vec::new(),
         }
     }
 }
