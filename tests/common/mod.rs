@@ -39,6 +39,10 @@ pub struct ServerOptions {
     pub queue_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub default_max_tokens: u32,
+    /// The audit log folder; `None`: a fresh one under the target's temporary folder.
+    pub audit_dir: Option<PathBuf>,
+    /// More top-level configuration sections (e.g. `runs:`), appended as written.
+    pub extra_yaml: String,
 }
 
 impl Default for ServerOptions {
@@ -50,17 +54,33 @@ impl Default for ServerOptions {
             queue_timeout_ms: 600_000,
             max_body_bytes: 4 * 1024 * 1024,
             default_max_tokens: 64,
+            audit_dir: None,
+            extra_yaml: String::new(),
         }
     }
 }
 
+/// A folder of its own for a test's audit log, under the target's temporary folder.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("audit-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
 pub fn test_config(options: &ServerOptions) -> Config {
+    let audit_dir = options.audit_dir.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("audit-{}", uuid::Uuid::new_v4().simple()))
+    });
     let yaml = format!(
         "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
          agents:\n\
          \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"}}\n\
          \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"}}\n\
-         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n",
+         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n\
+         audit: {{dir: \"{audit}\"}}\n\
+         {extra}\n",
         max_body = options.max_body_bytes,
         a = digest(KEY_A),
         b = digest(KEY_B),
@@ -68,6 +88,8 @@ pub fn test_config(options: &ServerOptions) -> Config {
         slots = options.slots,
         timeout = options.queue_timeout_ms,
         max_tokens = options.default_max_tokens,
+        audit = audit_dir.display(),
+        extra = options.extra_yaml,
     );
     Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
 }
@@ -76,6 +98,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub local: Arc<LocalBackend>,
+    pub audit_dir: PathBuf,
+    _audit: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -83,7 +107,11 @@ impl TestServer {
         Self::start_with(ServerOptions::default()).await
     }
 
-    pub async fn start_with(options: ServerOptions) -> Self {
+    pub async fn start_with(mut options: ServerOptions) -> Self {
+        let owned = options.audit_dir.is_none().then(scratch_dir);
+        if let Some(dir) = &owned {
+            options.audit_dir = Some(dir.path().to_path_buf());
+        }
         let config = test_config(&options);
         let local = Arc::new(LocalBackend::loading(
             "smollm2-135m-instruct",
@@ -96,7 +124,21 @@ impl TestServer {
             base,
             client: reqwest::Client::new(),
             local,
+            audit_dir: config.audit.dir.clone(),
+            _audit: owned,
         }
+    }
+
+    /// A GET under the admin key; returns the status and body text.
+    pub async fn admin_get(&self, path_and_query: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(self.url(path_and_query))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
     }
 
     pub fn url(&self, path: &str) -> String {
