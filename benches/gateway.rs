@@ -6,8 +6,9 @@
 //! Target (issue 2): added p99 latency under 1 ms at 1, 8 and 64 connections.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::routing::post;
@@ -23,8 +24,6 @@ use warden::chat::{
 use warden::config::Config;
 
 const KEY: &str = "bench-key";
-const WARM_UP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(3);
 
 /// Answers every request at once with the same short completion.
 struct InstantBackend;
@@ -58,6 +57,7 @@ impl Backend for InstantBackend {
                 usage: Usage {
                     prompt_tokens: 27,
                     completion_tokens: 7,
+                    cached_prompt_tokens: 0,
                 },
                 confidence: Some(Confidence {
                     mean_logprob: -0.26,
@@ -82,10 +82,7 @@ fn body() -> serde_json::Value {
 }
 
 async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{address}/v1/chat/completions")
+    format!("{}/v1/chat/completions", common::serve(app).await)
 }
 
 /// `audit_dir`: where the durable audit log goes (every request is recorded and fsynced
@@ -99,7 +96,7 @@ async fn warden_url(backend: Arc<dyn Backend>, audit_dir: &std::path::Path) -> S
     let config = Config::from_yaml(&yaml, std::path::Path::new("bench.yaml")).unwrap();
     let keys = KeyStore::from_config(&config, |_| None).unwrap().store;
     serve(warden::build_app(
-        warden::server::build_state(&config, keys, backend).unwrap(),
+        warden::server::build_state(&config, keys, backend, &|_| None).unwrap(),
         config.server.max_body_bytes,
     ))
     .await
@@ -131,59 +128,6 @@ async fn direct_url(backend: Arc<dyn Backend>) -> String {
     serve(Router::new().route("/v1/chat/completions", post(handler))).await
 }
 
-struct Figures {
-    p50_us: f64,
-    p99_us: f64,
-    rps: f64,
-}
-
-async fn load(url: &str, connections: usize) -> Figures {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .build()
-        .unwrap();
-    let payload = serde_json::to_vec(&body()).unwrap();
-    let started = Instant::now();
-    let tasks = (0..connections).map(|_| {
-        let (client, url, payload) = (client.clone(), url.to_string(), payload.clone());
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let sent = Instant::now();
-                let response = client
-                    .post(&url)
-                    .bearer_auth(KEY)
-                    .header("content-type", "application/json")
-                    .body(payload.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-                response.bytes().await.unwrap();
-                let since_start = started.elapsed();
-                if since_start > WARM_UP + MEASURE {
-                    return latencies;
-                }
-                if since_start > WARM_UP {
-                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
-                }
-            }
-        })
-    });
-    let mut latencies: Vec<f64> = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(Result::unwrap)
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Figures {
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-        rps: latencies.len() as f64 / MEASURE.as_secs_f64(),
-    }
-}
-
 fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -191,23 +135,12 @@ fn main() {
         let audit_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let warden = warden_url(backend.clone(), audit_dir.path()).await;
         let direct = direct_url(backend).await;
-        println!("gateway overhead, instant backend (latencies in µs)");
-        println!("{:>5} | {:>9} {:>9} {:>8} | {:>9} {:>9} {:>8} | {:>9} {:>9} {:>6}", "conns", "direct p50", "p99", "req/s", "warden p50", "p99", "req/s", "added p50", "p99", "ratio");
-        for connections in [1, 8, 64] {
-            let base = load(&direct, connections).await;
-            let through = load(&warden, connections).await;
-            println!(
-                "{connections:>5} | {:>10.0} {:>9.0} {:>8.0} | {:>10.0} {:>9.0} {:>8.0} | {:>9.0} {:>9.0} {:>6.2}",
-                base.p50_us,
-                base.p99_us,
-                base.rps,
-                through.p50_us,
-                through.p99_us,
-                through.rps,
-                through.p50_us - base.p50_us,
-                through.p99_us - base.p99_us,
-                through.rps / base.rps
-            );
-        }
+        common::compare(
+            "gateway overhead, instant backend",
+            (&direct, KEY),
+            (&warden, KEY),
+            &body(),
+        )
+        .await;
     });
 }

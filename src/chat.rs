@@ -56,12 +56,30 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
+impl ToolSpec {
+    /// Checks a call's arguments (JSON text) against this tool's parameter schema.
+    pub fn validate_arguments(&self, arguments: &str) -> Result<(), String> {
+        let value: serde_json::Value =
+            serde_json::from_str(arguments).map_err(|e| format!("arguments are not JSON: {e}"))?;
+        let validator = jsonschema::validator_for(&self.parameters)
+            .map_err(|e| format!("the schema of `{}` is invalid: {e}", self.name))?;
+        validator.validate(&value).map_err(|e| e.to_string())
+    }
+}
+
 /// A call the model made; `arguments` is the JSON text of an object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,
     pub arguments: String,
+}
+
+impl ToolCall {
+    /// A fresh id in OpenAI's style, for calls whose backend gave none.
+    pub fn new_id() -> String {
+        format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -156,6 +174,9 @@ pub enum FinishReason {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Of `prompt_tokens`, those a provider served from its prompt cache (billed at its
+    /// cached-input rate).
+    pub cached_prompt_tokens: u32,
 }
 
 impl Usage {

@@ -29,6 +29,13 @@ pub enum GatewayError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// Every backend that could serve the request failed; `retry_after` when one of
+    /// them said when to come back.
+    #[error("{message}")]
+    Upstream {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
@@ -46,6 +53,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::ContextLengthExceeded { .. } => "context_length_exceeded",
             GatewayError::Unavailable { .. } => "unavailable",
+            GatewayError::Upstream { .. } => "upstream_error",
             GatewayError::Internal(_) => "internal",
             GatewayError::RunBudgetExceeded(_) => "run_budget_exceeded",
             GatewayError::Audit(_) => "audit_unavailable",
@@ -91,6 +99,14 @@ impl From<BackendError> for GatewayError {
             BackendError::Unavailable(_) => GatewayError::Unavailable {
                 message: error.to_string(),
                 retry_after: None,
+            },
+            BackendError::Upstream { retry_after, .. } => GatewayError::Upstream {
+                message: error.to_string(),
+                retry_after,
+            },
+            BackendError::CircuitOpen { retry_in, .. } => GatewayError::Unavailable {
+                message: error.to_string(),
+                retry_after: Some(retry_in.max(Duration::from_secs(1))),
             },
             BackendError::Generation(message) => GatewayError::Internal(message),
         }

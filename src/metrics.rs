@@ -26,6 +26,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Time to the response head (for streams: to the first byte, not the last).
     pub http_latency: HistogramVec,
+    /// Completed responses by how they were routed.
+    pub routes: IntCounterVec,
+    /// Local answers sent out, by what was wrong with them.
+    pub escalations: IntCounterVec,
     pub requests: RequestMetrics,
     pub audit: AuditMetrics,
 }
@@ -43,8 +47,6 @@ pub struct RequestMetrics {
     pub tokens: IntCounterVec,
     /// US dollars by model. A float, for dashboards: the audit log is the ledger.
     pub cost_usd: CounterVec,
-    /// Escalations to an external model, by reason.
-    pub escalations: IntCounterVec,
     /// Decisions on generated tool calls, by decision (`returned`, `loop_detected`…).
     pub tool_decisions: IntCounterVec,
 }
@@ -79,14 +81,26 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let routes = IntCounterVec::new(
+            Opts::new("routes_total", "Completed responses by route"),
+            &["route"],
+        )?;
+        let escalations = IntCounterVec::new(
+            Opts::new("escalations_total", "Local answers escalated, by reason"),
+            &["reason"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
+        registry.register(Box::new(routes.clone()))?;
+        registry.register(Box::new(escalations.clone()))?;
         Ok(Self {
             requests: RequestMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
             registry,
             http_requests,
             http_latency,
+            routes,
+            escalations,
         })
     }
 
@@ -167,12 +181,6 @@ impl RequestMetrics {
                     Opts::new("cost_usd_total", "Spend in US dollars by model"),
                     &["model"],
                 )?,
-            )?,
-            escalations: counter(
-                registry,
-                "escalations_total",
-                "Requests escalated to an external model, by reason",
-                &["reason"],
             )?,
             tool_decisions: counter(
                 registry,

@@ -16,6 +16,7 @@ use crate::config::{Config, LocalConfig};
 use crate::gateway::{Bookkeeper, Gateway};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
+use crate::route::{RoutingState, RoutingTable};
 use crate::runs::RunTracker;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -44,8 +45,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let state = build_state(&config, setup.store, backend)?;
+    let state = build_state(&config, setup.store, backend, &process_env)?;
     let gateway = state.gateway.clone();
+    spawn_reload_on_hangup(config.path.clone(), gateway.routing().clone());
     let app = build_app(state, config.server.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -65,11 +67,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Everything a request needs, built from the configuration around the given local
-/// backend (tests and benches substitute their own).
+/// backend (tests and benches substitute their own). `env` looks up provider keys.
 pub fn build_state(
     config: &Config,
     keys: KeyStore,
     local: Arc<dyn Backend>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let audit = AuditLog::open(&config.audit, metrics.audit.clone())
@@ -85,9 +88,11 @@ pub fn build_state(
         metrics.requests.clone(),
         config.audit.store_text,
     );
+    let table = RoutingTable::build(config, 1, None, env).map_err(anyhow::Error::msg)?;
+    let routing = Arc::new(RoutingState::new(table));
     Ok(AppState {
         config: Arc::new(config.clone()),
-        gateway: Arc::new(Gateway::new(local, Arc::new(config.prices.clone()), books)),
+        gateway: Arc::new(Gateway::new(local, routing, metrics.clone(), books)),
         keys: Arc::new(keys),
         metrics,
         started: std::time::Instant::now(),
@@ -146,6 +151,43 @@ fn existing_file(
         manifest.name
     );
     Ok(path)
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// SIGHUP re-reads the configuration file and swaps in its providers, routing and
+/// prices. A file that fails validation changes nothing. Agents, keys, the listener and
+/// the local model are read at start only.
+fn spawn_reload_on_hangup(path: PathBuf, routing: Arc<RoutingState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => match routing.reload(&config, &process_env) {
+                    Ok(table) => {
+                        tracing::info!(version = table.version, file = %path.display(), "configuration reloaded")
+                    }
+                    Err((key, message)) => {
+                        tracing::error!(%key, %message, "reload refused; the previous routing stays")
+                    }
+                },
+                Err(error) => tracing::error!(%error, "reload refused; the previous routing stays"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (path, routing);
 }
 
 async fn shutdown_signal() {

@@ -128,7 +128,9 @@ async fn a_stream_abandoned_by_its_client_is_recorded_as_cancelled() {
     // Read until content flows, then hang up.
     let mut seen = String::new();
     while !seen.contains("\"content\":\"") || seen.matches("data:").count() < 3 {
-        seen.push_str(&String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()));
+        seen.push_str(&String::from_utf8_lossy(
+            &response.chunk().await.unwrap().unwrap(),
+        ));
     }
     drop(response);
 
@@ -205,10 +207,12 @@ async fn the_audit_query_needs_the_admin_key_and_filters() {
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!(body["has_more"], true);
     let (_, body) = server.admin_get("/admin/audit?agent=agent-b").await;
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["data"], json!([]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["data"],
+        json!([])
+    );
 
-    let all: Value =
-        serde_json::from_str(&server.admin_get("/admin/audit").await.1).unwrap();
+    let all: Value = serde_json::from_str(&server.admin_get("/admin/audit").await.1).unwrap();
     let third_time = all["data"][2]["time"].as_str().unwrap();
     let (_, body) = server
         .admin_get(&format!("/admin/audit?from={}", urlencode(third_time)))
@@ -302,11 +306,16 @@ async fn audit_verify_passes_the_servers_log_and_names_the_first_tampered_record
     let (ok, text) = tampered(&|mut lines| {
         let cost = regex::Regex::new(r#""cost_usd":"[0-9.]+""#).unwrap();
         assert!(cost.is_match(&lines[1]));
-        lines[1] = cost.replace_all(&lines[1], r#""cost_usd":"0""#).into_owned();
+        lines[1] = cost
+            .replace_all(&lines[1], r#""cost_usd":"0""#)
+            .into_owned();
         lines
     });
     assert!(!ok);
-    assert!(text.contains(&format!("{segment_name}: line 2 (seq 2)")), "{text}");
+    assert!(
+        text.contains(&format!("{segment_name}: line 2 (seq 2)")),
+        "{text}"
+    );
     assert!(text.contains("edited"), "{text}");
 
     // A deleted record.

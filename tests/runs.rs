@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 async fn server(runs_yaml: &str) -> TestServer {
     TestServer::start_with(ServerOptions {
-        extra_yaml: format!("runs: {runs_yaml}"),
+        extra_config: format!("runs: {runs_yaml}\n"),
         ..ServerOptions::default()
     })
     .await
@@ -45,7 +45,9 @@ fn refused(status: u16, body: &Value, limit: &str) -> String {
 }
 
 async fn records(server: &TestServer, run: &str) -> Vec<Value> {
-    let (_, body) = server.admin_get(&format!("/admin/audit?run_id={run}")).await;
+    let (_, body) = server
+        .admin_get(&format!("/admin/audit?run_id={run}"))
+        .await;
     serde_json::from_str::<Value>(&body).unwrap()["data"]
         .as_array()
         .unwrap()
@@ -168,7 +170,10 @@ async fn the_same_call_proposed_too_often_is_withheld_as_a_loop() {
         .iter()
         .map(|record| {
             let call = &record["tool_calls"][0];
-            (call["returned"].as_bool().unwrap(), call["withheld_reason"].clone())
+            (
+                call["returned"].as_bool().unwrap(),
+                call["withheld_reason"].clone(),
+            )
         })
         .collect();
     assert_eq!(
@@ -180,7 +185,10 @@ async fn the_same_call_proposed_too_often_is_withheld_as_a_loop() {
             (false, json!("loop_detected"))
         ]
     );
-    assert_eq!(recorded[0]["tool_calls"][0]["sha256"], recorded[2]["tool_calls"][0]["sha256"]);
+    assert_eq!(
+        recorded[0]["tool_calls"][0]["sha256"],
+        recorded[2]["tool_calls"][0]["sha256"]
+    );
     let metrics = server
         .client
         .get(server.url("/metrics"))

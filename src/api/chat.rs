@@ -44,7 +44,8 @@ pub async fn chat_completions(
     let context = RequestContext::new(principal, metadata);
     let request_id = context.request_id.clone();
     let logprobs = chat.logprobs.is_some();
-    let started = state.gateway.start(context, chat).await?;
+    let started = state.gateway.start(context, chat, stream).await?;
+    let route = started.route.clone();
     let identity = CompletionIdentity {
         id: format!("chatcmpl-{request_id}"),
         created: unix_now(),
@@ -62,6 +63,9 @@ pub async fn chat_completions(
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&route) {
+        response.headers_mut().insert("x-warden-route", value);
     }
     Ok(response)
 }

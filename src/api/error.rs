@@ -102,6 +102,14 @@ impl ApiError {
                         Some("service_unavailable"),
                     )
                 },
+                GatewayError::Upstream { retry_after, .. } => D {
+                    retry_after: *retry_after,
+                    ..D::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        Some("upstream_error"),
+                    )
+                },
                 GatewayError::Internal(_) => {
                     D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
                 }

@@ -9,6 +9,7 @@ mod extract;
 mod health;
 pub mod openai;
 mod outcomes;
+mod routing;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +50,7 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
         .merge(audit::routes())
+        .merge(routing::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

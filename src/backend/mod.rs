@@ -2,6 +2,7 @@
 //! providers. Every backend speaks the same trait so routing can treat them alike.
 
 pub mod local;
+pub mod provider;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -26,6 +27,19 @@ pub enum BackendError {
     },
     #[error("all {slots} engine slots stayed busy for {waited:?}")]
     Saturated { slots: usize, waited: Duration },
+    #[error("{provider}: {message}")]
+    Upstream {
+        provider: String,
+        status: Option<u16>,
+        message: String,
+        retryable: bool,
+        retry_after: Option<Duration>,
+    },
+    #[error("{provider}: circuit open after repeated failures; next probe in {retry_in:?}")]
+    CircuitOpen {
+        provider: String,
+        retry_in: Duration,
+    },
     #[error("the model is still loading")]
     Loading,
     #[error("the model failed to load: {0}")]

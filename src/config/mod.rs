@@ -4,6 +4,7 @@
 
 pub mod raw;
 mod records;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use raw::{RawAgent, RawConfig, RawLocal};
 use crate::audit::AuditConfig;
 use crate::cost::PriceTable;
 use crate::runs::RunsConfig;
+pub use routing::{ProviderConfig, ProviderKind, RoutingConfig, Thresholds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,6 +45,8 @@ pub struct Config {
     pub prices: PriceTable,
     pub audit: AuditConfig,
     pub runs: RunsConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +232,20 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         ));
     }
 
+    let mut prices = load_prices(raw.prices.as_deref(), base)?;
+    for (model, price) in routing::provider_prices(&raw.providers)? {
+        prices
+            .add(&model, price)
+            .map_err(|message| ("providers".to_string(), message))?;
+    }
+    prices.check_escalation_model().map_err(|(key, message)| {
+        let file = raw.prices.as_deref().unwrap_or(raw::DEFAULT_PRICES_FILE);
+        ("prices".to_string(), format!("{file}: `{key}`: {message}"))
+    })?;
+    let providers = routing::validate_providers(raw.providers)?;
+    let agent_ids: Vec<String> = agents.iter().map(|agent| agent.id.clone()).collect();
+    let routing = routing::validate_routing(raw.routing, &providers, &agent_ids, "routing.")?;
+
     Ok(Config {
         path: path.to_path_buf(),
         server: crate::config::ServerConfig {
@@ -237,9 +255,11 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         auth,
         agents,
         local: validate_local(raw.local, base)?,
-        prices: load_prices(raw.prices.as_deref(), base)?,
+        prices,
         audit: records::validate_audit(raw.audit, base)?,
         runs: records::validate_runs(raw.runs, run_overrides)?,
+        providers,
+        routing,
     })
 }
 

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::routing::{RawProvider, RawRouting};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Large enough for long conversations with tool outputs, small enough that one
 /// request cannot exhaust memory.
@@ -48,6 +50,10 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub runs: RawRuns,
+    #[serde(default)]
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub routing: RawRouting,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,12 +1,9 @@
-//! Money: prices, what each request cost over all its attempts, business outcomes, and
-//! the reports finance reads. Money is `Decimal` US dollars, never a float: costs are
-//! summed over millions of requests and must reconcile to the cent.
+//! Money: prices, what each attempt at a request cost, business outcomes, and the
+//! reports finance reads. Money is `Decimal` US dollars, never a float: costs are summed
+//! over millions of requests and must reconcile to the cent.
 
-pub mod ledger;
 pub mod outcome;
 mod prices;
 pub mod report;
 
-pub use ledger::{AttemptCost, Bill, Metered};
-pub(crate) use prices::optional_money;
-pub use prices::{ModelPrice, PriceTable};
+pub use prices::{optional_money, Metered, ModelPrice, PriceTable};

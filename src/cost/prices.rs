@@ -1,6 +1,7 @@
-//! Prices (`routing/prices.yaml`): per model, dollars per million input, cached input
-//! and output tokens, or, for a local model, dollars per CPU-second; and the escalation
-//! model, whose prices measure what serving locally saved.
+//! Prices (`routing/prices.yaml`, and prices written on provider models): per model,
+//! dollars per million input, cached input and output tokens, or, for a local model,
+//! dollars per CPU-second; and the escalation model, whose prices measure what serving
+//! locally saved. The one place a cost is computed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,10 +11,37 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 
-use super::Metered;
+use crate::chat::GenerationSummary;
 
 const TOKENS_PER_PRICE_UNIT: i64 = 1_000_000;
 const MICROS_PER_SECOND: u32 = 6;
+
+/// What one attempt consumed, as pricing needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metered {
+    pub backend: String,
+    pub model: String,
+    pub prompt_tokens: u32,
+    /// Prompt tokens the provider served from its cache (counted in `prompt_tokens`).
+    pub cached_prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// The engine's time on it, for models priced per CPU-second.
+    pub compute: Duration,
+}
+
+impl From<&GenerationSummary> for Metered {
+    fn from(summary: &GenerationSummary) -> Self {
+        let compute_ms = (summary.timings.prefill_ms + summary.timings.decode_ms).max(0.0);
+        Self {
+            backend: summary.backend.clone(),
+            model: summary.model.clone(),
+            prompt_tokens: summary.usage.prompt_tokens,
+            cached_prompt_tokens: summary.usage.cached_prompt_tokens,
+            completion_tokens: summary.usage.completion_tokens,
+            compute: Duration::from_secs_f64(compute_ms / 1000.0),
+        }
+    }
+}
 
 /// What one model charges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,27 +106,29 @@ impl PriceTable {
                 Ok((model, price))
             })
             .collect::<Result<BTreeMap<_, _>, Invalid>>()?;
-        if let Some(model) = &raw.escalation_model {
-            match models.get(model) {
-                Some(ModelPrice::Tokens { .. }) => {}
-                Some(ModelPrice::CpuTime { .. }) => {
-                    return Err((
-                        "escalation_model".into(),
-                        format!("`{model}` is priced per CPU-second; savings are measured in tokens at an external model's prices"),
-                    ))
-                }
-                None => {
-                    return Err((
-                        "escalation_model".into(),
-                        format!("`{model}` has no entry under `models`"),
-                    ))
-                }
-            }
-        }
         Ok(Self {
             models,
             escalation_model: raw.escalation_model,
         })
+    }
+
+    /// The escalation model must be priced per token (as `model` or `provider/model`);
+    /// checked once every price is in, provider prices included.
+    pub fn check_escalation_model(&self) -> Result<(), Invalid> {
+        let Some(model) = &self.escalation_model else {
+            return Ok(());
+        };
+        match self.models.get(model) {
+            Some(ModelPrice::Tokens { .. }) => Ok(()),
+            Some(ModelPrice::CpuTime { .. }) => Err((
+                "escalation_model".into(),
+                format!("`{model}` is priced per CPU-second; savings are measured in tokens at an external model's prices"),
+            )),
+            None => Err((
+                "escalation_model".into(),
+                format!("`{model}` has no price (under `models`, or on a provider's model as `provider/model`)"),
+            )),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, Invalid> {
@@ -111,6 +141,18 @@ impl PriceTable {
         Self::from_yaml(&text)
     }
 
+    /// Adds a price written elsewhere (on a provider's model, as `provider/model`); a
+    /// model priced twice is an error, so there is one place to change it.
+    pub fn add(&mut self, model: &str, price: ModelPrice) -> Result<(), String> {
+        if self.models.contains_key(model) {
+            return Err(format!(
+                "`{model}` is priced twice (prices file and provider)"
+            ));
+        }
+        self.models.insert(model.to_string(), price);
+        Ok(())
+    }
+
     pub fn price(&self, model: &str) -> Option<&ModelPrice> {
         self.models.get(model)
     }
@@ -119,12 +161,16 @@ impl PriceTable {
         self.escalation_model.as_deref()
     }
 
-    /// What `metered` costs on its model; `None` when the model has no price.
+    /// What `metered` costs: its backend's own price for the model (`backend/model`, as
+    /// written on a provider) or else the model's price; `None` when neither is priced.
     pub fn cost(&self, metered: &Metered) -> Option<Decimal> {
+        let price = self
+            .price(&format!("{}/{}", metered.backend, metered.model))
+            .or_else(|| self.price(&metered.model))?;
         let per_token = |per_million: Decimal, tokens: u32| {
             per_million * Decimal::from(tokens) / Decimal::from(TOKENS_PER_PRICE_UNIT)
         };
-        match self.price(&metered.model)? {
+        match price {
             ModelPrice::Tokens {
                 input_per_million,
                 output_per_million,
@@ -147,6 +193,7 @@ impl PriceTable {
     /// What the escalation model would have charged for the same tokens.
     pub fn reference_cost(&self, metered: &Metered) -> Option<Decimal> {
         let reference = Metered {
+            backend: String::new(),
             model: self.escalation_model.clone()?,
             cached_prompt_tokens: 0,
             compute: Duration::ZERO,
@@ -234,7 +281,7 @@ fn money<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error
 }
 
 /// [`money`] for a field that may be absent (with `#[serde(default)]`).
-pub(crate) fn optional_money<'de, D: Deserializer<'de>>(
+pub fn optional_money<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Decimal>, D::Error> {
     money(deserializer).map(Some)
@@ -246,6 +293,7 @@ mod tests {
 
     fn tokens(model: &str, prompt: u32, cached: u32, completion: u32) -> Metered {
         Metered {
+            backend: "any".into(),
             model: model.into(),
             prompt_tokens: prompt,
             cached_prompt_tokens: cached,
@@ -270,6 +318,20 @@ mod tests {
             Some(amount("0.00045"))
         );
         assert_eq!(table.cost(&tokens("unpriced", 1_000, 0, 500)), None);
+        // A provider's own price for a model wins over the model's.
+        let mut table = table;
+        let azure = ModelPrice::Tokens {
+            input_per_million: Decimal::ONE,
+            output_per_million: Decimal::ONE,
+            cached_input_per_million: None,
+        };
+        table.add("azure/gpt-x", azure.clone()).unwrap();
+        let at_azure = Metered {
+            backend: "azure".into(),
+            ..tokens("gpt-x", 1_000, 0, 500)
+        };
+        assert_eq!(table.cost(&at_azure), Some(amount("0.0015")));
+        assert!(table.add("azure/gpt-x", azure).is_err());
     }
 
     #[test]
@@ -309,7 +371,12 @@ mod tests {
 
     #[test]
     fn bad_prices_name_their_key() {
-        let key = |yaml: &str| PriceTable::from_yaml(yaml).unwrap_err().0;
+        let key = |yaml: &str| {
+            PriceTable::from_yaml(yaml)
+                .and_then(|table| table.check_escalation_model())
+                .unwrap_err()
+                .0
+        };
         assert_eq!(
             key("models:\n  m: {input_per_million: abc, output_per_million: 1}\n"),
             "models.m.input_per_million"
@@ -343,6 +410,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("routing/prices.yaml");
         let table = PriceTable::load(&path).unwrap();
         assert!(table.price("smollm2-135m-instruct").is_some());
+        table.check_escalation_model().unwrap();
         let escalation = table.escalation_model().unwrap();
         assert!(matches!(
             table.price(escalation),

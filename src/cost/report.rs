@@ -133,8 +133,8 @@ impl Served {
                 .iter()
                 .fold((0, 0), |(prompt, completion), attempt| {
                     (
-                        prompt + attempt["prompt_tokens"].as_u64().unwrap_or(0),
-                        completion + attempt["completion_tokens"].as_u64().unwrap_or(0),
+                        prompt + attempt["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+                        completion + attempt["usage"]["completion_tokens"].as_u64().unwrap_or(0),
                     )
                 });
         if attempts.is_empty() {

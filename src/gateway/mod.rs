@@ -1,35 +1,43 @@
-//! The path of one request through warden, independent of HTTP: pick the backend for
-//! the model asked for, start the generation, and turn what it produces into the
-//! events a client receives, ending with warden's report of how it was served.
+//! The path of one request through warden, independent of HTTP: decide where it runs
+//! (local first, external when the risk, the context or the model asks for it), check
+//! a local answer before it is shown and escalate it when it falls short, fail over
+//! along the provider chain, and end every response with warden's report of all that.
 
+mod docket;
 mod report;
 mod trail;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 
 use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
-use crate::backend::{Backend, BackendStatus};
-use crate::chat::{ChatRequest, Collected, GenerationSummary, StreamEvent};
-use crate::cost::outcome::Outcome;
-use crate::cost::PriceTable;
+use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
+use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
+use crate::cost::outcome::Outcome as BusinessOutcome;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::route::{
+    assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
+};
 use crate::runs::RunTracker;
+use trail::Trail;
 
+pub use docket::Bookkeeper;
 pub use report::{ReportTimings, WardenReport};
-pub use trail::Bookkeeper;
+pub use trail::{Attempt, Outcome};
 
 /// The model name that lets warden choose where a request runs.
 pub const AUTO_MODEL: &str = "auto";
 
 pub struct Gateway {
     local: Arc<dyn Backend>,
-    prices: Arc<PriceTable>,
+    routing: Arc<RoutingState>,
+    metrics: Arc<Metrics>,
     books: Arc<Bookkeeper>,
 }
 
@@ -80,6 +88,8 @@ pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseEvent, Gatewa
 pub struct Started {
     /// The model that answers, as the response names it.
     pub model: String,
+    /// How it is being routed, as far as known before the first byte (`x-warden-route`).
+    pub route: String,
     pub events: ResponseStream,
 }
 
@@ -100,10 +110,16 @@ pub struct Readiness {
 }
 
 impl Gateway {
-    pub fn new(local: Arc<dyn Backend>, prices: Arc<PriceTable>, books: Bookkeeper) -> Self {
+    pub fn new(
+        local: Arc<dyn Backend>,
+        routing: Arc<RoutingState>,
+        metrics: Arc<Metrics>,
+        books: Bookkeeper,
+    ) -> Self {
         Self {
             local,
-            prices,
+            routing,
+            metrics,
             books: Arc::new(books),
         }
     }
@@ -117,18 +133,30 @@ impl Gateway {
     }
 
     /// Attaches a business outcome to a run; returns once it is recorded.
-    pub async fn record_outcome(&self, outcome: &Outcome) -> Result<Receipt, GatewayError> {
+    pub async fn record_outcome(&self, outcome: &BusinessOutcome) -> Result<Receipt, GatewayError> {
         self.books.record_outcome(outcome).await
     }
 
+    pub fn routing(&self) -> &Arc<RoutingState> {
+        &self.routing
+    }
+
     pub fn models(&self) -> Vec<ModelEntry> {
-        std::iter::once(AUTO_MODEL.to_string())
+        let local = std::iter::once(AUTO_MODEL.to_string())
             .chain(self.local.models())
             .map(|id| ModelEntry {
                 id,
                 owned_by: "warden".into(),
-            })
-            .collect()
+            });
+        let table = self.routing.current();
+        let external = table.models().into_iter().map(|id| ModelEntry {
+            owned_by: table
+                .targets_for(&id)
+                .first()
+                .map_or_else(String::new, |target| target.provider.config().name.clone()),
+            id,
+        });
+        local.chain(external).collect()
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -139,65 +167,352 @@ impl Gateway {
         }
     }
 
-    /// Starts answering a request. Whatever becomes of it is recorded in the audit log,
-    /// and a completion is released only once its record is durable.
+    /// Starts answering `request`. `stream` says whether the client reads the answer as
+    /// it comes, which decides whether a checked local answer can be streamed live.
+    /// Whatever becomes of the request is recorded in the audit log, and a completion is
+    /// released only once its record is durable.
     pub async fn start(
         &self,
         context: RequestContext,
         request: ChatRequest,
+        stream: bool,
     ) -> Result<Started, GatewayError> {
-        let mut trail = self.books.open(&context, &request);
-        if let Err(error) = trail.admit() {
-            return Err(trail.refuse(error).await);
+        let mut docket = self.books.open(&context, &request);
+        if let Err(error) = docket.admit() {
+            return Err(docket.refuse(error).await);
         }
-        match self.generate(context, request).await {
-            Ok(started) => Ok(trail.follow(started)),
-            Err(error) => Err(trail.refuse(error).await),
+        match self.route(context, request, stream).await {
+            Ok(started) => Ok(docket.follow(started)),
+            Err(error) => Err(docket.refuse(error).await),
         }
     }
 
-    async fn generate(
+    async fn route(
         &self,
         context: RequestContext,
         request: ChatRequest,
+        stream: bool,
     ) -> Result<Started, GatewayError> {
-        let backend = self.backend_for(&request.model)?;
-        let model = backend
-            .models()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| request.model.clone());
-        let prices = self.prices.clone();
-        let events = backend
-            .generate(request)
-            .await?
-            .map(move |event| match event {
-                Ok(StreamEvent::Content { text, logprobs }) => {
-                    Ok(StreamEvent::Content { text, logprobs })
+        let table = self.routing.current();
+        if request.model != AUTO_MODEL {
+            return self.start_named(context, request, stream, table).await;
+        }
+        let thresholds = table.routing.thresholds_for(&context.principal.agent_id);
+        let chain = table.escalation_chain();
+        let mut trail = Trail::new(table.clone(), Route::Local);
+        trail.risk = assess_risk(&context.metadata, &table.routing);
+        if trail.risk.score > thresholds.local_risk_ceiling {
+            trail.route = Route::External;
+            trail.reason(Reason::RiskAboveCeiling);
+            return self
+                .start_external(context, request, stream, chain, trail)
+                .await;
+        }
+        trail.reason(Reason::LocalFirst);
+
+        let started = Instant::now();
+        let local_events = match self.local.generate(request.clone()).await {
+            Ok(events) => events,
+            Err(error) => {
+                let reason = match &error {
+                    BackendError::ContextLengthExceeded { .. } => Reason::ContextOverflow,
+                    BackendError::Saturated { .. } => Reason::LocalSaturated,
+                    BackendError::Loading | BackendError::Unavailable(_) => {
+                        Reason::LocalUnavailable
+                    }
+                    _ => return Err(error.into()),
+                };
+                if chain.is_empty() {
+                    return Err(error.into());
                 }
-                Ok(StreamEvent::Finished(summary)) => {
-                    let bill = prices.bill(&[&*summary]);
-                    let report = WardenReport::new(&context, &summary, bill);
-                    Ok(StreamEvent::Finished(Box::new(Completed {
-                        summary: *summary,
-                        report,
-                    })))
+                trail.failed(
+                    self.local.name(),
+                    &self.local_model(),
+                    &error,
+                    ms_since(started),
+                );
+                trail.route = Route::External;
+                trail.reason(reason);
+                return self
+                    .start_external(context, request, stream, chain, trail)
+                    .await;
+            }
+        };
+        if chain.is_empty() || (stream && !table.routing.verify_before_stream) {
+            if chain.is_empty() {
+                trail.reason(Reason::NoEscalationTarget);
+            }
+            let route = trail.header(self.local.name(), &self.local_model(), None);
+            return Ok(self.respond(self.local_model(), route, local_events, context, trail));
+        }
+
+        // Verify before anything is shown: the client sees either this answer or the
+        // one that replaces it, never both.
+        let local = collect_events(local_events).await?;
+        let shortfalls = check_local_answer(&local.summary, request.callable_tools(), &thresholds);
+        if shortfalls.is_empty() {
+            let route = trail.header(
+                self.local.name(),
+                &self.local_model(),
+                local.summary.confidence,
+            );
+            return Ok(self.respond(self.local_model(), route, local.replay(), context, trail));
+        }
+        for shortfall in &shortfalls {
+            self.metrics
+                .escalations
+                .with_label_values(&[shortfall.as_str()])
+                .inc();
+        }
+        trail.reasons.extend(shortfalls);
+        trail.answered(&local.summary, Outcome::Rejected);
+        trail.route = Route::Escalated;
+        match self.try_chain(&request, stream, &chain, &mut trail).await {
+            Ok((target, events)) => {
+                let route =
+                    trail.header(target.provider.config().name.as_str(), &target.model, None);
+                Ok(self.respond(target.model, route, events, context, trail))
+            }
+            Err(_) => {
+                // The local answer was already paid for and the risk allowed it: better a
+                // flagged local answer than none.
+                let rejected = trail
+                    .attempts
+                    .iter()
+                    .position(|a| a.outcome == Outcome::Rejected);
+                if let Some(index) = rejected {
+                    trail.attempts.remove(index);
                 }
-                Err(error) => Err(GatewayError::from(error)),
+                trail.route = Route::FallbackLocal;
+                trail.reason(Reason::FallbackLocal);
+                let route = trail.header(
+                    self.local.name(),
+                    &self.local_model(),
+                    local.summary.confidence,
+                );
+                Ok(self.respond(self.local_model(), route, local.replay(), context, trail))
+            }
+        }
+    }
+
+    /// A model named by the client: the local one, or the providers serving it.
+    async fn start_named(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+        stream: bool,
+        table: Arc<RoutingTable>,
+    ) -> Result<Started, GatewayError> {
+        let mut trail = Trail::new(table.clone(), Route::Local);
+        trail.reason(Reason::NamedModel);
+        if self.local.models().contains(&request.model) {
+            let events = self.local.generate(request).await?;
+            let route = trail.header(self.local.name(), &self.local_model(), None);
+            return Ok(self.respond(self.local_model(), route, events, context, trail));
+        }
+        let targets = table.targets_for(&request.model);
+        if targets.is_empty() {
+            return Err(GatewayError::ModelNotFound(request.model));
+        }
+        trail.route = Route::External;
+        self.start_external(context, request, stream, targets, trail)
+            .await
+    }
+
+    async fn start_external(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+        stream: bool,
+        targets: Vec<Target>,
+        mut trail: Trail,
+    ) -> Result<Started, GatewayError> {
+        if targets.is_empty() {
+            return Err(GatewayError::Unavailable {
+                message:
+                    "this request must be served by an external provider and none is configured"
+                        .into(),
+                retry_after: None,
             });
-        Ok(Started {
-            model,
-            events: Box::pin(events),
+        }
+        let (target, events) = self
+            .try_chain(&request, stream, &targets, &mut trail)
+            .await?;
+        let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
+        Ok(self.respond(target.model, route, events, context, trail))
+    }
+
+    /// Tries each target in order until one answers. A streaming client gets the first
+    /// provider that starts answering; everyone else gets the first whole answer, so a
+    /// provider that breaks mid-answer is failed over too.
+    async fn try_chain(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+        targets: &[Target],
+        trail: &mut Trail,
+    ) -> Result<(Target, EventStream), GatewayError> {
+        let mut retry_after = None;
+        let mut only_refusals = true;
+        for target in targets {
+            let started = Instant::now();
+            let provider_name = target.provider.config().name.clone();
+            let mut attempt = request.clone();
+            attempt.model = target.model.clone();
+            let outcome = match target.provider.generate(attempt).await {
+                Ok(events) if stream => Ok(events),
+                Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(events) => {
+                    if trail
+                        .attempts
+                        .iter()
+                        .any(|a| a.outcome == Outcome::Failed || a.outcome == Outcome::Skipped)
+                    {
+                        trail.reason(Reason::ProviderFailover);
+                    }
+                    return Ok((target.clone(), events));
+                }
+                Err(error) => {
+                    tracing::warn!(provider = %provider_name, %error, "provider failed");
+                    only_refusals &= matches!(
+                        error,
+                        BackendError::Upstream {
+                            retryable: false,
+                            ..
+                        }
+                    );
+                    if let BackendError::Upstream {
+                        retry_after: Some(wait),
+                        ..
+                    }
+                    | BackendError::CircuitOpen { retry_in: wait, .. } = &error
+                    {
+                        retry_after =
+                            Some(retry_after.map_or(*wait, |known: Duration| known.min(*wait)));
+                    }
+                    trail.failed(&provider_name, &target.model, &error, ms_since(started));
+                }
+            }
+        }
+        let failures: Vec<String> = trail
+            .attempts
+            .iter()
+            .filter_map(|a| {
+                a.error
+                    .as_ref()
+                    .map(|e| format!("{} ({}): {e}", a.backend, a.model))
+            })
+            .collect();
+        let message = format!(
+            "every provider that could serve this request failed: {}",
+            failures.join("; ")
+        );
+        // Providers that are up but refuse the request will refuse it again: no point
+        // in telling the client to come back later.
+        if only_refusals {
+            return Err(GatewayError::Upstream {
+                message,
+                retry_after: None,
+            });
+        }
+        Err(GatewayError::Unavailable {
+            message,
+            retry_after: Some(
+                retry_after
+                    .unwrap_or(ALL_DOWN_RETRY_AFTER)
+                    .max(Duration::from_secs(1)),
+            ),
         })
     }
 
-    fn backend_for(&self, model: &str) -> Result<&Arc<dyn Backend>, GatewayError> {
-        if model == AUTO_MODEL || self.local.models().iter().any(|m| m == model) {
-            Ok(&self.local)
-        } else {
-            Err(GatewayError::ModelNotFound(model.to_string()))
+    /// The answer's events as the client receives them, ending with warden's report.
+    fn respond(
+        &self,
+        model: String,
+        route: String,
+        events: EventStream,
+        context: RequestContext,
+        trail: Trail,
+    ) -> Started {
+        let metrics = self.metrics.clone();
+        let mut trail = Some(trail);
+        let events = events.map(move |event| match event {
+            Ok(StreamEvent::Content { text, logprobs }) => {
+                Ok(StreamEvent::Content { text, logprobs })
+            }
+            Ok(StreamEvent::Finished(summary)) => {
+                let trail = trail
+                    .take()
+                    .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
+                let report = WardenReport::new(&context, &summary, trail);
+                metrics
+                    .routes
+                    .with_label_values(&[report.route.as_str()])
+                    .inc();
+                Ok(StreamEvent::Finished(Box::new(Completed {
+                    summary: *summary,
+                    report,
+                })))
+            }
+            Err(error) => Err(GatewayError::from(error)),
+        });
+        Started {
+            model,
+            route,
+            events: Box::pin(events),
         }
     }
+
+    fn local_model(&self) -> String {
+        self.local.models().into_iter().next().unwrap_or_default()
+    }
+}
+
+/// When every provider failed and none said when to come back.
+const ALL_DOWN_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// A generation held back whole, to be checked before it is shown.
+struct CollectedEvents {
+    events: Vec<GenerationEvent>,
+    summary: GenerationSummary,
+}
+
+impl CollectedEvents {
+    /// The same events again, as the backend produced them.
+    fn replay(self) -> EventStream {
+        let finished = StreamEvent::Finished(Box::new(self.summary));
+        let events = self
+            .events
+            .into_iter()
+            .chain(std::iter::once(finished))
+            .map(Ok);
+        Box::pin(futures::stream::iter(events.collect::<Vec<_>>()))
+    }
+}
+
+async fn collect_events(mut events: EventStream) -> Result<CollectedEvents, BackendError> {
+    let mut held = Vec::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            StreamEvent::Finished(summary) => {
+                return Ok(CollectedEvents {
+                    events: held,
+                    summary: *summary,
+                })
+            }
+            content => held.push(content),
+        }
+    }
+    Err(BackendError::Generation(
+        "the generation ended without a summary".into(),
+    ))
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Drains a response stream into a whole response.

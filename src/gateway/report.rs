@@ -1,11 +1,14 @@
-//! warden's account of how a request was served: the `warden` object of a response.
+//! warden's account of how a request was served: the `warden` object of a response,
+//! and what the audit log records.
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::trail::{Attempt, Outcome, Trail};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
-use crate::cost::{AttemptCost, Bill};
+use crate::cost::Metered;
+use crate::route::{Reason, Risk, Route};
 use crate::runs::{RunUsage, Withheld};
 
 #[derive(Debug, Clone, Serialize)]
@@ -15,18 +18,22 @@ pub struct WardenReport {
     pub tenant: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
-    pub route: &'static str,
+    pub route: Route,
+    pub reasons: Vec<Reason>,
+    pub risk: Risk,
+    /// The backend and model whose answer this is.
     pub backend: String,
     pub model: String,
     pub confidence: Option<Confidence>,
     pub malformed_tool_call: bool,
-    /// US dollars over every attempt, as a decimal string; absent when no attempt's
-    /// model has a price.
+    /// Every attempt, the served one last.
+    pub attempts: Vec<Attempt>,
+    /// US dollars over every attempt, as a decimal string; absent when nothing was priced.
     pub cost_usd: Option<Decimal>,
-    /// What the escalation model would have charged for this answer.
+    /// What the escalation model (`escalation_model` in the prices) would have charged
+    /// for this answer's tokens: the saving of not sending it there is the difference.
     pub reference_cost_usd: Option<Decimal>,
-    /// Every attempt at answering (a local try before an escalation, retries), priced.
-    pub attempts: Vec<AttemptCost>,
+    pub routing_version: u64,
     pub timings: ReportTimings,
     /// The run this request is a step of, after it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,20 +53,24 @@ pub struct ReportTimings {
 }
 
 impl WardenReport {
-    pub fn new(context: &RequestContext, summary: &GenerationSummary, bill: Bill) -> Self {
+    pub fn new(context: &RequestContext, summary: &GenerationSummary, mut trail: Trail) -> Self {
+        trail.answered(summary, Outcome::Served);
         Self {
             request_id: context.request_id.clone(),
             agent: context.principal.agent_id.clone(),
             tenant: context.principal.tenant.clone(),
             run_id: context.metadata.run_id.clone(),
-            route: "local",
+            route: trail.route,
+            reasons: trail.reasons.clone(),
+            risk: trail.risk.clone(),
             backend: summary.backend.clone(),
             model: summary.model.clone(),
             confidence: summary.confidence,
             malformed_tool_call: summary.malformed_tool_call,
-            cost_usd: bill.cost_usd,
-            reference_cost_usd: bill.reference_cost_usd,
-            attempts: bill.attempts,
+            cost_usd: trail.cost(),
+            reference_cost_usd: trail.table.prices.reference_cost(&Metered::from(summary)),
+            routing_version: trail.table.version,
+            attempts: trail.attempts,
             timings: ReportTimings {
                 queue_ms: summary.timings.queue_ms,
                 prefill_ms: summary.timings.prefill_ms,

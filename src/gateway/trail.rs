@@ -1,351 +1,127 @@
-//! What the gateway writes down about each request, at both ends: the run budget at
-//! admission; at completion the run checks on generated tool calls, the audit record
-//! (written, and fsynced, before the answer's last event is released) and the request
-//! metrics. A request that ends any other way (refused, failed, abandoned by its
-//! client) is recorded too.
+//! The record of how one request was routed as it happens: the route, the reasons, the
+//! risk, and every attempt on the way, so the final report (and the audit log) can say
+//! exactly where the time and the money went.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use futures::{stream, StreamExt};
-use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use serde::Serialize;
 
-use super::{Completed, RequestContext, ResponseEvent, Started};
-use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
-use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
-use crate::chat::{ChatRequest, FinishReason, StreamEvent};
-use crate::cost::outcome::{Outcome, OUTCOME_KIND};
-use crate::error::GatewayError;
-use crate::metrics::RequestMetrics;
-use crate::runs::{call_hash, RunTicket, RunTracker, Withheld};
+use crate::backend::BackendError;
+use crate::chat::{Confidence, GenerationSummary, Usage};
+use crate::cost::Metered;
+use crate::route::{Reason, Risk, Route, RoutingTable};
 
-/// The route label of a request that was never routed.
-const UNROUTED: &str = "none";
-
-/// What every request's trail writes to.
-pub struct Bookkeeper {
-    audit: AuditLog,
-    runs: Arc<RunTracker>,
-    metrics: RequestMetrics,
-    store_text: bool,
+/// One try at answering.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub backend: String,
+    pub model: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<Confidence>,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<Decimal>,
 }
 
-impl Bookkeeper {
-    pub fn new(
-        audit: AuditLog,
-        runs: Arc<RunTracker>,
-        metrics: RequestMetrics,
-        store_text: bool,
-    ) -> Self {
-        Self {
-            audit,
-            runs,
-            metrics,
-            store_text,
-        }
-    }
-
-    pub fn audit(&self) -> &AuditLog {
-        &self.audit
-    }
-
-    pub fn runs(&self) -> &RunTracker {
-        &self.runs
-    }
-
-    /// Starts the trail of a request that has reached the gateway.
-    pub fn open(self: &Arc<Self>, context: &RequestContext, request: &ChatRequest) -> Trail {
-        Trail {
-            books: self.clone(),
-            request_id: context.request_id.clone(),
-            agent: context.principal.agent_id.clone(),
-            tenant: context.principal.tenant.clone(),
-            run_id: context.metadata.run_id.clone(),
-            ticket: None,
-            received: context.received,
-            received_at: Utc::now()
-                - chrono::Duration::from_std(context.received.elapsed()).unwrap_or_default(),
-            model_requested: request.model.clone(),
-            offers_tools: !request.callable_tools().is_empty(),
-            prompt: TextDigest::of_prompt(request, self.store_text),
-            completion: TextHasher::new(self.store_text),
-            first_content: None,
-            open: true,
-        }
-    }
-
-    /// Records a business outcome for a run; returns once it is durable.
-    pub async fn record_outcome(&self, outcome: &Outcome) -> Result<Receipt, GatewayError> {
-        Ok(self.audit.append_event(OUTCOME_KIND, outcome).await?)
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Its answer is the response.
+    Served,
+    /// It answered, but the answer was not good enough and was replaced.
+    Rejected,
+    /// It failed (an error, a timeout, a broken stream).
+    Failed,
+    /// It was not tried: its circuit was open.
+    Skipped,
 }
 
-/// One request's record in the making.
 pub struct Trail {
-    books: Arc<Bookkeeper>,
-    request_id: String,
-    agent: String,
-    tenant: String,
-    run_id: Option<String>,
-    ticket: Option<RunTicket>,
-    received: Instant,
-    received_at: DateTime<Utc>,
-    model_requested: String,
-    offers_tools: bool,
-    prompt: TextDigest,
-    completion: TextHasher,
-    first_content: Option<Instant>,
-    /// Until a record is queued; dropping an open trail records a cancellation.
-    open: bool,
+    pub table: Arc<RoutingTable>,
+    pub route: Route,
+    pub reasons: Vec<Reason>,
+    pub risk: Risk,
+    pub attempts: Vec<Attempt>,
 }
 
 impl Trail {
-    /// Admits the request into its run, if it names one.
-    pub fn admit(&mut self) -> Result<(), GatewayError> {
-        if let Some(run_id) = &self.run_id {
-            let ticket =
-                self.books
-                    .runs
-                    .admit(&self.agent, &self.tenant, run_id, self.offers_tools)?;
-            self.ticket = Some(ticket);
-        }
-        Ok(())
-    }
-
-    /// Records a refusal before anything was generated; returns the refusal.
-    pub async fn refuse(mut self, error: GatewayError) -> GatewayError {
-        if let Some(ticket) = &self.ticket {
-            self.books.runs.release(ticket);
-        }
-        self.record_end(RequestStatus::Refused, &error).await;
-        error
-    }
-
-    /// Follows a response to its end, recording it before its completion goes out.
-    pub fn follow(self, started: Started) -> Started {
-        let events = stream::unfold(
-            (started.events, Some(self)),
-            |(mut events, trail)| async move {
-                let mut trail = trail?;
-                let out = match events.next().await {
-                    Some(Ok(StreamEvent::Content { text, logprobs })) => {
-                        trail.saw_content(&text);
-                        let content = StreamEvent::Content { text, logprobs };
-                        return Some((vec![Ok(content)], (events, Some(trail))));
-                    }
-                    Some(Ok(StreamEvent::Finished(completed))) => trail.complete(*completed).await,
-                    Some(Err(error)) => vec![Err(trail.fail(error).await)],
-                    None => {
-                        let error =
-                            GatewayError::Internal("the response ended without completing".into());
-                        vec![Err(trail.fail(error).await)]
-                    }
-                };
-                Some((out, (events, None)))
-            },
-        )
-        .flat_map(stream::iter);
-        Started {
-            model: started.model,
-            events: Box::pin(events),
+    pub fn new(table: Arc<RoutingTable>, route: Route) -> Self {
+        Self {
+            table,
+            route,
+            reasons: Vec::new(),
+            risk: Risk::default(),
+            attempts: Vec::new(),
         }
     }
 
-    fn saw_content(&mut self, text: &str) {
-        if self.first_content.is_none() && !text.is_empty() {
-            self.first_content = Some(Instant::now());
+    pub fn reason(&mut self, reason: Reason) {
+        if !self.reasons.contains(&reason) {
+            self.reasons.push(reason);
         }
-        self.completion.push(text);
     }
 
-    /// Screens the tool calls, settles the run, and writes the record; the completion is
-    /// released only once the record is durable.
-    async fn complete(
-        &mut self,
-        mut completed: Completed,
-    ) -> Vec<Result<ResponseEvent, GatewayError>> {
-        let proposed = std::mem::take(&mut completed.summary.tool_calls);
-        let (returned, withheld) = match &self.ticket {
-            Some(ticket) => {
-                let screened = self.books.runs.screen(ticket, proposed);
-                (screened.returned, screened.withheld)
-            }
-            None => (proposed, Vec::new()),
-        };
-        let mut events = Vec::new();
-        if !withheld.is_empty() {
-            let note = explain(&withheld);
-            self.saw_content(&note);
-            events.push(Ok(StreamEvent::Content {
-                text: note,
-                logprobs: Vec::new(),
-            }));
-            if returned.is_empty() && completed.summary.finish_reason == FinishReason::ToolCalls {
-                completed.summary.finish_reason = FinishReason::Stop;
-            }
-        }
-        for call in &withheld {
-            self.books
-                .metrics
-                .tool_decisions
-                .with_label_values(&[call.reason.as_str()])
-                .inc();
-        }
-        if let Some(ticket) = &self.ticket {
-            completed.report.run = Some(self.books.runs.settle(ticket, completed.report.cost_usd));
-        }
-        let tool_calls = returned
-            .iter()
-            .map(|call| RecordedToolCall {
-                id: call.id.clone(),
-                name: call.name.clone(),
-                sha256: call_hash(call),
-                returned: true,
-                withheld_reason: None,
-            })
-            .chain(withheld.iter().map(|call| RecordedToolCall {
-                id: call.id.clone(),
-                name: call.name.clone(),
-                sha256: call.sha256.clone(),
-                returned: false,
-                withheld_reason: Some(call.reason.as_str().to_string()),
-            }))
-            .collect();
-        completed.summary.tool_calls = returned;
-        completed.report.withheld_tool_calls = withheld;
-        let usage = completed.summary.usage;
-        let mut record = self.record(RequestStatus::Completed, None);
-        record.usage = Some(Tokens {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
+    /// A generation that finished, served or not.
+    pub fn answered(&mut self, summary: &GenerationSummary, outcome: Outcome) {
+        let timings = summary.timings;
+        self.attempts.push(Attempt {
+            backend: summary.backend.clone(),
+            model: summary.model.clone(),
+            outcome,
+            error: None,
+            usage: summary.usage,
+            confidence: summary.confidence,
+            latency_ms: timings.queue_ms + timings.prefill_ms + timings.decode_ms,
+            cost_usd: self.table.prices.cost(&Metered::from(summary)),
         });
-        record.tool_calls = tool_calls;
-        record.report = serde_json::to_value(&completed.report).ok();
-        if let Err(error) = self.write(record).await {
-            return vec![Err(error)];
-        }
-        let report = &completed.report;
-        let metrics = &self.books.metrics;
-        self.observe(RequestStatus::Completed, report.route);
-        metrics
-            .tokens
-            .with_label_values(&[report.model.as_str(), "prompt"])
-            .inc_by(u64::from(usage.prompt_tokens));
-        metrics
-            .tokens
-            .with_label_values(&[report.model.as_str(), "completion"])
-            .inc_by(u64::from(usage.completion_tokens));
-        if let Some(cost) = report.cost_usd {
-            let dollars = cost.to_f64().unwrap_or(0.0);
-            metrics
-                .cost_usd
-                .with_label_values(&[report.model.as_str()])
-                .inc_by(dollars);
-        }
-        events.push(Ok(StreamEvent::Finished(Box::new(completed))));
-        events
     }
 
-    /// Records a generation that broke off; returns its error.
-    async fn fail(&mut self, error: GatewayError) -> GatewayError {
-        self.record_end(RequestStatus::Failed, &error).await;
-        error
-    }
-
-    async fn record_end(&mut self, status: RequestStatus, error: &GatewayError) {
-        let record = self.record(status, Some(recorded(error)));
-        if let Err(audit) = self.write(record).await {
-            tracing::error!(error = %audit, request_id = %self.request_id, "could not record a {} request", status.as_str());
-        }
-        self.observe(status, UNROUTED);
-    }
-
-    async fn write(&mut self, record: RequestRecord) -> Result<Receipt, GatewayError> {
-        self.open = false;
-        let entry = record.entry()?;
-        Ok(self.books.audit.append(entry).await?)
-    }
-
-    fn record(&mut self, status: RequestStatus, error: Option<RecordedError>) -> RequestRecord {
-        let completion = std::mem::replace(&mut self.completion, TextHasher::new(false)).finish();
-        RequestRecord {
-            request_id: self.request_id.clone(),
-            agent: self.agent.clone(),
-            tenant: self.tenant.clone(),
-            run_id: self.run_id.clone(),
-            status,
-            error,
-            received_at: self.received_at,
-            latency_ms: self.received.elapsed().as_secs_f64() * 1000.0,
-            model_requested: self.model_requested.clone(),
-            prompt: self.prompt.clone(),
-            completion: (status != RequestStatus::Refused).then_some(completion),
-            usage: None,
-            tool_calls: Vec::new(),
-            report: None,
-        }
-    }
-
-    fn observe(&self, status: RequestStatus, route: &str) {
-        let metrics = &self.books.metrics;
-        metrics
-            .requests
-            .with_label_values(&[route, status.as_str()])
-            .inc();
-        metrics
-            .duration
-            .with_label_values(&[route])
-            .observe(self.received.elapsed().as_secs_f64());
-        if let Some(first) = self.first_content {
-            metrics
-                .time_to_first_token
-                .with_label_values(&[route])
-                .observe(first.duration_since(self.received).as_secs_f64());
-        }
-    }
-}
-
-impl Drop for Trail {
-    /// A response dropped before its end: its client left. Nothing can wait here, so the
-    /// record is queued without waiting for it.
-    fn drop(&mut self) {
-        if !self.open {
-            return;
-        }
-        self.open = false;
-        let reason = RecordedError {
-            kind: "client_disconnected".into(),
-            message: "the client disconnected before the end".into(),
+    /// A backend that could not answer.
+    pub fn failed(&mut self, backend: &str, model: &str, error: &BackendError, latency_ms: f64) {
+        let outcome = match error {
+            BackendError::CircuitOpen { .. } => Outcome::Skipped,
+            _ => Outcome::Failed,
         };
-        let record = self.record(RequestStatus::Cancelled, Some(reason));
-        match record.entry() {
-            Ok(entry) => self.books.audit.append_detached(entry),
-            Err(error) => tracing::error!(%error, "could not record a cancelled request"),
+        self.attempts.push(Attempt {
+            backend: backend.to_string(),
+            model: model.to_string(),
+            outcome,
+            error: Some(error.to_string()),
+            usage: Usage::default(),
+            confidence: None,
+            latency_ms,
+            cost_usd: None,
+        });
+    }
+
+    /// Everything spent, on every attempt; `None` when nothing spent had a price.
+    pub fn cost(&self) -> Option<Decimal> {
+        self.attempts
+            .iter()
+            .filter_map(|attempt| attempt.cost_usd)
+            .reduce(|total, cost| total + cost)
+    }
+
+    /// The `x-warden-route` header: what is known when the response starts.
+    pub fn header(&self, backend: &str, model: &str, confidence: Option<Confidence>) -> String {
+        let reasons: Vec<&str> = self.reasons.iter().map(|reason| reason.as_str()).collect();
+        let mut header = format!(
+            "route={}; backend={backend}; model={model}; reasons={}; attempts={}",
+            self.route.as_str(),
+            reasons.join(","),
+            self.attempts.len() + 1
+        );
+        if let Some(confidence) = confidence {
+            header.push_str(&format!(
+                "; mean_logprob={:.3}; min_logprob={:.3}",
+                confidence.mean_logprob, confidence.min_logprob
+            ));
         }
-        self.observe(RequestStatus::Cancelled, UNROUTED);
+        header
     }
-}
-
-fn recorded(error: &GatewayError) -> RecordedError {
-    RecordedError {
-        kind: error.kind().to_string(),
-        message: error.to_string(),
-    }
-}
-
-/// The note the agent reads in place of the calls it did not get.
-fn explain(withheld: &[Withheld]) -> String {
-    withheld
-        .iter()
-        .map(|call| {
-            format!(
-                "[warden] tool call `{}` withheld ({}): {}",
-                call.name,
-                call.reason.as_str(),
-                call.detail
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

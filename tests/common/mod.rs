@@ -2,6 +2,8 @@
 //! local model (loaded once per test binary and shared by every server it starts).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod mock_upstream;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -41,8 +43,8 @@ pub struct ServerOptions {
     pub default_max_tokens: u32,
     /// The audit log folder; `None`: a fresh one under the target's temporary folder.
     pub audit_dir: Option<PathBuf>,
-    /// More top-level configuration sections (e.g. `runs:`), appended as written.
-    pub extra_yaml: String,
+    /// More configuration (e.g. `providers:`, `routing:` or `runs:` sections), appended.
+    pub extra_config: String,
 }
 
 impl Default for ServerOptions {
@@ -55,7 +57,7 @@ impl Default for ServerOptions {
             max_body_bytes: 4 * 1024 * 1024,
             default_max_tokens: 64,
             audit_dir: None,
-            extra_yaml: String::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -79,8 +81,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
          \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"}}\n\
          \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"}}\n\
          local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n\
-         audit: {{dir: \"{audit}\"}}\n\
-         {extra}\n",
+         audit: {{dir: \"{audit}\"}}\n",
         max_body = options.max_body_bytes,
         a = digest(KEY_A),
         b = digest(KEY_B),
@@ -89,8 +90,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
         timeout = options.queue_timeout_ms,
         max_tokens = options.default_max_tokens,
         audit = audit_dir.display(),
-        extra = options.extra_yaml,
-    );
+    ) + &options.extra_config;
     Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
 }
 
@@ -176,7 +176,7 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
     .unwrap()
     .store;
     let app = warden::build_app(
-        warden::server::build_state(config, keys, local).unwrap(),
+        warden::server::build_state(config, keys, local, &provider_keys).unwrap(),
         config.server.max_body_bytes,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -185,6 +185,15 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
         axum::serve(listener, app).await.unwrap();
     });
     format!("http://{address}")
+}
+
+/// Provider keys as the tests' environment would hold them.
+pub fn provider_keys(name: &str) -> Option<String> {
+    match name {
+        "TEST_ANTHROPIC_KEY" => Some("sk-test-anthropic".into()),
+        "TEST_OPENAI_KEY" => Some("sk-test-openai".into()),
+        _ => None,
+    }
 }
 
 pub fn sse_data(text: &str) -> Vec<String> {

@@ -272,6 +272,12 @@ fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
                         "function parameters must be an object schema (`\"type\": \"object\"`)",
                     ));
                 }
+                if let Err(error) = jsonschema::validator_for(&schema) {
+                    return Err(GatewayError::invalid(
+                        param("function.parameters"),
+                        format!("function parameters are not a valid JSON schema: {error}"),
+                    ));
+                }
                 schema
             }
             Some(_) => {
@@ -355,12 +361,24 @@ fn message(index: usize, message: RequestMessage) -> Result<Message, Invalid> {
         .tool_calls
         .unwrap_or_default()
         .into_iter()
-        .map(|call| ToolCall {
-            id: call.id,
-            name: call.function.name,
-            arguments: call.function.arguments,
+        .enumerate()
+        .map(|(at, call)| {
+            // Providers that take arguments as objects (Anthropic) need them parsed.
+            if !serde_json::from_str::<serde_json::Value>(&call.function.arguments)
+                .is_ok_and(|v| v.is_object())
+            {
+                return Err(GatewayError::invalid(
+                    param(&format!("tool_calls[{at}].function.arguments")),
+                    "tool call arguments must be a JSON object, written as a string",
+                ));
+            }
+            Ok(ToolCall {
+                id: call.id,
+                name: call.function.name,
+                arguments: call.function.arguments,
+            })
         })
-        .collect::<Vec<_>>();
+        .collect::<Result<Vec<_>, _>>()?;
     if !tool_calls.is_empty() && role != Role::Assistant {
         return Err(GatewayError::invalid(
             param("tool_calls"),

@@ -134,14 +134,10 @@ fn call_from_object(object: Value, tools: &[ToolSpec]) -> Option<ToolCall> {
         return None;
     }
     Some(ToolCall {
-        id: new_call_id(),
+        id: ToolCall::new_id(),
         name,
         arguments: arguments.to_string(),
     })
-}
-
-pub fn new_call_id() -> String {
-    format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
 }
 
 #[cfg(test)]

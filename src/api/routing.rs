@@ -1,0 +1,38 @@
+//! `GET /admin/routing` shows the routing table in force (version, thresholds, chain,
+//! providers and their circuits); `PUT /admin/routing` replaces the routing policy at
+//! run time. Requests in flight finish under the version they started with.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::admin::AdminCaller;
+use super::error::ApiError;
+use super::extract::OpenAiJson;
+use super::AppState;
+use crate::config::routing::RawRouting;
+use crate::error::GatewayError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/admin/routing", get(show).put(replace))
+}
+
+async fn show(State(state): State<AppState>, _admin: AdminCaller) -> Json<Value> {
+    let table = state.gateway.routing().current();
+    Json(serde_json::to_value(table.view()).unwrap_or_default())
+}
+
+async fn replace(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    OpenAiJson(raw): OpenAiJson<RawRouting>,
+) -> Result<Json<Value>, ApiError> {
+    let table = state
+        .gateway
+        .routing()
+        .update_routing(raw)
+        .map_err(|(key, message)| GatewayError::invalid(key, message))?;
+    tracing::info!(version = table.version, routing = ?table.routing, "routing replaced through the admin API");
+    Ok(Json(serde_json::to_value(table.view()).unwrap_or_default()))
+}

@@ -1,0 +1,430 @@
+//! Anthropic's Messages API, behind OpenAI's shape: system prompts move to `system`,
+//! tool calls become `tool_use` blocks and tool results `tool_result` blocks in a user
+//! turn, and the streamed content-block events are read back into deltas and calls.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::dialect::{finish_calls, Delta, Dialect, Ending, PartialCall, StreamDecoder};
+use super::sse::SseEvent;
+use crate::chat::{ChatRequest, FinishReason, Message, Role, ToolChoice, Usage};
+
+pub const API_VERSION: &str = "2023-06-01";
+/// Anthropic's temperature runs from 0 to 1 where OpenAI's runs to 2.
+const MAX_TEMPERATURE: f32 = 1.0;
+
+pub struct Anthropic;
+
+impl Dialect for Anthropic {
+    fn path(&self) -> &'static str {
+        "/messages"
+    }
+
+    fn headers(&self, api_key: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut headers = vec![("anthropic-version", API_VERSION.to_string())];
+        if let Some(key) = api_key {
+            headers.push(("x-api-key", key.to_string()));
+        }
+        headers
+    }
+
+    fn body(&self, request: &ChatRequest, upstream_model: &str, default_max_tokens: u32) -> Value {
+        let sampling = &request.sampling;
+        let system: Vec<&str> = request
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        let mut body = json!({
+            "model": upstream_model,
+            "max_tokens": sampling.max_tokens.unwrap_or(default_max_tokens),
+            "messages": turns(&request.messages),
+            "stream": true,
+            "temperature": sampling.temperature.min(MAX_TEMPERATURE),
+        });
+        if !system.is_empty() {
+            body["system"] = json!(system.join("\n\n"));
+        }
+        if sampling.top_p < 1.0 {
+            body["top_p"] = json!(sampling.top_p);
+        }
+        if !sampling.stop.is_empty() {
+            body["stop_sequences"] = json!(sampling.stop);
+        }
+        if !request.tools.is_empty() {
+            body["tools"] = request
+                .tools
+                .iter()
+                .map(|tool| json!({"name": tool.name, "description": tool.description, "input_schema": tool.parameters}))
+                .collect();
+            body["tool_choice"] = match &request.tool_choice {
+                ToolChoice::Auto => json!({"type": "auto"}),
+                ToolChoice::None => json!({"type": "none"}),
+                ToolChoice::Required => json!({"type": "any"}),
+                ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+            };
+        }
+        body
+    }
+
+    fn decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::<Decoder>::default()
+    }
+}
+
+/// Anthropic wants strictly alternating user and assistant turns of content blocks;
+/// tool results travel in the user turn that follows the call.
+fn turns(messages: &[Message]) -> Vec<Value> {
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for message in messages {
+        let (role, blocks) = match message.role {
+            Role::System => continue,
+            Role::User => (
+                "user",
+                vec![json!({"type": "text", "text": message.content})],
+            ),
+            Role::Tool => (
+                "user",
+                vec![json!({
+                    "type": "tool_result",
+                    "tool_use_id": message.tool_call_id,
+                    "content": message.content,
+                })],
+            ),
+            Role::Assistant => {
+                let text = (!message.content.is_empty())
+                    .then(|| json!({"type": "text", "text": message.content}));
+                let calls = message.tool_calls.iter().map(|call| {
+                    // Arguments were checked to be JSON when the request was validated.
+                    let input: Value =
+                        serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
+                    json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input})
+                });
+                ("assistant", text.into_iter().chain(calls).collect())
+            }
+        };
+        match turns.last_mut() {
+            Some((last, content)) if *last == role => content.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect()
+}
+
+// ---- the streamed answer ----
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamedEvent {
+    MessageStart {
+        message: StartedMessage,
+    },
+    ContentBlockStart {
+        index: usize,
+        content_block: Block,
+    },
+    ContentBlockDelta {
+        index: usize,
+        delta: BlockDelta,
+    },
+    ContentBlockStop,
+    MessageDelta {
+        delta: MessageChange,
+        usage: Option<OutputUsage>,
+    },
+    MessageStop,
+    Ping,
+    Error {
+        error: ErrorDetail,
+    },
+}
+
+#[derive(Deserialize)]
+struct StartedMessage {
+    usage: Option<InputUsage>,
+}
+
+#[derive(Deserialize)]
+struct InputUsage {
+    /// Not counting the cached part of the prompt: a cache hit is reported apart, a
+    /// cache write too.
+    #[serde(default)]
+    input_tokens: u32,
+    #[serde(default)]
+    cache_read_input_tokens: u32,
+    #[serde(default)]
+    cache_creation_input_tokens: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text,
+    ToolUse {
+        id: String,
+        name: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageChange {
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OutputUsage {
+    #[serde(default)]
+    output_tokens: u32,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    message: String,
+}
+
+#[derive(Default)]
+struct Decoder {
+    calls: BTreeMap<usize, PartialCall>,
+    stop_reason: Option<String>,
+    usage: Usage,
+    done: bool,
+}
+
+impl StreamDecoder for Decoder {
+    fn event(&mut self, event: &SseEvent) -> Result<Option<Delta>, String> {
+        let parsed: StreamedEvent = match serde_json::from_str(&event.data) {
+            Ok(parsed) => parsed,
+            // Event types added after this adapter was written are skipped, as the API
+            // asks of clients.
+            Err(_) if !event.data.contains("\"error\"") => return Ok(None),
+            Err(e) => return Err(format!("unreadable event: {e}")),
+        };
+        match parsed {
+            StreamedEvent::MessageStart { message } => {
+                if let Some(usage) = message.usage {
+                    self.usage.prompt_tokens = usage.input_tokens
+                        + usage.cache_read_input_tokens
+                        + usage.cache_creation_input_tokens;
+                    self.usage.cached_prompt_tokens = usage.cache_read_input_tokens;
+                }
+            }
+            StreamedEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => {
+                if let Block::ToolUse { id, name } = content_block {
+                    self.calls.insert(
+                        index,
+                        PartialCall {
+                            id,
+                            name,
+                            arguments: String::new(),
+                        },
+                    );
+                }
+            }
+            StreamedEvent::ContentBlockDelta { index, delta } => match delta {
+                BlockDelta::TextDelta { text } => {
+                    return Ok(Some(Delta {
+                        text,
+                        logprobs: Vec::new(),
+                    }))
+                }
+                BlockDelta::InputJsonDelta { partial_json } => {
+                    if let Some(call) = self.calls.get_mut(&index) {
+                        call.arguments.push_str(&partial_json);
+                    }
+                }
+                BlockDelta::Other => {}
+            },
+            StreamedEvent::MessageDelta { delta, usage } => {
+                self.stop_reason = delta.stop_reason.or(self.stop_reason.take());
+                if let Some(usage) = usage {
+                    self.usage.completion_tokens = usage.output_tokens;
+                }
+            }
+            StreamedEvent::MessageStop => self.done = true,
+            StreamedEvent::ContentBlockStop | StreamedEvent::Ping => {}
+            StreamedEvent::Error { error } => return Err(error.message),
+        }
+        Ok(None)
+    }
+
+    fn complete(&self) -> bool {
+        self.done
+    }
+
+    fn ending(&mut self) -> Ending {
+        let (tool_calls, malformed_tool_call) =
+            finish_calls(std::mem::take(&mut self.calls).into_values());
+        let finish_reason = match self.stop_reason.as_deref() {
+            _ if !tool_calls.is_empty() => FinishReason::ToolCalls,
+            Some("max_tokens") => FinishReason::Length,
+            _ => FinishReason::Stop,
+        };
+        Ending {
+            finish_reason,
+            tool_calls,
+            malformed_tool_call,
+            usage: self.usage,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{Sampling, ToolCall, ToolSpec};
+
+    fn event(name: &str, data: Value) -> SseEvent {
+        SseEvent {
+            name: Some(name.into()),
+            data: data.to_string(),
+        }
+    }
+
+    #[test]
+    fn request_moves_system_and_turns_calls_into_blocks() {
+        let mut assistant = Message::text(Role::Assistant, "Checking.");
+        assistant.tool_calls.push(ToolCall {
+            id: "toolu_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        let mut first_result = Message::text(Role::Tool, "18C");
+        first_result.tool_call_id = Some("toolu_1".into());
+        let request = ChatRequest {
+            model: "claude-x".into(),
+            messages: vec![
+                Message::text(Role::System, "Be brief."),
+                Message::text(Role::User, "Weather in Paris?"),
+                assistant,
+                first_result,
+                Message::text(Role::User, "Thanks, and tomorrow?"),
+            ],
+            tools: vec![ToolSpec {
+                name: "get_weather".into(),
+                description: Some("Weather".into()),
+                parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            }],
+            tool_choice: ToolChoice::Function("get_weather".into()),
+            sampling: Sampling {
+                temperature: 1.7,
+                ..Sampling::default()
+            },
+            logprobs: None,
+        };
+        let body = Anthropic.body(&request, "claude-upstream", 1024);
+        assert_eq!(body["system"], "Be brief.");
+        assert_eq!(body["max_tokens"], 1024);
+        assert_eq!(body["temperature"], 1.0);
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(messages[1]["role"], "assistant");
+        assert_eq!(messages[1]["content"][1]["type"], "tool_use");
+        assert_eq!(messages[1]["content"][1]["input"]["city"], "Paris");
+        // The tool result and the next question share one user turn.
+        assert_eq!(messages[2]["role"], "user");
+        assert_eq!(messages[2]["content"][0]["type"], "tool_result");
+        assert_eq!(messages[2]["content"][0]["tool_use_id"], "toolu_1");
+        assert_eq!(messages[2]["content"][1]["text"], "Thanks, and tomorrow?");
+        assert_eq!(
+            body["tools"][0]["input_schema"]["properties"]["city"]["type"],
+            "string"
+        );
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": "get_weather"})
+        );
+    }
+
+    #[test]
+    fn streamed_text_and_tool_use_are_read_back() {
+        let mut decoder = Anthropic.decoder();
+        let events = [
+            event(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 25, "cache_read_input_tokens": 100, "output_tokens": 1}}}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
+            ),
+            event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_7", "name": "get_weather", "input": {}}}),
+            ),
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Pa"}}),
+            ),
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "ris\"}"}}),
+            ),
+            event("ping", json!({"type": "ping"})),
+            event(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 31}}),
+            ),
+            event("message_stop", json!({"type": "message_stop"})),
+        ];
+        let text: String = events
+            .iter()
+            .filter_map(|e| decoder.event(e).unwrap())
+            .map(|delta| delta.text)
+            .collect();
+        assert_eq!(text, "Let me check.");
+        assert!(decoder.complete());
+        let ending = decoder.ending();
+        assert_eq!(ending.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(ending.tool_calls[0].id, "toolu_7");
+        assert_eq!(ending.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(
+            ending.usage,
+            Usage {
+                prompt_tokens: 125,
+                completion_tokens: 31,
+                cached_prompt_tokens: 100,
+            }
+        );
+    }
+
+    #[test]
+    fn error_events_surface() {
+        let mut decoder = Anthropic.decoder();
+        let error = decoder
+            .event(&event("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})))
+            .unwrap_err();
+        assert_eq!(error, "Overloaded");
+    }
+}

@@ -1,0 +1,103 @@
+//! What differs between provider APIs: how a request is written and how the streamed
+//! answer is read. Everything else (retries, breaker, timeouts) is shared.
+
+use serde_json::Value;
+
+use super::sse::SseEvent;
+use crate::chat::{ChatRequest, FinishReason, TokenLogprob, ToolCall, Usage};
+
+/// A piece of answer text as it arrives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// Everything known once the upstream's stream has ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub finish_reason: FinishReason,
+    pub tool_calls: Vec<ToolCall>,
+    /// Calls that came back unusable (bad JSON arguments, no name) and were dropped.
+    pub malformed_tool_call: bool,
+    pub usage: Usage,
+}
+
+pub trait Dialect: Send + Sync {
+    /// Path under the provider's base URL.
+    fn path(&self) -> &'static str;
+
+    /// Authentication and version headers.
+    fn headers(&self, api_key: Option<&str>) -> Vec<(&'static str, String)>;
+
+    /// The upstream request body, always asking for a stream.
+    fn body(&self, request: &ChatRequest, upstream_model: &str, default_max_tokens: u32) -> Value;
+
+    /// A reader for one response's events.
+    fn decoder(&self) -> Box<dyn StreamDecoder>;
+}
+
+pub trait StreamDecoder: Send {
+    /// Reads one event. `Err` is an error the upstream reported in the stream.
+    fn event(&mut self, event: &SseEvent) -> Result<Option<Delta>, String>;
+
+    /// True once the upstream said the answer is complete.
+    fn complete(&self) -> bool;
+
+    /// The answer's ending; only meaningful once `complete`.
+    fn ending(&mut self) -> Ending;
+}
+
+/// A tool call being assembled from streamed fragments.
+#[derive(Debug, Default, Clone)]
+pub struct PartialCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Turns assembled calls into usable ones; a call without a name or whose arguments
+/// are not a JSON object is dropped and flagged rather than passed on broken.
+pub fn finish_calls(partials: impl IntoIterator<Item = PartialCall>) -> (Vec<ToolCall>, bool) {
+    let mut malformed = false;
+    let calls = partials
+        .into_iter()
+        .filter_map(|call| {
+            let arguments = if call.arguments.trim().is_empty() {
+                "{}"
+            } else {
+                call.arguments.as_str()
+            };
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(value @ Value::Object(_)) if !call.name.is_empty() => Some(ToolCall {
+                    id: if call.id.is_empty() {
+                        ToolCall::new_id()
+                    } else {
+                        call.id
+                    },
+                    name: call.name,
+                    arguments: value.to_string(),
+                }),
+                _ => {
+                    malformed = true;
+                    None
+                }
+            }
+        })
+        .collect();
+    (calls, malformed)
+}
+
+/// The message of an error body in OpenAI's or Anthropic's shape (both use
+/// `error.message`), or the body itself.
+pub fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|value| {
+            value
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| body.chars().take(500).collect())
+}

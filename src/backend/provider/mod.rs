@@ -1,0 +1,365 @@
+//! External providers: one `Provider` per configured upstream, speaking its API's
+//! dialect (OpenAI-compatible or Anthropic) behind the common `Backend` trait. Every
+//! call has a deadline, retries only what may pass, and goes through the provider's
+//! circuit breaker and concurrency limit. Upstream answers are always streamed, so
+//! streaming clients get them as they come and everyone else gets the same text.
+
+mod anthropic;
+pub mod breaker;
+mod dialect;
+mod openai;
+pub mod retry;
+mod sse;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+
+use self::breaker::{BreakerState, CircuitBreaker};
+use self::dialect::{error_message, Dialect, StreamDecoder};
+use self::retry::{parse_retry_after, status_is_retryable, Backoff, RetryDecision};
+use self::sse::SseDecoder;
+use super::{Backend, BackendError, BackendStatus, EventStream};
+use crate::chat::{
+    ChatRequest, Confidence, GenerationEvent, GenerationSummary, StreamEvent, Timings,
+};
+use crate::config::{ProviderConfig, ProviderKind};
+
+/// Connecting never takes longer than this, whatever the response deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const EVENT_BUFFER: usize = 64;
+
+pub struct Provider {
+    config: ProviderConfig,
+    api_key: Option<String>,
+    http: reqwest::Client,
+    dialect: Box<dyn Dialect>,
+    breaker: Arc<CircuitBreaker>,
+    slots: Arc<Semaphore>,
+}
+
+/// A failed attempt, before deciding whether to try again.
+struct Failure {
+    status: Option<u16>,
+    message: String,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Provider {
+    pub fn new(config: ProviderConfig, api_key: Option<String>) -> Result<Self, BackendError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.timeout.min(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| BackendError::Unavailable(format!("{}: {e}", config.name)))?;
+        let dialect: Box<dyn Dialect> = match config.kind {
+            ProviderKind::Openai => Box::new(openai::OpenAi),
+            ProviderKind::Anthropic => Box::new(anthropic::Anthropic),
+        };
+        Ok(Self {
+            breaker: Arc::new(CircuitBreaker::new(config.breaker.clone())),
+            slots: Arc::new(Semaphore::new(config.max_concurrency)),
+            api_key,
+            http,
+            dialect,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.config.models.iter().any(|m| m.name == model)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.config.backoff_base,
+            max: self.config.backoff_max,
+        }
+    }
+
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let url = format!("{}{}", self.config.base_url, self.dialect.path());
+        let body = self
+            .dialect
+            .body(request, upstream_model, self.config.default_max_tokens);
+        let mut builder = self.http.post(&url).json(&body);
+        for (name, value) in self.dialect.headers(self.api_key.as_deref()) {
+            builder = builder.header(name, value);
+        }
+        let deadline = self.config.timeout;
+        let response = match tokio::time::timeout(deadline, builder.send()).await {
+            Err(_) => {
+                return Err(Failure::transient(format!(
+                    "no response within {deadline:?}"
+                )))
+            }
+            Ok(Err(error)) => return Err(Failure::transient(format!("request failed: {error}"))),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = parse_retry_after(
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let text = tokio::time::timeout(deadline, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Err(Failure {
+            status: Some(status.as_u16()),
+            message: format!("HTTP {}: {}", status.as_u16(), error_message(&text)),
+            retryable: status_is_retryable(status.as_u16()),
+            retry_after,
+        })
+    }
+
+    fn upstream_model(&self, model: &str) -> Result<&str, BackendError> {
+        self.config
+            .models
+            .iter()
+            .find(|m| m.name == model)
+            .map(|m| m.upstream.as_str())
+            .ok_or_else(|| {
+                BackendError::Generation(format!("{} does not serve `{model}`", self.config.name))
+            })
+    }
+}
+
+impl Failure {
+    fn transient(message: String) -> Self {
+        Self {
+            status: None,
+            message,
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    /// A provider that answers 4xx (bar 429 and friends) is up; the request was wrong.
+    fn counts_against_provider(&self) -> bool {
+        self.retryable
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Provider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.config.models.iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn status(&self) -> BackendStatus {
+        match self.breaker.state() {
+            BreakerState::Open => {
+                BackendStatus::Failed("circuit open after repeated failures".into())
+            }
+            BreakerState::Closed | BreakerState::HalfOpen => BackendStatus::Ready,
+        }
+    }
+
+    async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError> {
+        let started = Instant::now();
+        let upstream_model = self.upstream_model(&request.model)?.to_string();
+        let provider = self.config.name.clone();
+        let mut attempt = 0;
+        loop {
+            let permit =
+                self.breaker
+                    .try_acquire()
+                    .map_err(|rejected| BackendError::CircuitOpen {
+                        provider: provider.clone(),
+                        retry_in: rejected.retry_in,
+                    })?;
+            let slot =
+                match tokio::time::timeout(self.config.timeout, self.slots.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        return Err(BackendError::Saturated {
+                            slots: self.config.max_concurrency,
+                            waited: self.config.timeout,
+                        })
+                    }
+                };
+            let queue_ms = ms_since(started);
+            match self.send(&request, &upstream_model).await {
+                Ok(response) => {
+                    let stream = Streaming {
+                        provider,
+                        model: request.model.clone(),
+                        decoder: self.dialect.decoder(),
+                        idle_timeout: self.config.timeout,
+                        started,
+                        queue_ms,
+                    };
+                    return Ok(stream.spawn(response, permit, slot));
+                }
+                Err(failure) => {
+                    drop(slot);
+                    if failure.counts_against_provider() {
+                        permit.failure();
+                    }
+                    let attempts_left = attempt < self.config.retries;
+                    match self.backoff().decide(
+                        attempt,
+                        attempts_left,
+                        failure.retryable,
+                        failure.retry_after,
+                    ) {
+                        RetryDecision::RetryAfter(wait) => {
+                            tracing::warn!(%provider, attempt, ?wait, error = %failure.message, "retrying");
+                            tokio::time::sleep(wait).await;
+                            attempt += 1;
+                        }
+                        RetryDecision::GiveUp => {
+                            return Err(BackendError::Upstream {
+                                provider,
+                                status: failure.status,
+                                message: failure.message,
+                                retryable: failure.retryable,
+                                retry_after: failure.retry_after,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one upstream answer on its own task and forwards it as events. The circuit
+/// breaker hears how it ended; a client that leaves stops the reading (and closes the
+/// upstream connection) at once.
+struct Streaming {
+    provider: String,
+    model: String,
+    decoder: Box<dyn StreamDecoder>,
+    idle_timeout: Duration,
+    started: Instant,
+    queue_ms: f64,
+}
+
+impl Streaming {
+    fn spawn(
+        self,
+        response: reqwest::Response,
+        permit: breaker::Permit,
+        slot: OwnedSemaphorePermit,
+    ) -> EventStream {
+        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
+        tokio::spawn(async move {
+            let provider = self.provider.clone();
+            let _slot = slot;
+            match self.forward(response, &sender).await {
+                Ok(Some(summary)) => {
+                    permit.success();
+                    let _ = sender
+                        .send(Ok(StreamEvent::Finished(Box::new(summary))))
+                        .await;
+                }
+                // The client left: nothing to say about the provider.
+                Ok(None) => {}
+                Err(message) => {
+                    permit.failure();
+                    let error = BackendError::Upstream {
+                        provider,
+                        status: None,
+                        message,
+                        retryable: true,
+                        retry_after: None,
+                    };
+                    let _ = sender.send(Err(error)).await;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(receiver))
+    }
+
+    /// `Ok(None)` when the receiver went away.
+    async fn forward(
+        mut self,
+        response: reqwest::Response,
+        sender: &mpsc::Sender<Result<GenerationEvent, BackendError>>,
+    ) -> Result<Option<GenerationSummary>, String> {
+        let mut body = response.bytes_stream();
+        let mut sse = SseDecoder::default();
+        let mut first_token_ms = None;
+        let mut logprobs = Vec::new();
+        loop {
+            let (events, body_ended) = match tokio::time::timeout(self.idle_timeout, body.next())
+                .await
+            {
+                Err(_) => return Err(format!("the stream stalled for {:?}", self.idle_timeout)),
+                Ok(Some(Err(error))) => return Err(format!("the stream broke: {error}")),
+                Ok(Some(Ok(bytes))) => (sse.push(&bytes), false),
+                Ok(None) => (sse.finish().into_iter().collect::<Vec<_>>(), true),
+            };
+            for event in &events {
+                if let Some(delta) = self.decoder.event(event)? {
+                    first_token_ms.get_or_insert_with(|| ms_since(self.started));
+                    logprobs.extend(delta.logprobs.iter().map(|l| l.logprob));
+                    let content = StreamEvent::Content {
+                        text: delta.text,
+                        logprobs: delta.logprobs,
+                    };
+                    if sender.send(Ok(content)).await.is_err() {
+                        return Ok(None);
+                    }
+                }
+            }
+            if self.decoder.complete() {
+                break;
+            }
+            if body_ended {
+                return Err("the stream ended before the answer did".into());
+            }
+        }
+        let ending = self.decoder.ending();
+        let total_ms = ms_since(self.started);
+        let first = first_token_ms.unwrap_or(total_ms);
+        Ok(Some(GenerationSummary {
+            backend: self.provider,
+            model: self.model,
+            finish_reason: ending.finish_reason,
+            tool_calls: ending.tool_calls,
+            malformed_tool_call: ending.malformed_tool_call,
+            usage: ending.usage,
+            confidence: Confidence::from_logprobs(logprobs),
+            timings: Timings {
+                queue_ms: self.queue_ms,
+                prefill_ms: first - self.queue_ms,
+                decode_ms: total_ms - first,
+                first_token_ms: first,
+            },
+        }))
+    }
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

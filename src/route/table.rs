@@ -1,0 +1,206 @@
+//! The routing table: providers, thresholds and prices as one versioned snapshot.
+//! A request takes the snapshot current when it starts and keeps it to the end, so a
+//! reload never changes the rules under a request in flight.
+
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::backend::provider::Provider;
+use crate::config::routing::{validate_routing, RawRouting};
+use crate::config::{Config, RoutingConfig};
+use crate::cost::PriceTable;
+
+/// One place a request may be sent: a provider and the model name it serves.
+#[derive(Clone)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    pub model: String,
+}
+
+pub struct RoutingTable {
+    /// Increases by one with every change, from 1.
+    pub version: u64,
+    pub routing: RoutingConfig,
+    pub providers: Vec<Arc<Provider>>,
+    pub prices: PriceTable,
+    /// Agents the routing may name in per-agent overrides.
+    agents: Vec<String>,
+}
+
+/// What the admin API shows of a table.
+#[derive(Debug, Serialize)]
+pub struct TableView<'a> {
+    pub version: u64,
+    pub routing: &'a RoutingConfig,
+    pub providers: Vec<ProviderView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProviderView {
+    pub name: String,
+    pub models: Vec<String>,
+    pub circuit: crate::backend::provider::breaker::BreakerState,
+}
+
+impl RoutingTable {
+    /// Builds providers from `config`. Providers whose configuration is unchanged from
+    /// `previous` are kept as they are, circuit state and all.
+    pub fn build(
+        config: &Config,
+        version: u64,
+        previous: Option<&RoutingTable>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let providers = config
+            .providers
+            .iter()
+            .map(|provider_config| {
+                let kept = previous
+                    .and_then(|table| table.providers.iter().find(|p| p.config() == provider_config))
+                    .cloned();
+                match kept {
+                    Some(provider) => Ok(provider),
+                    None => {
+                        let key = provider_config.api_key_env.as_deref().and_then(|name| {
+                            let key = env(name).filter(|key| !key.is_empty());
+                            if key.is_none() {
+                                tracing::warn!(provider = %provider_config.name, "${name} is not set: calls go out without a key");
+                            }
+                            key
+                        });
+                        Provider::new(provider_config.clone(), key).map(Arc::new).map_err(|e| e.to_string())
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            version,
+            routing: config.routing.clone(),
+            providers,
+            prices: config.prices.clone(),
+            agents: config.agents.iter().map(|agent| agent.id.clone()).collect(),
+        })
+    }
+
+    /// Providers serving `model`, in configuration order.
+    pub fn targets_for(&self, model: &str) -> Vec<Target> {
+        self.providers
+            .iter()
+            .filter(|provider| provider.serves(model))
+            .map(|provider| Target {
+                provider: provider.clone(),
+                model: model.to_string(),
+            })
+            .collect()
+    }
+
+    /// The fallback chain for escalations: each escalation model in order, each on
+    /// every provider that serves it.
+    pub fn escalation_chain(&self) -> Vec<Target> {
+        self.routing
+            .escalation_models
+            .iter()
+            .flat_map(|model| self.targets_for(model))
+            .collect()
+    }
+
+    /// Every external model name, once, in configuration order.
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = Vec::new();
+        for provider in &self.providers {
+            for model in &provider.config().models {
+                if !models.contains(&model.name) {
+                    models.push(model.name.clone());
+                }
+            }
+        }
+        models
+    }
+
+    pub fn view(&self) -> TableView<'_> {
+        TableView {
+            version: self.version,
+            routing: &self.routing,
+            providers: self
+                .providers
+                .iter()
+                .map(|provider| ProviderView {
+                    name: provider.config().name.clone(),
+                    models: provider
+                        .config()
+                        .models
+                        .iter()
+                        .map(|m| m.name.clone())
+                        .collect(),
+                    circuit: provider.breaker_state(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The current table, replaced whole by reloads.
+pub struct RoutingState {
+    current: RwLock<Arc<RoutingTable>>,
+}
+
+impl RoutingState {
+    pub fn new(table: RoutingTable) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(table)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<RoutingTable> {
+        match self.current.read() {
+            Ok(table) => table.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// New thresholds and chain over the same providers (`PUT /admin/routing`).
+    pub fn update_routing(&self, raw: RawRouting) -> Result<Arc<RoutingTable>, (String, String)> {
+        self.swap(|current| {
+            let provider_configs: Vec<_> = current
+                .providers
+                .iter()
+                .map(|p| p.config().clone())
+                .collect();
+            let routing = validate_routing(raw, &provider_configs, &current.agents, "")?;
+            Ok(RoutingTable {
+                version: current.version + 1,
+                routing,
+                providers: current.providers.clone(),
+                prices: current.prices.clone(),
+                agents: current.agents.clone(),
+            })
+        })
+    }
+
+    /// A reloaded configuration file (SIGHUP): providers, routing and prices.
+    pub fn reload(
+        &self,
+        config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Arc<RoutingTable>, (String, String)> {
+        self.swap(|current| {
+            RoutingTable::build(config, current.version + 1, Some(current), env)
+                .map_err(|message| ("providers".to_string(), message))
+        })
+    }
+
+    fn swap(
+        &self,
+        next: impl FnOnce(&RoutingTable) -> Result<RoutingTable, (String, String)>,
+    ) -> Result<Arc<RoutingTable>, (String, String)> {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let table = Arc::new(next(&guard)?);
+        *guard = table.clone();
+        tracing::info!(version = table.version, "routing table replaced");
+        Ok(table)
+    }
+}

@@ -1,0 +1,112 @@
+//! Is a local answer good enough to send? Confident enough (mean and weakest token
+//! log-probability above the agent's thresholds), and its tool calls well formed and
+//! valid against the schemas the request declared.
+
+use crate::chat::{GenerationSummary, ToolSpec};
+use crate::config::Thresholds;
+
+use super::Reason;
+
+/// The reasons to escalate; empty when the answer may be sent.
+pub fn check_local_answer(
+    summary: &GenerationSummary,
+    tools: &[ToolSpec],
+    thresholds: &Thresholds,
+) -> Vec<Reason> {
+    let mut reasons = Vec::new();
+    if let Some(confidence) = summary.confidence {
+        if confidence.mean_logprob < thresholds.min_mean_logprob {
+            reasons.push(Reason::LowMeanLogprob);
+        }
+        if confidence.min_logprob < thresholds.min_token_logprob {
+            reasons.push(Reason::LowTokenLogprob);
+        }
+    }
+    if summary.malformed_tool_call {
+        reasons.push(Reason::MalformedToolCall);
+    }
+    let invalid = summary.tool_calls.iter().any(|call| {
+        tools
+            .iter()
+            .find(|tool| tool.name == call.name)
+            .is_none_or(|tool| tool.validate_arguments(&call.arguments).is_err())
+    });
+    if invalid {
+        reasons.push(Reason::InvalidToolArguments);
+    }
+    reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{Confidence, FinishReason, Timings, ToolCall, Usage};
+
+    fn summary(mean: f32, min: f32, calls: Vec<ToolCall>, malformed: bool) -> GenerationSummary {
+        GenerationSummary {
+            backend: "local".into(),
+            model: "m".into(),
+            finish_reason: FinishReason::Stop,
+            tool_calls: calls,
+            malformed_tool_call: malformed,
+            usage: Usage::default(),
+            confidence: Some(Confidence {
+                mean_logprob: mean,
+                min_logprob: min,
+            }),
+            timings: Timings::default(),
+        }
+    }
+
+    const THRESHOLDS: Thresholds = Thresholds {
+        min_mean_logprob: -1.0,
+        min_token_logprob: -8.0,
+        local_risk_ceiling: 50,
+    };
+
+    fn tools() -> Vec<ToolSpec> {
+        vec![ToolSpec {
+            name: "get_weather".into(),
+            description: None,
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": false
+            }),
+        }]
+    }
+
+    fn call(arguments: &str) -> ToolCall {
+        ToolCall {
+            id: "c".into(),
+            name: "get_weather".into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    #[test]
+    fn confident_well_formed_answers_pass() {
+        let answer = summary(-0.3, -2.0, vec![call(r#"{"city":"Paris"}"#)], false);
+        assert!(check_local_answer(&answer, &tools(), &THRESHOLDS).is_empty());
+    }
+
+    #[test]
+    fn each_shortcoming_has_its_reason() {
+        let answer = summary(-1.5, -9.0, vec![call(r#"{"city":27}"#)], true);
+        assert_eq!(
+            check_local_answer(&answer, &tools(), &THRESHOLDS),
+            vec![
+                Reason::LowMeanLogprob,
+                Reason::LowTokenLogprob,
+                Reason::MalformedToolCall,
+                Reason::InvalidToolArguments
+            ]
+        );
+        let missing_field = summary(-0.1, -0.1, vec![call("{}")], false);
+        assert_eq!(
+            check_local_answer(&missing_field, &tools(), &THRESHOLDS),
+            vec![Reason::InvalidToolArguments]
+        );
+    }
+}

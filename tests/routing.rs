@@ -1,0 +1,682 @@
+//! Routing and escalation through the real gateway and the real local model, with a
+//! mock upstream standing in for external providers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::mock_upstream::{Behaviour, MockUpstream};
+use common::{user, weather_tool, ServerOptions, TestServer, ADMIN_KEY};
+use serde_json::{json, Value};
+
+/// A provider `name` at `base` serving `model`, failing fast unless `settings` (YAML
+/// `key: value` pairs) say otherwise.
+fn provider(name: &str, kind: &str, base: &str, model: &str, settings: &[(&str, &str)]) -> String {
+    let mut fields = vec![
+        ("timeout_ms", "2000"),
+        ("retries", "0"),
+        ("backoff_base_ms", "10"),
+    ];
+    for (key, value) in settings {
+        fields.retain(|(k, _)| k != key);
+        fields.push((key, value));
+    }
+    let fields: String = fields.iter().map(|(k, v)| format!(", {k}: {v}")).collect();
+    format!(
+        "  - {{name: {name}, kind: {kind}, base_url: \"{base}\"{fields}, \
+         models: [{{name: {model}, input_per_million: 1, output_per_million: 2}}]}}\n"
+    )
+}
+
+async fn server_with(providers: &[String], routing: &str) -> TestServer {
+    TestServer::start_with(ServerOptions {
+        extra_config: format!("providers:\n{}routing:\n{routing}", providers.concat()),
+        ..ServerOptions::default()
+    })
+    .await
+}
+
+fn attempts(body: &Value) -> Vec<(String, String)> {
+    body["warden"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["backend"].as_str().unwrap().to_string(),
+                a["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn reasons(body: &Value) -> Vec<String> {
+    body["warden"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn content(body: &Value) -> &str {
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+const FORCE_ESCALATION: &str = "  escalation_models: [mock-large]\n  min_mean_logprob: -0.0001\n";
+const NEVER_ESCALATE: &str =
+    "  escalation_models: [mock-large]\n  min_mean_logprob: -100\n  min_token_logprob: -100\n";
+
+#[tokio::test]
+async fn a_confident_local_answer_stays_local() {
+    let mock = MockUpstream::start().await;
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        NEVER_ESCALATE,
+    )
+    .await;
+    let response = server
+        .chat_request()
+        .json(&json!({"messages": user("What is the capital of France?"), "temperature": 0}))
+        .send()
+        .await
+        .unwrap();
+    let header = response.headers()["x-warden-route"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert!(content(&body).contains("Paris"));
+    assert_eq!(body["warden"]["route"], "local");
+    assert_eq!(reasons(&body), vec!["local_first"]);
+    assert!(
+        header.starts_with(
+            "route=local; backend=local; model=smollm2-135m-instruct; reasons=local_first"
+        ),
+        "{header}"
+    );
+    assert!(header.contains("mean_logprob="), "{header}");
+    assert!(mock.received().is_empty());
+}
+
+#[tokio::test]
+async fn low_confidence_escalates_and_the_local_attempt_still_counts() {
+    let mock = MockUpstream::start().await;
+    let server = server_with(
+        &[provider(
+            "mock",
+            "openai",
+            &mock.base,
+            "mock-large",
+            &[("api_key_env", "TEST_OPENAI_KEY")],
+        )],
+        FORCE_ESCALATION,
+    )
+    .await;
+    let response = server
+        .chat_request()
+        .json(&json!({"messages": user("What is the capital of France?"), "temperature": 0}))
+        .send()
+        .await
+        .unwrap();
+    let header = response.headers()["x-warden-route"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(content(&body), "Hello from upstream.");
+    assert_eq!(body["model"], "mock-large");
+    assert_eq!(body["warden"]["route"], "escalated");
+    assert!(reasons(&body).contains(&"low_mean_logprob".to_string()));
+    assert_eq!(
+        attempts(&body),
+        vec![
+            ("local".into(), "rejected".into()),
+            ("mock".into(), "served".into())
+        ]
+    );
+    assert!(
+        header.contains("route=escalated; backend=mock; model=mock-large"),
+        "{header}"
+    );
+
+    // Cost covers both attempts: the local tokens were spent too.
+    let local = &body["warden"]["attempts"][0];
+    let local_cost: rust_decimal::Decimal = local["cost_usd"].as_str().unwrap().parse().unwrap();
+    let upstream_cost: rust_decimal::Decimal = body["warden"]["attempts"][1]["cost_usd"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let total: rust_decimal::Decimal = body["warden"]["cost_usd"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(total, local_cost + upstream_cost);
+    // 11 prompt tokens at $1/M and 5 completion tokens at $2/M, from the mock.
+    assert_eq!(upstream_cost, "0.000021".parse().unwrap());
+    assert!(local["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(local["confidence"]["mean_logprob"].as_f64().unwrap() < 0.0);
+
+    let sent = mock.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].headers["authorization"], "Bearer sk-test-openai");
+    assert_eq!(sent[0].body["model"], "mock-large");
+    assert_eq!(
+        sent[0].body["messages"][0]["content"],
+        "What is the capital of France?"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_never_shows_a_local_answer_that_was_escalated() {
+    let mock = MockUpstream::start().await;
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        FORCE_ESCALATION,
+    )
+    .await;
+    let frames = server
+        .stream(json!({"messages": user("What is the capital of France?"), "temperature": 0, "stream": true}))
+        .await;
+    assert_eq!(common::streamed_content(&frames), "Hello from upstream.");
+    let finish: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
+    assert_eq!(finish["warden"]["route"], "escalated");
+}
+
+#[tokio::test]
+async fn high_risk_requests_skip_the_local_model() {
+    let mock = MockUpstream::start().await;
+    let routing = "  escalation_models: [mock-large]\n  label_risk: {\"sensitivity=high\": 90}\n";
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        routing,
+    )
+    .await;
+    let (status, body) = server
+        .chat(json!({"messages": user("Summarise the contract."), "metadata": {"sensitivity": "high"}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["warden"]["route"], "external");
+    assert_eq!(reasons(&body), vec!["risk_above_ceiling"]);
+    assert_eq!(body["warden"]["risk"]["score"], 90);
+    assert_eq!(attempts(&body), vec![("mock".into(), "served".into())]);
+}
+
+#[tokio::test]
+async fn a_prompt_too_long_for_the_local_context_goes_out() {
+    let mock = MockUpstream::start().await;
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        NEVER_ESCALATE,
+    )
+    .await;
+    let (status, body) = server
+        .chat(json!({"messages": user(&"word ".repeat(6000))}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["warden"]["route"], "external");
+    assert!(reasons(&body).contains(&"context_overflow".to_string()));
+    assert_eq!(
+        attempts(&body),
+        vec![
+            ("local".into(), "failed".into()),
+            ("mock".into(), "served".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_or_invalid_local_tool_call_is_escalated() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::Answer {
+        content: String::new(),
+        tool_call: Some(("get_weather".into(), r#"{"city": "Paris"}"#.into())),
+    });
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        NEVER_ESCALATE,
+    )
+    .await;
+
+    // Three tokens cannot close the call warden begins for the model: malformed.
+    let (_, body) = server
+        .chat(json!({
+            "messages": user("What is the weather in Paris?"),
+            "tools": weather_tool(),
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "max_tokens": 3
+        }))
+        .await;
+    assert_eq!(body["warden"]["route"], "escalated", "{body}");
+    assert!(
+        reasons(&body).contains(&"malformed_tool_call".to_string()),
+        "{body}"
+    );
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
+
+    // A well-formed call whose arguments break the declared schema.
+    let mut strict = weather_tool();
+    strict[0]["function"]["parameters"]["properties"]["city"] =
+        json!({"type": "string", "enum": ["Lyon"]});
+    let (_, body) = server
+        .chat(json!({
+            "messages": user("What is the weather in Paris?"),
+            "tools": strict,
+            "tool_choice": "required",
+            "temperature": 0
+        }))
+        .await;
+    assert_eq!(body["warden"]["route"], "escalated", "{body}");
+    assert!(
+        reasons(&body).contains(&"invalid_tool_arguments".to_string()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_error_then_success_is_retried() {
+    let mock = MockUpstream::start().await;
+    mock.script([Behaviour::fail(500)]);
+    let server = server_with(
+        &[provider(
+            "mock",
+            "openai",
+            &mock.base,
+            "mock-large",
+            &[("retries", "2")],
+        )],
+        "  escalation_models: [mock-large]\n",
+    )
+    .await;
+    let (status, body) = server
+        .chat(json!({"model": "mock-large", "messages": user("Hi")}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content(&body), "Hello from upstream.");
+    assert_eq!(body["warden"]["route"], "external");
+    assert_eq!(reasons(&body), vec!["named_model"]);
+    assert_eq!(mock.received().len(), 2);
+
+    // A client error is not retried: the request would fail the same way again.
+    mock.script([Behaviour::fail(400)]);
+    let (status, body) = server
+        .chat(json!({"model": "mock-large", "messages": user("Hi")}))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_error");
+    assert_eq!(mock.received().len(), 3);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let mock = MockUpstream::start().await;
+    mock.script([Behaviour::Fail {
+        status: 429,
+        retry_after: Some(1),
+    }]);
+    let server = server_with(
+        &[provider(
+            "mock",
+            "openai",
+            &mock.base,
+            "mock-large",
+            &[("retries", "1")],
+        )],
+        "",
+    )
+    .await;
+    let (status, _) = server
+        .chat(json!({"model": "mock-large", "messages": user("Hi")}))
+        .await;
+    assert_eq!(status, 200);
+    let sent = mock.received();
+    assert_eq!(sent.len(), 2);
+    let waited = sent[1].at - sent[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn a_down_provider_trips_its_breaker_and_the_chain_fails_over_until_it_recovers() {
+    let primary = MockUpstream::start().await;
+    let secondary = MockUpstream::start().await;
+    primary.always(Behaviour::fail(503));
+    secondary.always(Behaviour::answer("From the secondary."));
+    let breaker = [("circuit_breaker", "{consecutive_failures: 2, open_ms: 500}")];
+    let server = server_with(
+        &[
+            provider("primary", "openai", &primary.base, "large", &breaker),
+            provider("secondary", "openai", &secondary.base, "large", &[]),
+        ],
+        "",
+    )
+    .await;
+    let ask = || server.chat(json!({"model": "large", "messages": user("Hi")}));
+
+    for _ in 0..2 {
+        let (status, body) = ask().await;
+        assert_eq!(status, 200);
+        assert_eq!(content(&body), "From the secondary.");
+        assert_eq!(
+            attempts(&body),
+            vec![
+                ("primary".into(), "failed".into()),
+                ("secondary".into(), "served".into())
+            ]
+        );
+        assert!(reasons(&body).contains(&"provider_failover".to_string()));
+    }
+    // Open: the primary is not even called.
+    let (_, body) = ask().await;
+    assert_eq!(
+        attempts(&body),
+        vec![
+            ("primary".into(), "skipped".into()),
+            ("secondary".into(), "served".into())
+        ]
+    );
+    assert_eq!(primary.received().len(), 2);
+    let table: Value = server
+        .client
+        .get(server.url("/admin/routing"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(table["providers"][0]["circuit"], "open");
+
+    // Recovered: after the open period one probe goes through, succeeds, closes it.
+    primary.always(Behaviour::answer("From the primary."));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, body) = ask().await;
+    assert_eq!(content(&body), "From the primary.");
+    assert_eq!(attempts(&body), vec![("primary".into(), "served".into())]);
+    let table: Value = server
+        .client
+        .get(server.url("/admin/routing"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(table["providers"][0]["circuit"], "closed");
+}
+
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_in_time_is_failed_over() {
+    let slow = MockUpstream::start().await;
+    let fast = MockUpstream::start().await;
+    slow.always(Behaviour::Delay(
+        Duration::from_secs(5),
+        Box::new(Behaviour::answer("Too late.")),
+    ));
+    let server = server_with(
+        &[
+            provider(
+                "slow",
+                "openai",
+                &slow.base,
+                "large",
+                &[("timeout_ms", "300")],
+            ),
+            provider("fast", "openai", &fast.base, "large", &[]),
+        ],
+        "",
+    )
+    .await;
+    let (status, body) = server
+        .chat(json!({"model": "large", "messages": user("Hi")}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(content(&body), "Hello from upstream.");
+    let error = body["warden"]["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("no response within"), "{error}");
+}
+
+#[tokio::test]
+async fn an_external_stream_is_passed_through() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::answer("one two three four"));
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        "",
+    )
+    .await;
+    let frames = server
+        .stream(json!({
+            "model": "mock-large",
+            "messages": user("Count."),
+            "stream": true,
+            "stream_options": {"include_usage": true}
+        }))
+        .await;
+    let pieces: Vec<String> = frames
+        .iter()
+        .filter(|f| *f != "[DONE]")
+        .filter_map(|f| {
+            serde_json::from_str::<Value>(f).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|piece| !piece.is_empty())
+        .collect();
+    assert_eq!(pieces, vec!["one ", "two ", "three ", "four"]);
+    let usage: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    assert!(mock.received()[0].body["stream"].as_bool().unwrap());
+}
+
+#[tokio::test]
+async fn the_anthropic_adapter_round_trips_tools() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::Answer {
+        content: "Checking the weather.".into(),
+        tool_call: Some(("get_weather".into(), r#"{"city": "Paris"}"#.into())),
+    });
+    let server = TestServer::start_with(ServerOptions {
+        extra_config: format!(
+            "providers:\n{}",
+            provider(
+                "claude",
+                "anthropic",
+                &mock.base,
+                "claude-mock",
+                &[("api_key_env", "TEST_ANTHROPIC_KEY")]
+            )
+        ),
+        ..ServerOptions::default()
+    })
+    .await;
+    let (status, body) = server
+        .chat(json!({
+            "model": "claude-mock",
+            "messages": [
+                {"role": "system", "content": "You check the weather."},
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Lyon\"}"}}]},
+                {"role": "tool", "tool_call_id": "toolu_0", "content": "{\"temp\": 21}"},
+                {"role": "user", "content": "And Paris?"}
+            ],
+            "tools": weather_tool(),
+            "tool_choice": "auto",
+            "max_tokens": 200
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["content"], "Checking the weather.");
+    assert_eq!(message["tool_calls"][0]["id"], "toolu_mock");
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        message["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Paris"}"#
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(body["usage"]["prompt_tokens"], 13);
+    assert_eq!(body["usage"]["completion_tokens"], 9);
+
+    let sent = &mock.received()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(sent.headers["x-api-key"], "sk-test-anthropic");
+    let request = &sent.body;
+    assert_eq!(request["system"], "You check the weather.");
+    assert_eq!(request["max_tokens"], 200);
+    assert_eq!(request["tools"][0]["input_schema"]["required"][0], "city");
+    assert_eq!(request["tool_choice"]["type"], "auto");
+    let turns = request["messages"].as_array().unwrap();
+    assert_eq!(turns.len(), 3);
+    assert_eq!(turns[1]["content"][0]["type"], "tool_use");
+    assert_eq!(turns[1]["content"][0]["input"]["city"], "Lyon");
+    assert_eq!(turns[2]["content"][0]["type"], "tool_result");
+    assert_eq!(turns[2]["content"][0]["tool_use_id"], "toolu_0");
+    assert_eq!(turns[2]["content"][1]["text"], "And Paris?");
+}
+
+#[tokio::test]
+async fn when_every_provider_is_down_local_serves_what_it_may_and_the_rest_is_503() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::fail(502));
+    let routing = "  escalation_models: [mock-large]\n  min_mean_logprob: -0.0001\n  label_risk: {\"sensitivity=high\": 90}\n";
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        routing,
+    )
+    .await;
+
+    let (status, body) = server
+        .chat(json!({"messages": user("What is the capital of France?"), "temperature": 0}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(content(&body).contains("Paris"));
+    assert_eq!(body["warden"]["route"], "fallback_local");
+    assert!(reasons(&body).contains(&"fallback_local".to_string()));
+    assert_eq!(
+        attempts(&body),
+        vec![
+            ("mock".into(), "failed".into()),
+            ("local".into(), "served".into())
+        ]
+    );
+
+    let response = server
+        .chat_request()
+        .json(&json!({"messages": user("Summarise the contract."), "metadata": {"sensitivity": "high"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("every provider"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn thresholds_changed_through_the_admin_api_apply_to_the_next_request() {
+    let mock = MockUpstream::start().await;
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        NEVER_ESCALATE,
+    )
+    .await;
+    let ask = || {
+        server.chat(json!({"messages": user("What is the capital of France?"), "temperature": 0}))
+    };
+    let (_, body) = ask().await;
+    assert_eq!(body["warden"]["route"], "local");
+    assert_eq!(body["warden"]["routing_version"], 1);
+
+    let put = |routing: Value| {
+        server
+            .client
+            .put(server.url("/admin/routing"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&routing)
+            .send()
+    };
+    let response = put(json!({"escalation_models": ["mock-large"], "min_mean_logprob": -0.0001}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let table: Value = response.json().await.unwrap();
+    assert_eq!(table["version"], 2);
+
+    let (_, body) = ask().await;
+    assert_eq!(body["warden"]["route"], "escalated");
+    assert_eq!(body["warden"]["routing_version"], 2);
+
+    // Invalid changes are refused with the key named, and change nothing.
+    let response = put(json!({"escalation_models": ["nowhere"]}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "escalation_models[0]");
+    let response = put(json!({"min_mean_logprob": 0.5})).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = put(json!({"bogus": 1})).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = server
+        .client
+        .put(server.url("/admin/routing"))
+        .bearer_auth(common::KEY_A)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let (_, body) = ask().await;
+    assert_eq!(body["warden"]["routing_version"], 2);
+}
+
+#[tokio::test]
+async fn external_models_are_listed_and_unknown_ones_are_404() {
+    let mock = MockUpstream::start().await;
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        "",
+    )
+    .await;
+    let models: Value = server
+        .client
+        .get(server.url("/v1/models"))
+        .bearer_auth(common::KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["auto", "smollm2-135m-instruct", "mock-large"]);
+    assert_eq!(models["data"][2]["owned_by"], "mock");
+    let (status, _) = server
+        .chat(json!({"model": "mock-huge", "messages": user("Hi")}))
+        .await;
+    assert_eq!(status, 404);
+}
