@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthMode, Config, KeySource};
+use crate::policy::AutonomyMode;
 
 /// Who is calling: the agent a key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,7 @@ pub struct Principal {
     pub agent_id: String,
     pub tenant: String,
     pub role: Option<String>,
+    pub autonomy: AutonomyMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +65,7 @@ impl KeyStore {
                 agent_id: agent.id.clone(),
                 tenant: agent.tenant.clone(),
                 role: agent.role.clone(),
+                autonomy: agent.autonomy,
             });
             principals.insert(agent.id.clone(), principal.clone());
             let digest = match &agent.key {

@@ -1,5 +1,5 @@
-//! Command-line interface: `warden serve`, `warden model fetch`, `warden audit verify`
-//! and `warden report`.
+//! Command-line interface: `warden serve`, `warden model fetch`, `warden policy ...`,
+//! `warden audit verify` and `warden report`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +42,11 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Check, test and replay tool-call policies.
+    Policy {
+        #[command(subcommand)]
+        command: crate::policy::cli::PolicyCommand,
     },
     /// Check the audit log.
     Audit {
@@ -140,6 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config))
         }
+        Command::Policy { command } => crate::policy::cli::run(command),
         Command::Model {
             command: ModelCommand::Fetch { name, config },
         } => {

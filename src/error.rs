@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::policy::{ApprovalError, PolicyError};
 use crate::runs::RunBudgetExceeded;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,10 @@ pub enum GatewayError {
     RunBudgetExceeded(#[from] RunBudgetExceeded),
     #[error("audit log: {0}")]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    #[error("the policy was not reloaded: {0}")]
+    PolicyInvalid(#[from] PolicyError),
 }
 
 impl GatewayError {
@@ -57,6 +62,8 @@ impl GatewayError {
             GatewayError::Internal(_) => "internal",
             GatewayError::RunBudgetExceeded(_) => "run_budget_exceeded",
             GatewayError::Audit(_) => "audit_unavailable",
+            GatewayError::Approval(_) => "approval",
+            GatewayError::PolicyInvalid(_) => "policy_invalid",
         }
     }
 

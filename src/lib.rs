@@ -16,6 +16,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod route;
 pub mod runs;
 pub mod server;

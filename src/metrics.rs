@@ -30,6 +30,7 @@ pub struct Metrics {
     pub routes: IntCounterVec,
     /// Local answers sent out, by what was wrong with them.
     pub escalations: IntCounterVec,
+    pub policy: crate::policy::PolicyCounters,
     pub requests: RequestMetrics,
     pub audit: AuditMetrics,
 }
@@ -81,6 +82,22 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let policy = crate::policy::PolicyCounters {
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "policy_decisions_total",
+                    "Tool-call decisions by verdict and reason code",
+                ),
+                &["verdict", "code"],
+            )?,
+            findings: IntCounterVec::new(
+                Opts::new(
+                    "output_findings_total",
+                    "Personal data and secrets found in output, by detector and action",
+                ),
+                &["detector", "action"],
+            )?,
+        };
         let routes = IntCounterVec::new(
             Opts::new("routes_total", "Completed responses by route"),
             &["route"],
@@ -93,6 +110,8 @@ impl Metrics {
         registry.register(Box::new(http_latency.clone()))?;
         registry.register(Box::new(routes.clone()))?;
         registry.register(Box::new(escalations.clone()))?;
+        registry.register(Box::new(policy.decisions.clone()))?;
+        registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
             requests: RequestMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
@@ -101,6 +120,7 @@ impl Metrics {
             http_latency,
             routes,
             escalations,
+            policy,
         })
     }
 

@@ -16,6 +16,7 @@ use crate::config::{Config, LocalConfig};
 use crate::gateway::{Bookkeeper, Gateway};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
+use crate::policy::PolicyEngine;
 use crate::route::{RoutingState, RoutingTable};
 use crate::runs::RunTracker;
 
@@ -47,7 +48,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let state = build_state(&config, setup.store, backend, &process_env)?;
     let gateway = state.gateway.clone();
-    spawn_reload_on_hangup(config.path.clone(), gateway.routing().clone());
+    if let Err(error) = reload_on_hangup(
+        config.path.clone(),
+        gateway.routing().clone(),
+        state.policy.clone(),
+    ) {
+        tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
+    }
     let app = build_app(state, config.server.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -90,11 +97,19 @@ pub fn build_state(
     );
     let table = RoutingTable::build(config, 1, None, env).map_err(anyhow::Error::msg)?;
     let routing = Arc::new(RoutingState::new(table));
+    let policy = Arc::new(PolicyEngine::open(&config.policy, metrics.policy.clone())?);
     Ok(AppState {
         config: Arc::new(config.clone()),
-        gateway: Arc::new(Gateway::new(local, routing, metrics.clone(), books)),
+        gateway: Arc::new(Gateway::new(
+            local,
+            routing,
+            metrics.clone(),
+            policy.clone(),
+            books,
+        )),
         keys: Arc::new(keys),
         metrics,
+        policy,
         started: std::time::Instant::now(),
     })
 }
@@ -157,21 +172,20 @@ fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// SIGHUP re-reads the configuration file and swaps in its providers, routing and
-/// prices. A file that fails validation changes nothing. Agents, keys, the listener and
-/// the local model are read at start only.
-fn spawn_reload_on_hangup(path: PathBuf, routing: Arc<RoutingState>) {
-    #[cfg(unix)]
+/// SIGHUP re-reads the configuration file (providers, routing and prices) and the
+/// policy file, each swapped in whole; a file that fails validation changes nothing of
+/// its own part. Agents, keys, the listener and the local model are read at start
+/// only. The handler is installed before this returns, so a signal sent afterwards is
+/// never lost (nor, by default, fatal).
+#[cfg(unix)]
+pub fn reload_on_hangup(
+    path: PathBuf,
+    routing: Arc<RoutingState>,
+    policy: Arc<PolicyEngine>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        let mut hangups = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        ) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
-                return;
-            }
-        };
         while hangups.recv().await.is_some() {
             match Config::load(&path) {
                 Ok(config) => match routing.reload(&config, &process_env) {
@@ -184,10 +198,21 @@ fn spawn_reload_on_hangup(path: PathBuf, routing: Arc<RoutingState>) {
                 },
                 Err(error) => tracing::error!(%error, "reload refused; the previous routing stays"),
             }
+            if let Err(error) = policy.reload() {
+                tracing::error!(%error, "policy reload refused; the running policy stays");
+            }
         }
     });
-    #[cfg(not(unix))]
-    let _ = (path, routing);
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn reload_on_hangup(
+    _path: PathBuf,
+    _routing: Arc<RoutingState>,
+    _policy: Arc<PolicyEngine>,
+) -> std::io::Result<()> {
+    Ok(())
 }
 
 async fn shutdown_signal() {

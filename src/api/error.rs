@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::error::GatewayError;
+use crate::policy::ApprovalError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -139,6 +140,25 @@ impl ApiError {
                         Some("audit_error"),
                     ),
                 },
+                GatewayError::Approval(ApprovalError::NotFound(_)) => {
+                    D::new(StatusCode::NOT_FOUND, INVALID, Some("approval_not_found"))
+                }
+                GatewayError::Approval(ApprovalError::AlreadyDecided { .. }) => D::new(
+                    StatusCode::CONFLICT,
+                    INVALID,
+                    Some("approval_already_decided"),
+                ),
+                GatewayError::Approval(ApprovalError::Expired(_)) => {
+                    D::new(StatusCode::CONFLICT, INVALID, Some("approval_expired"))
+                }
+                GatewayError::Approval(ApprovalError::Storage { .. }) => {
+                    D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
+                }
+                GatewayError::PolicyInvalid(_) => D::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    INVALID,
+                    Some("policy_invalid"),
+                ),
             },
             ApiError::AdminKeyRequired => D::new(
                 StatusCode::UNAUTHORIZED,

@@ -2,6 +2,7 @@
 //! module that knows about axum.
 
 mod admin;
+mod approvals;
 mod audit;
 mod chat;
 pub mod error;
@@ -27,6 +28,7 @@ use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::policy::PolicyEngine;
 use error::ApiError;
 use extract::BodyLimit;
 
@@ -36,6 +38,7 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
+    pub policy: Arc<PolicyEngine>,
     pub started: Instant,
 }
 
@@ -50,6 +53,7 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
         .merge(audit::routes())
+        .merge(approvals::routes())
         .merge(routing::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -47,6 +47,15 @@ pub struct Config {
     pub runs: RunsConfig,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub file: PathBuf,
+    /// The file was named explicitly, so it must exist.
+    pub file_named: bool,
+    pub approvals_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +85,7 @@ pub struct AgentConfig {
     pub tenant: String,
     pub role: Option<String>,
     pub key: KeySource,
+    pub autonomy: crate::policy::AutonomyMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +270,21 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         runs: records::validate_runs(raw.runs, run_overrides)?,
         providers,
         routing,
+        policy: PolicyConfig {
+            file: base.join(
+                raw.policy
+                    .file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_POLICY_FILE),
+            ),
+            file_named: raw.policy.file.is_some(),
+            approvals_file: base.join(
+                raw.policy
+                    .approvals_file
+                    .as_deref()
+                    .unwrap_or(raw::DEFAULT_APPROVALS_FILE),
+            ),
+        },
     })
 }
 
@@ -323,6 +348,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
         tenant: agent.tenant,
         role: agent.role,
         key: source,
+        autonomy: agent.autonomy,
     })
 }
 

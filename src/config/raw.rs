@@ -32,6 +32,9 @@ pub const DEFAULT_RUN_MAX_COST_CENTS: i64 = 500;
 /// one run is a loop.
 pub const DEFAULT_RUN_MAX_REPEATED_TOOL_CALLS: u32 = 5;
 pub const DEFAULT_RUN_IDLE_EXPIRY_S: u64 = 24 * 3600;
+pub const DEFAULT_POLICY_FILE: &str = "policy.yaml";
+/// Tickets live with the other runtime state, outside the operator's config folder.
+pub const DEFAULT_APPROVALS_FILE: &str = "../data/approvals.jsonl";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +57,18 @@ pub struct RawConfig {
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub routing: RawRouting,
+    #[serde(default)]
+    pub policy: RawPolicySettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicySettings {
+    /// Tool-call policy (relative to this file); `policy.yaml` beside it. Without one,
+    /// every tool call is denied.
+    pub file: Option<String>,
+    /// Where approval tickets are kept (relative to this file).
+    pub approvals_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +137,10 @@ pub struct RawAgent {
     /// This agent's run budgets, each overriding `runs.defaults`.
     #[serde(default)]
     pub runs: Option<RawRunLimits>,
+    /// observe, suggest, auto_low or guarded (the default): how far the agent's tool
+    /// calls may go without a human.
+    #[serde(default)]
+    pub autonomy: crate::policy::AutonomyMode,
 }
 
 #[derive(Debug, Deserialize)]

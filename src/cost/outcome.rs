@@ -80,6 +80,7 @@ mod tests {
             agent_id: "a".into(),
             tenant: "t".into(),
             role: None,
+            autonomy: Default::default(),
         };
         let make = |run: &str, outcome: &str| {
             Outcome::new(

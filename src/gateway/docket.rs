@@ -341,7 +341,9 @@ fn status_before_answer(error: &GatewayError) -> RequestStatus {
         | GatewayError::ModelNotFound(_)
         | GatewayError::ContextLengthExceeded { .. }
         | GatewayError::Unavailable { .. }
-        | GatewayError::RunBudgetExceeded(_) => RequestStatus::Refused,
+        | GatewayError::RunBudgetExceeded(_)
+        | GatewayError::Approval(_)
+        | GatewayError::PolicyInvalid(_) => RequestStatus::Refused,
         GatewayError::Upstream { .. } | GatewayError::Internal(_) | GatewayError::Audit(_) => {
             RequestStatus::Failed
         }

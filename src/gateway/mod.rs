@@ -21,9 +21,8 @@ use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, St
 use crate::cost::outcome::Outcome as BusinessOutcome;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::route::{
-    assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
-};
+use crate::policy::{PolicyEngine, Screen, Screened};
+use crate::route::{assess_risk, check_local_answer, Reason, Route, RoutingState, Target};
 use crate::runs::RunTracker;
 use trail::Trail;
 
@@ -38,6 +37,7 @@ pub struct Gateway {
     local: Arc<dyn Backend>,
     routing: Arc<RoutingState>,
     metrics: Arc<Metrics>,
+    policy: Arc<PolicyEngine>,
     books: Arc<Bookkeeper>,
 }
 
@@ -114,12 +114,14 @@ impl Gateway {
         local: Arc<dyn Backend>,
         routing: Arc<RoutingState>,
         metrics: Arc<Metrics>,
+        policy: Arc<PolicyEngine>,
         books: Bookkeeper,
     ) -> Self {
         Self {
             local,
             routing,
             metrics,
+            policy,
             books: Arc::new(books),
         }
     }
@@ -194,18 +196,24 @@ impl Gateway {
         stream: bool,
     ) -> Result<Started, GatewayError> {
         let table = self.routing.current();
+        // The policy is fixed for the whole request: its risk signals route it, and
+        // whichever answer is finally chosen passes the same snapshot.
+        let policy = self.policy.current();
+        let mut trail = Trail::new(table.clone(), Route::Local);
+        trail.risk = assess_risk(&request, &context.metadata, &table.routing, &policy);
+        let screen = Screen::new(self.policy.clone(), policy, &request, &context);
         if request.model != AUTO_MODEL {
-            return self.start_named(context, request, stream, table).await;
+            return self
+                .start_named(context, request, stream, trail, screen)
+                .await;
         }
         let thresholds = table.routing.thresholds_for(&context.principal.agent_id);
         let chain = table.escalation_chain();
-        let mut trail = Trail::new(table.clone(), Route::Local);
-        trail.risk = assess_risk(&context.metadata, &table.routing);
         if trail.risk.score > thresholds.local_risk_ceiling {
             trail.route = Route::External;
             trail.reason(Reason::RiskAboveCeiling);
             return self
-                .start_external(context, request, stream, chain, trail)
+                .start_external(context, request, stream, chain, trail, screen)
                 .await;
         }
         trail.reason(Reason::LocalFirst);
@@ -234,7 +242,7 @@ impl Gateway {
                 trail.route = Route::External;
                 trail.reason(reason);
                 return self
-                    .start_external(context, request, stream, chain, trail)
+                    .start_external(context, request, stream, chain, trail, screen)
                     .await;
             }
         };
@@ -243,7 +251,14 @@ impl Gateway {
                 trail.reason(Reason::NoEscalationTarget);
             }
             let route = trail.header(self.local.name(), &self.local_model(), None);
-            return Ok(self.respond(self.local_model(), route, local_events, context, trail));
+            return Ok(self.respond(
+                self.local_model(),
+                route,
+                local_events,
+                context,
+                trail,
+                screen,
+            ));
         }
 
         // Verify before anything is shown: the client sees either this answer or the
@@ -256,7 +271,14 @@ impl Gateway {
                 &self.local_model(),
                 local.summary.confidence,
             );
-            return Ok(self.respond(self.local_model(), route, local.replay(), context, trail));
+            return Ok(self.respond(
+                self.local_model(),
+                route,
+                local.replay(),
+                context,
+                trail,
+                screen,
+            ));
         }
         for shortfall in &shortfalls {
             self.metrics
@@ -271,7 +293,7 @@ impl Gateway {
             Ok((target, events)) => {
                 let route =
                     trail.header(target.provider.config().name.as_str(), &target.model, None);
-                Ok(self.respond(target.model, route, events, context, trail))
+                Ok(self.respond(target.model, route, events, context, trail, screen))
             }
             Err(_) => {
                 // The local answer was already paid for and the risk allowed it: better a
@@ -290,7 +312,14 @@ impl Gateway {
                     &self.local_model(),
                     local.summary.confidence,
                 );
-                Ok(self.respond(self.local_model(), route, local.replay(), context, trail))
+                Ok(self.respond(
+                    self.local_model(),
+                    route,
+                    local.replay(),
+                    context,
+                    trail,
+                    screen,
+                ))
             }
         }
     }
@@ -301,21 +330,22 @@ impl Gateway {
         context: RequestContext,
         request: ChatRequest,
         stream: bool,
-        table: Arc<RoutingTable>,
+        mut trail: Trail,
+        screen: Screen,
     ) -> Result<Started, GatewayError> {
-        let mut trail = Trail::new(table.clone(), Route::Local);
+        let table = trail.table.clone();
         trail.reason(Reason::NamedModel);
         if self.local.models().contains(&request.model) {
             let events = self.local.generate(request).await?;
             let route = trail.header(self.local.name(), &self.local_model(), None);
-            return Ok(self.respond(self.local_model(), route, events, context, trail));
+            return Ok(self.respond(self.local_model(), route, events, context, trail, screen));
         }
         let targets = table.targets_for(&request.model);
         if targets.is_empty() {
             return Err(GatewayError::ModelNotFound(request.model));
         }
         trail.route = Route::External;
-        self.start_external(context, request, stream, targets, trail)
+        self.start_external(context, request, stream, targets, trail, screen)
             .await
     }
 
@@ -326,6 +356,7 @@ impl Gateway {
         stream: bool,
         targets: Vec<Target>,
         mut trail: Trail,
+        screen: Screen,
     ) -> Result<Started, GatewayError> {
         if targets.is_empty() {
             return Err(GatewayError::Unavailable {
@@ -339,7 +370,7 @@ impl Gateway {
             .try_chain(&request, stream, &targets, &mut trail)
             .await?;
         let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
-        Ok(self.respond(target.model, route, events, context, trail))
+        Ok(self.respond(target.model, route, events, context, trail, screen))
     }
 
     /// Tries each target in order until one answers. A streaming client gets the first
@@ -429,6 +460,9 @@ impl Gateway {
     }
 
     /// The answer's events as the client receives them, ending with warden's report.
+    /// Every answer that reaches a client, from whichever backend and however it was
+    /// chosen, comes through here and so through policy: its text is screened and its
+    /// tool calls decided before any of them is sent.
     fn respond(
         &self,
         model: String,
@@ -436,28 +470,31 @@ impl Gateway {
         events: EventStream,
         context: RequestContext,
         trail: Trail,
+        screen: Screen,
     ) -> Started {
         let metrics = self.metrics.clone();
         let mut trail = Some(trail);
-        let events = events.map(move |event| match event {
+        let events = screen.apply(events).map(move |event| match event {
             Ok(StreamEvent::Content { text, logprobs }) => {
                 Ok(StreamEvent::Content { text, logprobs })
             }
-            Ok(StreamEvent::Finished(summary)) => {
+            Ok(StreamEvent::Finished(screened)) => {
+                let Screened { summary, policy } = *screened;
                 let trail = trail
                     .take()
                     .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
-                let report = WardenReport::new(&context, &summary, trail);
+                let mut report = WardenReport::new(&context, &summary, trail);
+                report.policy = Some(policy);
                 metrics
                     .routes
                     .with_label_values(&[report.route.as_str()])
                     .inc();
                 Ok(StreamEvent::Finished(Box::new(Completed {
-                    summary: *summary,
+                    summary,
                     report,
                 })))
             }
-            Err(error) => Err(GatewayError::from(error)),
+            Err(error) => Err(error),
         });
         Started {
             model,

@@ -8,6 +8,7 @@ use super::trail::{Attempt, Outcome, Trail};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
 use crate::cost::Metered;
+use crate::policy::PolicyReport;
 use crate::route::{Reason, Risk, Route};
 use crate::runs::{RunUsage, Withheld};
 
@@ -41,6 +42,9 @@ pub struct WardenReport {
     /// Tool calls the run checks kept from the agent (loops, the tool-call budget).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub withheld_tool_calls: Vec<Withheld>,
+    /// Tool-call decisions, output findings and tickets under the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +84,7 @@ impl WardenReport {
             },
             run: None,
             withheld_tool_calls: Vec::new(),
+            policy: None,
         }
     }
 }

@@ -408,7 +408,7 @@ mod tests {
         let ending = decoder.ending();
         assert_eq!(ending.finish_reason, FinishReason::ToolCalls);
         assert_eq!(ending.tool_calls[0].id, "toolu_7");
-        assert_eq!(ending.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(ending.tool_calls[0].arguments, r#"{"city": "Paris"}"#);
         assert_eq!(
             ending.usage,
             Usage {

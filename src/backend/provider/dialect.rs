@@ -69,14 +69,18 @@ pub fn finish_calls(partials: impl IntoIterator<Item = PartialCall>) -> (Vec<Too
                 call.arguments.as_str()
             };
             match serde_json::from_str::<Value>(arguments) {
-                Ok(value @ Value::Object(_)) if !call.name.is_empty() => Some(ToolCall {
+                Ok(Value::Object(_)) if !call.name.is_empty() => Some(ToolCall {
                     id: if call.id.is_empty() {
                         ToolCall::new_id()
                     } else {
                         call.id
                     },
                     name: call.name,
-                    arguments: value.to_string(),
+                    // As sent, not re-serialised: policy must see what the upstream
+                    // wrote (a duplicate key is refused there, where re-serialising
+                    // would keep one of the values silently), and delivers its own
+                    // canonical form of the arguments.
+                    arguments: arguments.to_string(),
                 }),
                 _ => {
                     malformed = true;

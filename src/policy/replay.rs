@@ -1,0 +1,155 @@
+//! `warden policy replay`: the decisions recorded in an audit log re-taken under a
+//! candidate policy, and what would change. A log is JSON lines whose `report` field
+//! is a response's `warden` object; only the fields replay needs are read, so audit
+//! records may carry anything else beside them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use super::decide::{Policy, ReasonCode, Subject, Verdict};
+use super::report::PolicyReport;
+use crate::chat::ToolCall;
+
+#[derive(Deserialize)]
+struct LogLine {
+    report: ReportView,
+}
+
+#[derive(Deserialize)]
+struct ReportView {
+    #[serde(default)]
+    request_id: String,
+    agent: String,
+    tenant: String,
+    #[serde(default)]
+    policy: Option<PolicyReport>,
+}
+
+/// A recorded decision that the candidate policy decides differently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub request_id: String,
+    pub call_id: String,
+    pub tool: String,
+    pub before: (Verdict, Option<String>),
+    pub after: (Verdict, Option<String>),
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub snapshot: String,
+    pub decisions: usize,
+    /// Decisions that depended on the request itself (the tools it offered and their
+    /// schemas), which a log does not hold: kept as they were.
+    pub request_bound: usize,
+    pub unreadable_lines: Vec<usize>,
+    pub changes: Vec<Change>,
+}
+
+pub fn replay(policy: &Policy, log: &Path) -> anyhow::Result<Replay> {
+    let file = std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
+    let mut replay = Replay {
+        snapshot: policy.snapshot().to_string(),
+        ..Replay::default()
+    };
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", log.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(LogLine { report }) = serde_json::from_str::<LogLine>(&line) else {
+            replay.unreadable_lines.push(index + 1);
+            continue;
+        };
+        let Some(recorded) = &report.policy else {
+            continue;
+        };
+        let subject = Subject {
+            agent: &report.agent,
+            tenant: &report.tenant,
+            role: recorded.role.as_deref(),
+            labels: &recorded.labels,
+            autonomy: recorded.autonomy,
+        };
+        for record in &recorded.decisions {
+            replay.decisions += 1;
+            if matches!(
+                record.code,
+                ReasonCode::UndeclaredTool
+                    | ReasonCode::AmbiguousTool
+                    | ReasonCode::SchemaViolation
+            ) {
+                replay.request_bound += 1;
+                continue;
+            }
+            let call = ToolCall {
+                id: record.call_id.clone(),
+                name: record.name.clone(),
+                arguments: record.arguments.clone(),
+            };
+            let checked = policy.check(&call, None, &subject);
+            let before = (record.verdict, record.rule.clone());
+            let after = (checked.decision.verdict, checked.decision.rule.clone());
+            if before != after {
+                replay.changes.push(Change {
+                    request_id: report.request_id.clone(),
+                    call_id: record.call_id.clone(),
+                    tool: record.tool.clone(),
+                    before,
+                    after,
+                    reason: checked.decision.reason,
+                });
+            }
+        }
+    }
+    Ok(replay)
+}
+
+impl Replay {
+    pub fn render(&self) -> String {
+        let rule = |r: &Option<String>| {
+            r.as_deref()
+                .map_or("default".to_string(), |r| format!("rule {r}"))
+        };
+        let mut out = String::new();
+        for change in &self.changes {
+            let _ = writeln!(
+                out,
+                "{} {} `{}`: {} ({}) -> {} ({}): {}",
+                change.request_id,
+                change.call_id,
+                change.tool,
+                change.before.0.as_str(),
+                rule(&change.before.1),
+                change.after.0.as_str(),
+                rule(&change.after.1),
+                change.reason
+            );
+        }
+        let mut shifts: BTreeMap<(Verdict, Verdict), usize> = BTreeMap::new();
+        for change in &self.changes {
+            *shifts.entry((change.before.0, change.after.0)).or_default() += 1;
+        }
+        let _ = writeln!(
+            out,
+            "{} decisions re-taken under policy {}: {} would change, {} kept (they depend on the request's own tools)",
+            self.decisions,
+            &self.snapshot[..self.snapshot.len().min(12)],
+            self.changes.len(),
+            self.request_bound
+        );
+        for ((from, to), count) in shifts {
+            let _ = writeln!(out, "  {} -> {}: {count}", from.as_str(), to.as_str());
+        }
+        if !self.unreadable_lines.is_empty() {
+            let _ = writeln!(out, "unreadable lines skipped: {:?}", self.unreadable_lines);
+        }
+        out
+    }
+}

@@ -1,0 +1,353 @@
+//! Policy on a response as it streams out of a backend (steps 8 and 9 of a request).
+//! Text passes the output guard; tool calls arrive whole in the backend's summary and
+//! are decided there, before any of them is sent: allowed calls go out (with
+//! constraints applied), refused ones are removed and explained to the agent in the
+//! content, approval-bound ones are held as tickets. Whatever happens, the record of
+//! it goes into the report.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+
+use super::approvals::{ApprovalError, ApprovalStore, Held, HeldCall, Ticket, TicketStatus};
+use super::autonomy::AutonomyMode;
+use super::decide::{CheckedCall, Policy, Subject, Verdict};
+use super::output::{Detector, GuardEnd, OutputAction, OutputGuard};
+use super::report::{DecisionRecord, Outcome, OutputRecord, PolicyReport};
+use super::PolicyEngine;
+use crate::backend::EventStream;
+use crate::chat::{ChatRequest, FinishReason, GenerationSummary, StreamEvent, ToolCall, ToolSpec};
+use crate::error::GatewayError;
+use crate::gateway::RequestContext;
+
+/// A generation's end after policy: the summary carries only the calls let through.
+#[derive(Debug, Clone)]
+pub struct Screened {
+    pub summary: GenerationSummary,
+    pub policy: PolicyReport,
+}
+
+pub type ScreenedStream =
+    Pin<Box<dyn Stream<Item = Result<StreamEvent<Screened>, GatewayError>> + Send>>;
+
+/// Who the response is for, owned so the stream can outlive the request context.
+struct Who {
+    agent: String,
+    tenant: String,
+    role: Option<String>,
+    labels: BTreeMap<String, String>,
+    autonomy: AutonomyMode,
+    request_id: String,
+    run_id: Option<String>,
+}
+
+/// Policy for one response, fixed when the request starts: a reload mid-generation
+/// does not change the snapshot its decisions are stamped with.
+pub struct Screen {
+    engine: Arc<PolicyEngine>,
+    policy: Arc<Policy>,
+    declared: Vec<ToolSpec>,
+    who: Who,
+    report: PolicyReport,
+    guard: Option<OutputGuard>,
+    /// Text already went out: notices then start a paragraph of their own.
+    sent_text: bool,
+}
+
+impl Screen {
+    /// `policy` is the snapshot the request runs under (from `engine.current()`).
+    pub fn new(
+        engine: Arc<PolicyEngine>,
+        policy: Arc<Policy>,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Self {
+        let principal = &context.principal;
+        let report = PolicyReport {
+            snapshot: policy.snapshot().to_string(),
+            autonomy: principal.autonomy,
+            role: principal.role.clone(),
+            labels: context.metadata.labels.clone(),
+            ..PolicyReport::default()
+        };
+        Self {
+            guard: Some(OutputGuard::new(
+                policy.output().scanner(&principal.agent_id),
+            )),
+            declared: request.callable_tools().to_vec(),
+            who: Who {
+                agent: principal.agent_id.clone(),
+                tenant: principal.tenant.clone(),
+                role: principal.role.clone(),
+                labels: context.metadata.labels.clone(),
+                autonomy: principal.autonomy,
+                request_id: context.request_id.clone(),
+                run_id: context.metadata.run_id.clone(),
+            },
+            engine,
+            policy,
+            report,
+            sent_text: false,
+        }
+    }
+
+    /// Puts a backend's events through policy.
+    pub fn apply(self, events: EventStream) -> ScreenedStream {
+        let state = (self, events, VecDeque::new(), false);
+        Box::pin(futures::stream::unfold(
+            state,
+            |(mut screen, mut events, mut queue, mut done)| async move {
+                loop {
+                    if let Some(item) = queue.pop_front() {
+                        return Some((item, (screen, events, queue, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    match events.next().await {
+                        // Ended without a summary: held text is never released unchecked.
+                        None => done = true,
+                        Some(Err(error)) => {
+                            done = true;
+                            queue.push_back(Err(GatewayError::from(error)));
+                        }
+                        Some(Ok(StreamEvent::Content { text, logprobs })) => {
+                            if let Some(guard) = screen.guard.as_mut() {
+                                let release = guard.push(&text, logprobs);
+                                screen.sent_text |= !release.text.is_empty();
+                                if !release.text.is_empty() || !release.logprobs.is_empty() {
+                                    queue.push_back(Ok(StreamEvent::Content {
+                                        text: release.text,
+                                        logprobs: release.logprobs,
+                                    }));
+                                }
+                            }
+                        }
+                        Some(Ok(StreamEvent::Finished(summary))) => {
+                            done = true;
+                            match screen.finish(*summary).await {
+                                Ok(events) => queue.extend(events.into_iter().map(Ok)),
+                                Err(error) => queue.push_back(Err(error)),
+                            }
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    async fn finish(
+        &mut self,
+        mut summary: GenerationSummary,
+    ) -> Result<Vec<StreamEvent<Screened>>, GatewayError> {
+        let end = match self.guard.take() {
+            Some(guard) => guard.finish(),
+            None => GuardEnd::default(),
+        };
+        let mut text = end.release.text;
+        let mut notices = Vec::new();
+        for ((detector, action), count) in &end.findings {
+            self.engine
+                .counters
+                .findings
+                .with_label_values(&[detector.as_str(), action_name(*action)])
+                .inc_by(u64::from(*count));
+            self.report.output.push(OutputRecord {
+                detector: *detector,
+                action: *action,
+                count: *count,
+            });
+        }
+        if let Some(content) = end.quarantined {
+            let findings: Vec<(Detector, OutputAction)> = end.findings.keys().copied().collect();
+            let ticket = self.open_ticket(
+                Held::Output {
+                    content,
+                    findings: findings.clone(),
+                },
+                None,
+                quarantine_reason(&findings),
+            );
+            let ticket = blocking(self.engine.approvals.clone(), move |store| {
+                store.create(ticket)
+            })
+            .await?;
+            notices.push(format!(
+                "[warden] The rest of this response was withheld for review ({}). Ticket {id}; poll GET /v1/approvals/{id}.",
+                ticket.reason,
+                id = ticket.id
+            ));
+            self.report.tickets.push(ticket.id);
+        }
+        let calls = std::mem::take(&mut summary.tool_calls);
+        for call in calls {
+            if let Some(delivered) = self.decide(&call).await? {
+                summary.tool_calls.push(delivered);
+            } else if let Some(record) = self.report.decisions.last() {
+                notices.push(notice_for(record));
+            }
+        }
+        if summary.tool_calls.is_empty() && summary.finish_reason == FinishReason::ToolCalls {
+            summary.finish_reason = FinishReason::Stop;
+        }
+        if !notices.is_empty() {
+            if !text.is_empty() || self.sent_text {
+                text.push_str("\n\n");
+            }
+            text.push_str(&notices.join("\n"));
+        }
+        let mut events = Vec::new();
+        if !text.is_empty() || !end.release.logprobs.is_empty() {
+            events.push(StreamEvent::Content {
+                text,
+                logprobs: end.release.logprobs,
+            });
+        }
+        events.push(StreamEvent::Finished(Box::new(Screened {
+            summary,
+            policy: std::mem::take(&mut self.report),
+        })));
+        Ok(events)
+    }
+
+    /// Decides one call and records it; returns the call to deliver, if any.
+    async fn decide(&mut self, call: &ToolCall) -> Result<Option<ToolCall>, GatewayError> {
+        let subject = Subject {
+            agent: &self.who.agent,
+            tenant: &self.who.tenant,
+            role: self.who.role.as_deref(),
+            labels: &self.who.labels,
+            autonomy: self.who.autonomy,
+        };
+        let checked = self.policy.check(call, Some(&self.declared), &subject);
+        self.engine
+            .counters
+            .decisions
+            .with_label_values(&[
+                checked.decision.verdict.as_str(),
+                checked.decision.code.as_str(),
+            ])
+            .inc();
+        let snapshot = self.policy.snapshot().to_string();
+        let (outcome, ticket, delivered) = match checked.decision.verdict {
+            Verdict::Allow | Verdict::AllowWithConstraints => (Outcome::Delivered, None, true),
+            Verdict::Deny => (Outcome::Refused, None, false),
+            Verdict::RequireApproval => {
+                let (agent, hash, request_id) = (
+                    self.who.agent.clone(),
+                    checked.hash.clone(),
+                    self.who.request_id.clone(),
+                );
+                let redeemed = blocking(self.engine.approvals.clone(), move |store| {
+                    store.redeem(&agent, &hash, &request_id, Utc::now())
+                })
+                .await?;
+                match redeemed {
+                    Some(ticket) => (Outcome::Released, Some(ticket.id), true),
+                    None => {
+                        let ticket = self.held_call(&checked);
+                        let ticket = blocking(self.engine.approvals.clone(), move |store| {
+                            store.create(ticket)
+                        })
+                        .await?;
+                        self.report.tickets.push(ticket.id.clone());
+                        (Outcome::Held, Some(ticket.id), false)
+                    }
+                }
+            }
+        };
+        self.report
+            .decisions
+            .push(DecisionRecord::new(&checked, &snapshot, outcome, ticket));
+        Ok(delivered.then(|| checked.to_tool_call()))
+    }
+
+    fn held_call(&self, checked: &CheckedCall) -> Ticket {
+        self.open_ticket(
+            Held::ToolCall {
+                call: HeldCall {
+                    id: checked.id.clone(),
+                    name: checked.tool.clone(),
+                    arguments: checked.arguments.clone(),
+                },
+                call_hash: checked.hash.clone(),
+            },
+            checked.decision.rule.clone(),
+            checked.decision.reason.clone(),
+        )
+    }
+
+    fn open_ticket(&self, held: Held, rule: Option<String>, reason: String) -> Ticket {
+        let now = Utc::now();
+        let ttl = chrono::Duration::from_std(self.policy.approval_ttl())
+            .unwrap_or(chrono::Duration::days(1));
+        Ticket {
+            id: Ticket::new_id(),
+            held,
+            agent: self.who.agent.clone(),
+            tenant: self.who.tenant.clone(),
+            request_id: self.who.request_id.clone(),
+            run_id: self.who.run_id.clone(),
+            snapshot: self.policy.snapshot().to_string(),
+            rule,
+            reason,
+            created_at: now,
+            expires_at: now + ttl,
+            status: TicketStatus::Pending,
+            review: None,
+            redeemed_by: None,
+        }
+    }
+}
+
+/// What the agent reads about a call it did not get, so it can adapt.
+fn notice_for(record: &DecisionRecord) -> String {
+    let rule = record.rule.as_deref().map_or_else(
+        || record.code.as_str().to_string(),
+        |rule| format!("rule `{rule}`"),
+    );
+    let snapshot = &record.snapshot[..record.snapshot.len().min(12)];
+    match (&record.outcome, &record.ticket) {
+        (Outcome::Held, Some(ticket)) => format!(
+            "[warden] The tool call `{}` ({}) is waiting for approval: {} ({rule}, policy {snapshot}). Ticket {ticket}; poll GET /v1/approvals/{ticket}.",
+            record.name, record.call_id, record.reason
+        ),
+        _ => format!(
+            "[warden] The tool call `{}` ({}) was refused: {} ({rule}, policy {snapshot}).",
+            record.name, record.call_id, record.reason
+        ),
+    }
+}
+
+fn quarantine_reason(findings: &[(Detector, OutputAction)]) -> String {
+    let quarantined: Vec<&str> = findings
+        .iter()
+        .filter(|(_, action)| *action == OutputAction::Quarantine)
+        .map(|(detector, _)| detector.as_str())
+        .collect();
+    format!("it contains {}", quarantined.join(", "))
+}
+
+fn action_name(action: OutputAction) -> &'static str {
+    match action {
+        OutputAction::Allow => "allow",
+        OutputAction::Redact => "redact",
+        OutputAction::Quarantine => "quarantine",
+    }
+}
+
+/// Runs a store operation (file I/O and fsync) off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: Arc<ApprovalStore>,
+    operation: impl FnOnce(&ApprovalStore) -> Result<T, ApprovalError> + Send + 'static,
+) -> Result<T, GatewayError> {
+    tokio::task::spawn_blocking(move || operation(&store))
+        .await
+        .map_err(|error| {
+            GatewayError::Internal(format!("the approvals store task failed: {error}"))
+        })?
+        .map_err(GatewayError::from)
+}
