@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::governor::GovernorError;
 use crate::policy::{ApprovalError, PolicyError};
 use crate::runs::RunBudgetExceeded;
 
@@ -13,6 +14,9 @@ use crate::runs::RunBudgetExceeded;
 pub enum GatewayError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Refused by the concurrency governor (queue, rate, spend, kill switch).
+    #[error(transparent)]
+    Governor(#[from] GovernorError),
     #[error("{message}")]
     InvalidRequest {
         message: String,
@@ -62,6 +66,7 @@ impl GatewayError {
             GatewayError::Internal(_) => "internal",
             GatewayError::RunBudgetExceeded(_) => "run_budget_exceeded",
             GatewayError::Audit(_) => "audit_unavailable",
+            GatewayError::Governor(refusal) => refusal.reason(),
             GatewayError::Approval(_) => "approval",
             GatewayError::PolicyInvalid(_) => "policy_invalid",
         }

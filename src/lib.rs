@@ -14,6 +14,7 @@ pub mod config;
 pub mod cost;
 pub mod error;
 pub mod gateway;
+pub mod governor;
 pub mod metrics;
 pub mod model;
 pub mod policy;

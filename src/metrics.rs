@@ -2,8 +2,8 @@
 //! `GET /metrics`. Each concern registers its own series here.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from a fast refusal to a long generation.
@@ -31,6 +31,7 @@ pub struct Metrics {
     /// Local answers sent out, by what was wrong with them.
     pub escalations: IntCounterVec,
     pub policy: crate::policy::PolicyCounters,
+    pub governor: GovernorMetrics,
     pub requests: RequestMetrics,
     pub audit: AuditMetrics,
 }
@@ -62,6 +63,64 @@ pub struct AuditMetrics {
     pub records: IntCounterVec,
     /// Appends that failed (the request they recorded was not acknowledged).
     pub failures: IntCounter,
+}
+
+/// The concurrency governor's series.
+#[derive(Clone)]
+pub struct GovernorMetrics {
+    /// Requests waiting, by priority class.
+    pub queue_depth: IntGaugeVec,
+    /// Time from arrival to admission of admitted requests, by priority class.
+    pub queue_wait: HistogramVec,
+    /// Requests holding a permit, by backend.
+    pub in_flight: IntGaugeVec,
+    /// Requests the governor refused, by reason.
+    pub rejections: IntCounterVec,
+    /// Refusals by a per-minute limit, by agent and limit (`requests`, `tokens`).
+    pub rate_limited: IntCounterVec,
+}
+
+impl GovernorMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            queue_depth: IntGaugeVec::new(
+                Opts::new("governor_queue_depth", "Requests waiting by priority class"),
+                &["class"],
+            )?,
+            queue_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "governor_queue_wait_seconds",
+                    "Wait before admission by priority class",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["class"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new("governor_in_flight", "Requests holding a permit by backend"),
+                &["backend"],
+            )?,
+            rejections: IntCounterVec::new(
+                Opts::new(
+                    "governor_rejections_total",
+                    "Requests refused by the governor by reason",
+                ),
+                &["reason"],
+            )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "governor_rate_limited_total",
+                    "Requests refused by a per-minute limit by agent and limit",
+                ),
+                &["agent", "limit"],
+            )?,
+        };
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.queue_wait.clone()))?;
+        registry.register(Box::new(metrics.in_flight.clone()))?;
+        registry.register(Box::new(metrics.rejections.clone()))?;
+        registry.register(Box::new(metrics.rate_limited.clone()))?;
+        Ok(metrics)
+    }
 }
 
 impl Metrics {
@@ -110,6 +169,7 @@ impl Metrics {
         registry.register(Box::new(http_latency.clone()))?;
         registry.register(Box::new(routes.clone()))?;
         registry.register(Box::new(escalations.clone()))?;
+        let governor = GovernorMetrics::register(&registry)?;
         registry.register(Box::new(policy.decisions.clone()))?;
         registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
@@ -120,6 +180,7 @@ impl Metrics {
             http_latency,
             routes,
             escalations,
+            governor,
             policy,
         })
     }

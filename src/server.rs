@@ -14,6 +14,7 @@ use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
 use crate::gateway::{Bookkeeper, Gateway};
+use crate::governor::{Governor, GovernorSettings};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
 use crate::policy::PolicyEngine;
@@ -97,6 +98,12 @@ pub fn build_state(
     );
     let table = RoutingTable::build(config, 1, None, env).map_err(anyhow::Error::msg)?;
     let routing = Arc::new(RoutingState::new(table));
+    // The local engine never queues on its own: the governor admits at most `slots`
+    // generations to it, and the waiting happens in the governor's priority queue.
+    let governor = Governor::new(
+        GovernorSettings::from_config(config).backend(local.name(), config.local.slots),
+        metrics.governor.clone(),
+    );
     let policy = Arc::new(PolicyEngine::open(&config.policy, metrics.policy.clone())?);
     Ok(AppState {
         config: Arc::new(config.clone()),
@@ -106,7 +113,9 @@ pub fn build_state(
             metrics.clone(),
             policy.clone(),
             books,
+            governor.clone(),
         )),
+        governor,
         keys: Arc::new(keys),
         metrics,
         policy,

@@ -21,6 +21,7 @@ use super::AppState;
 use crate::chat::StreamEvent;
 use crate::error::GatewayError;
 use crate::gateway::{self, Completed, RequestContext, ResponseStream};
+use crate::governor::UnknownPriority;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -36,6 +37,9 @@ pub async fn chat_completions(
     } = request::parse(wire)?;
     // Headers win over the body: a proxy or SDK wrapper can set them for the agent.
     if let Some(priority) = header_text(&headers, "x-priority")? {
+        let priority = priority.parse().map_err(|error: UnknownPriority| {
+            GatewayError::invalid("x-priority", format!("header `x-priority`: {error}"))
+        })?;
         metadata.priority = Some(priority);
     }
     if let Some(run_id) = header_text(&headers, "x-run-id")? {

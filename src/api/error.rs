@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::error::GatewayError;
+use crate::governor::{GovernorError, UnknownScope};
 use crate::policy::ApprovalError;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error(transparent)]
+    UnknownKillScope(#[from] UnknownScope),
 }
 
 impl From<AuthError> for ApiError {
@@ -140,6 +143,46 @@ impl ApiError {
                         Some("audit_error"),
                     ),
                 },
+                GatewayError::Governor(refusal) => {
+                    let disposition = match refusal {
+                        GovernorError::QueueFull { .. } => D::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            Some("queue_full"),
+                        ),
+                        GovernorError::QueueTimeout { .. } => D::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "service_unavailable",
+                            Some("queue_timeout"),
+                        ),
+                        GovernorError::RateLimited { .. } => D::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_error",
+                            Some("rate_limit_exceeded"),
+                        ),
+                        GovernorError::BudgetExceeded { .. } => D::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "insufficient_quota",
+                            Some("budget_exceeded"),
+                        ),
+                        // 403, not 503: SDKs retry 5xx on their own, and a stopped agent
+                        // must not keep knocking until an operator lets it back in.
+                        GovernorError::KillSwitch { .. } => D::new(
+                            StatusCode::FORBIDDEN,
+                            "permission_error",
+                            Some("kill_switch"),
+                        ),
+                        GovernorError::BackendBusy { .. } => D::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "service_unavailable",
+                            Some("backend_busy"),
+                        ),
+                    };
+                    D {
+                        retry_after: refusal.retry_after(),
+                        ..disposition
+                    }
+                }
                 GatewayError::Approval(ApprovalError::NotFound(_)) => {
                     D::new(StatusCode::NOT_FOUND, INVALID, Some("approval_not_found"))
                 }
@@ -186,6 +229,9 @@ impl ApiError {
                 INVALID,
                 Some("method_not_allowed"),
             ),
+            ApiError::UnknownKillScope(_) => {
+                D::new(StatusCode::NOT_FOUND, INVALID, Some("not_found"))
+            }
         }
     }
 

@@ -7,6 +7,7 @@ mod audit;
 mod chat;
 pub mod error;
 mod extract;
+mod governor;
 mod health;
 pub mod openai;
 mod outcomes;
@@ -27,6 +28,7 @@ pub use admin::AdminCaller;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::governor::Governor;
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
 use error::ApiError;
@@ -36,6 +38,7 @@ use extract::BodyLimit;
 pub struct AppState {
     pub config: Arc<Config>,
     pub gateway: Arc<Gateway>,
+    pub governor: Governor,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<PolicyEngine>,
@@ -53,6 +56,7 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
         .merge(audit::routes())
+        .merge(governor::routes())
         .merge(approvals::routes())
         .merge(routing::routes())
         .fallback(not_found)

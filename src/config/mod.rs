@@ -2,6 +2,7 @@
 //! then validated into the types the rest of warden uses. Every error names the file
 //! and the key.
 
+mod governor;
 pub mod raw;
 mod records;
 pub mod routing;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use governor::{AgentLimits, GovernorConfig};
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
@@ -45,6 +47,7 @@ pub struct Config {
     pub prices: PriceTable,
     pub audit: AuditConfig,
     pub runs: RunsConfig,
+    pub governor: GovernorConfig,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
     pub policy: PolicyConfig,
@@ -85,6 +88,7 @@ pub struct AgentConfig {
     pub tenant: String,
     pub role: Option<String>,
     pub key: KeySource,
+    pub limits: AgentLimits,
     pub autonomy: crate::policy::AutonomyMode,
 }
 
@@ -263,11 +267,12 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
             max_body_bytes: raw.server.max_body_bytes,
         },
         auth,
-        agents,
         local: validate_local(raw.local, base)?,
         prices,
         audit: records::validate_audit(raw.audit, base)?,
         runs: records::validate_runs(raw.runs, run_overrides)?,
+        governor: governor::validate_governor(raw.governor, &agents)?,
+        agents,
         providers,
         routing,
         policy: PolicyConfig {
@@ -310,6 +315,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
     if agent.tenant.trim().is_empty() {
         return Err((key("tenant"), "must not be empty".into()));
     }
+    let limits = governor::validate_agent_limits(index, &agent)?;
     let source = match (agent.key_sha256, agent.key_env) {
         (Some(digest), None) => {
             let digest = digest.to_ascii_lowercase();
@@ -348,6 +354,7 @@ fn validate_agent(index: usize, agent: RawAgent) -> Result<AgentConfig, Invalid>
         tenant: agent.tenant,
         role: agent.role,
         key: source,
+        limits,
         autonomy: agent.autonomy,
     })
 }

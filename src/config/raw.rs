@@ -1,7 +1,12 @@
 //! The configuration file exactly as written: every section rejects unknown keys, and
 //! every default is a named constant. `super::validate` turns this into `Config`.
 
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
 use serde::Deserialize;
+
+use crate::governor::Priority;
 
 use super::routing::{RawProvider, RawRouting};
 
@@ -32,6 +37,19 @@ pub const DEFAULT_RUN_MAX_COST_CENTS: i64 = 500;
 /// one run is a loop.
 pub const DEFAULT_RUN_MAX_REPEATED_TOOL_CALLS: u32 = 5;
 pub const DEFAULT_RUN_IDLE_EXPIRY_S: u64 = 24 * 3600;
+/// In-flight requests across every agent and backend.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Requests that may wait, per priority class, beyond which a request gets 429.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+/// Longest wait in the governor's queue before a request gets 503.
+pub const DEFAULT_GOVERNOR_QUEUE_TIMEOUT_MS: u64 = 30_000;
+/// A waiting request gains one class per period: a P2 request ranks with new P0
+/// requests after 10 s, well inside the queue timeout.
+pub const DEFAULT_AGING_MS: u64 = 5_000;
+/// What an agent may claim: what it asks for, unless the operator lowers its ceiling.
+pub const DEFAULT_PRIORITY_CEILING: Priority = Priority::P0;
+/// The class of a request that names none.
+pub const DEFAULT_PRIORITY: Priority = Priority::P1;
 pub const DEFAULT_POLICY_FILE: &str = "policy.yaml";
 /// Tickets live with the other runtime state, outside the operator's config folder.
 pub const DEFAULT_APPROVALS_FILE: &str = "../data/approvals.jsonl";
@@ -53,6 +71,8 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub runs: RawRuns,
+    #[serde(default)]
+    pub governor: RawGovernor,
     #[serde(default)]
     pub providers: Vec<RawProvider>,
     #[serde(default)]
@@ -141,6 +161,84 @@ pub struct RawAgent {
     /// calls may go without a human.
     #[serde(default)]
     pub autonomy: crate::policy::AutonomyMode,
+    /// Highest class the agent may claim; higher requests are lowered to it.
+    pub priority_ceiling: Option<Priority>,
+    /// The class of the agent's requests that name none.
+    pub default_priority: Option<Priority>,
+    /// Requests of this agent in flight at once; absent means only the global cap.
+    pub max_concurrent: Option<usize>,
+    pub requests_per_minute: Option<u64>,
+    /// Prompt plus completion tokens a minute, debited when each request completes.
+    pub tokens_per_minute: Option<u64>,
+    /// US dollars a UTC day.
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    pub daily_spend_usd: Option<Decimal>,
+    /// US dollars a UTC calendar month.
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    pub monthly_spend_usd: Option<Decimal>,
+}
+
+/// The concurrency governor: caps, queues, aging, tenants' spend caps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGovernor {
+    /// Requests in flight at once across every agent and backend.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// How many requests of each class may wait; beyond it a request gets 429.
+    #[serde(default)]
+    pub queue_capacity: RawQueueCapacity,
+    /// Longest wait in the queue before 503.
+    #[serde(default = "default_governor_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
+    /// A waiting request gains one priority class per this many milliseconds.
+    #[serde(default = "default_aging_ms")]
+    pub aging_ms: u64,
+    /// Spend caps by tenant name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, RawTenant>,
+}
+
+impl Default for RawGovernor {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_max_in_flight(),
+            queue_capacity: RawQueueCapacity::default(),
+            queue_timeout_ms: default_governor_queue_timeout_ms(),
+            aging_ms: default_aging_ms(),
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueueCapacity {
+    #[serde(rename = "P0", default = "default_queue_capacity")]
+    pub p0: usize,
+    #[serde(rename = "P1", default = "default_queue_capacity")]
+    pub p1: usize,
+    #[serde(rename = "P2", default = "default_queue_capacity")]
+    pub p2: usize,
+}
+
+impl Default for RawQueueCapacity {
+    fn default() -> Self {
+        Self {
+            p0: DEFAULT_QUEUE_CAPACITY,
+            p1: DEFAULT_QUEUE_CAPACITY,
+            p2: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    pub daily_spend_usd: Option<Decimal>,
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    pub monthly_spend_usd: Option<Decimal>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,4 +390,16 @@ fn default_audit_max_batch() -> usize {
 }
 fn default_audit_segment_bytes() -> u64 {
     DEFAULT_AUDIT_SEGMENT_BYTES
+}
+fn default_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+fn default_queue_capacity() -> usize {
+    DEFAULT_QUEUE_CAPACITY
+}
+fn default_governor_queue_timeout_ms() -> u64 {
+    DEFAULT_GOVERNOR_QUEUE_TIMEOUT_MS
+}
+fn default_aging_ms() -> u64 {
+    DEFAULT_AGING_MS
 }

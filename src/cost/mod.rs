@@ -6,4 +6,4 @@ pub mod outcome;
 mod prices;
 pub mod report;
 
-pub use prices::{optional_money, Metered, ModelPrice, PriceTable};
+pub use prices::{money, optional_money, Metered, ModelPrice, PriceTable};

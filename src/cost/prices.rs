@@ -265,7 +265,7 @@ fn validate(model: &str, price: RawPrice) -> Result<ModelPrice, Invalid> {
 
 /// Reads money from a string (`"0.15"`, exact) or a YAML number. Numbers go through
 /// their shortest decimal form, so `0.15` is 0.15 and not 0.1499999….
-fn money<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+pub fn money<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Written {

@@ -342,6 +342,7 @@ fn status_before_answer(error: &GatewayError) -> RequestStatus {
         | GatewayError::ContextLengthExceeded { .. }
         | GatewayError::Unavailable { .. }
         | GatewayError::RunBudgetExceeded(_)
+        | GatewayError::Governor(_)
         | GatewayError::Approval(_)
         | GatewayError::PolicyInvalid(_) => RequestStatus::Refused,
         GatewayError::Upstream { .. } | GatewayError::Internal(_) | GatewayError::Audit(_) => {

@@ -2,6 +2,15 @@
 //! (local first, external when the risk, the context or the model asks for it), check
 //! a local answer before it is shown and escalate it when it falls short, fail over
 //! along the provider chain, and end every response with warden's report of all that.
+//!
+//! Every request holds one governor permit from before its first attempt until its
+//! response stream ends or is dropped. The permit is admitted for the backend the
+//! request starts on and moves with each later attempt, so the governor's per-backend
+//! count is always where the work is. The governor limits the local engine (its
+//! `slots`): local generations wait in its priority queue, never in the engine's own
+//! FIFO. A provider's `max_concurrency` is enforced by the provider's own semaphore
+//! alone: a saturated provider is a failover signal for the chain, and queueing for it
+//! in the governor as well would make a request wait twice.
 
 mod docket;
 mod report;
@@ -20,6 +29,7 @@ use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
 use crate::cost::outcome::Outcome as BusinessOutcome;
 use crate::error::GatewayError;
+use crate::governor::{Admission, Governor, Permit, Priority};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, Screen, Screened};
 use crate::route::{assess_risk, check_local_answer, Reason, Route, RoutingState, Target};
@@ -37,6 +47,7 @@ pub struct Gateway {
     local: Arc<dyn Backend>,
     routing: Arc<RoutingState>,
     metrics: Arc<Metrics>,
+    governor: Governor,
     policy: Arc<PolicyEngine>,
     books: Arc<Bookkeeper>,
 }
@@ -53,8 +64,9 @@ pub struct RequestContext {
 /// What a client attaches to a request for warden's sake (headers or `metadata`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMetadata {
-    /// The priority class asked for (`P0`, `P1`, `P2`), as written.
-    pub priority: Option<String>,
+    /// The priority class asked for; the governor applies the agent's default and
+    /// ceiling.
+    pub priority: Option<Priority>,
     /// The agent run this request is a step of.
     pub run_id: Option<String>,
     /// Every other entry: labels that policies and routing match on (`env: prod`).
@@ -116,11 +128,13 @@ impl Gateway {
         metrics: Arc<Metrics>,
         policy: Arc<PolicyEngine>,
         books: Bookkeeper,
+        governor: Governor,
     ) -> Self {
         Self {
             local,
             routing,
             metrics,
+            governor,
             policy,
             books: Arc::new(books),
         }
@@ -212,12 +226,16 @@ impl Gateway {
         if trail.risk.score > thresholds.local_risk_ceiling {
             trail.route = Route::External;
             trail.reason(Reason::RiskAboveCeiling);
+            let permit = self.admit_external(&context, &chain).await?;
+            let escort = Escort { screen, permit };
             return self
-                .start_external(context, request, stream, chain, trail, screen)
+                .start_external(context, request, stream, chain, trail, escort)
                 .await;
         }
         trail.reason(Reason::LocalFirst);
 
+        let permit = self.admit(&context, self.local.name()).await?;
+        let mut escort = Escort { screen, permit };
         let started = Instant::now();
         let local_events = match self.local.generate(request.clone()).await {
             Ok(events) => events,
@@ -242,7 +260,7 @@ impl Gateway {
                 trail.route = Route::External;
                 trail.reason(reason);
                 return self
-                    .start_external(context, request, stream, chain, trail, screen)
+                    .start_external(context, request, stream, chain, trail, escort)
                     .await;
             }
         };
@@ -257,7 +275,7 @@ impl Gateway {
                 local_events,
                 context,
                 trail,
-                screen,
+                escort,
             ));
         }
 
@@ -277,7 +295,7 @@ impl Gateway {
                 local.replay(),
                 context,
                 trail,
-                screen,
+                escort,
             ));
         }
         for shortfall in &shortfalls {
@@ -289,11 +307,14 @@ impl Gateway {
         trail.reasons.extend(shortfalls);
         trail.answered(&local.summary, Outcome::Rejected);
         trail.route = Route::Escalated;
-        match self.try_chain(&request, stream, &chain, &mut trail).await {
+        match self
+            .try_chain(&request, stream, &chain, &mut trail, &mut escort.permit)
+            .await
+        {
             Ok((target, events)) => {
                 let route =
                     trail.header(target.provider.config().name.as_str(), &target.model, None);
-                Ok(self.respond(target.model, route, events, context, trail, screen))
+                Ok(self.respond(target.model, route, events, context, trail, escort))
             }
             Err(_) => {
                 // The local answer was already paid for and the risk allowed it: better a
@@ -318,7 +339,7 @@ impl Gateway {
                     local.replay(),
                     context,
                     trail,
-                    screen,
+                    escort,
                 ))
             }
         }
@@ -336,16 +357,20 @@ impl Gateway {
         let table = trail.table.clone();
         trail.reason(Reason::NamedModel);
         if self.local.models().contains(&request.model) {
+            let permit = self.admit(&context, self.local.name()).await?;
+            let escort = Escort { screen, permit };
             let events = self.local.generate(request).await?;
             let route = trail.header(self.local.name(), &self.local_model(), None);
-            return Ok(self.respond(self.local_model(), route, events, context, trail, screen));
+            return Ok(self.respond(self.local_model(), route, events, context, trail, escort));
         }
         let targets = table.targets_for(&request.model);
         if targets.is_empty() {
             return Err(GatewayError::ModelNotFound(request.model));
         }
         trail.route = Route::External;
-        self.start_external(context, request, stream, targets, trail, screen)
+        let permit = self.admit_external(&context, &targets).await?;
+        let escort = Escort { screen, permit };
+        self.start_external(context, request, stream, targets, trail, escort)
             .await
     }
 
@@ -356,21 +381,38 @@ impl Gateway {
         stream: bool,
         targets: Vec<Target>,
         mut trail: Trail,
-        screen: Screen,
+        mut escort: Escort,
     ) -> Result<Started, GatewayError> {
         if targets.is_empty() {
-            return Err(GatewayError::Unavailable {
-                message:
-                    "this request must be served by an external provider and none is configured"
-                        .into(),
-                retry_after: None,
-            });
+            return Err(no_provider());
         }
         let (target, events) = self
-            .try_chain(&request, stream, &targets, &mut trail)
+            .try_chain(&request, stream, &targets, &mut trail, &mut escort.permit)
             .await?;
         let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
-        Ok(self.respond(target.model, route, events, context, trail, screen))
+        Ok(self.respond(target.model, route, events, context, trail, escort))
+    }
+
+    /// A permit for a request that goes straight to `targets`, admitted for the first.
+    async fn admit_external(
+        &self,
+        context: &RequestContext,
+        targets: &[Target],
+    ) -> Result<Permit, GatewayError> {
+        let first = targets.first().ok_or_else(no_provider)?;
+        self.admit(context, &first.provider.config().name).await
+    }
+
+    /// Takes a governor permit for a request that starts on `backend`, waiting in the
+    /// priority queue if need be.
+    async fn admit(&self, context: &RequestContext, backend: &str) -> Result<Permit, GatewayError> {
+        let admission = Admission {
+            agent: &context.principal.agent_id,
+            tenant: &context.principal.tenant,
+            priority: context.metadata.priority,
+            backend,
+        };
+        Ok(self.governor.admit(admission).await?)
     }
 
     /// Tries each target in order until one answers. A streaming client gets the first
@@ -382,12 +424,14 @@ impl Gateway {
         stream: bool,
         targets: &[Target],
         trail: &mut Trail,
+        permit: &mut Permit,
     ) -> Result<(Target, EventStream), GatewayError> {
         let mut retry_after = None;
         let mut only_refusals = true;
         for target in targets {
             let started = Instant::now();
             let provider_name = target.provider.config().name.clone();
+            permit.move_to(&provider_name)?;
             let mut attempt = request.clone();
             attempt.model = target.model.clone();
             let outcome = match target.provider.generate(attempt).await {
@@ -463,6 +507,8 @@ impl Gateway {
     /// Every answer that reaches a client, from whichever backend and however it was
     /// chosen, comes through here and so through policy: its text is screened and its
     /// tool calls decided before any of them is sent.
+    /// The permit travels with them: the end of the answer, or a client that stops
+    /// reading, gives its slots back.
     fn respond(
         &self,
         model: String,
@@ -470,10 +516,13 @@ impl Gateway {
         events: EventStream,
         context: RequestContext,
         trail: Trail,
-        screen: Screen,
+        escort: Escort,
     ) -> Started {
+        let Escort { screen, permit } = escort;
         let metrics = self.metrics.clone();
+        let (priority, governor_wait) = (permit.priority(), permit.waited());
         let mut trail = Some(trail);
+        let mut permit = Some(permit);
         let events = screen.apply(events).map(move |event| match event {
             Ok(StreamEvent::Content { text, logprobs }) => {
                 Ok(StreamEvent::Content { text, logprobs })
@@ -483,7 +532,17 @@ impl Gateway {
                 let trail = trail
                     .take()
                     .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
-                let mut report = WardenReport::new(&context, &summary, trail);
+                let mut report =
+                    WardenReport::new(&context, &summary, trail, priority, governor_wait);
+                if let Some(permit) = permit.take() {
+                    // Every attempt's tokens and cost count, not only the served one's.
+                    let tokens = report
+                        .attempts
+                        .iter()
+                        .map(|attempt| u64::from(attempt.usage.total_tokens()))
+                        .sum();
+                    permit.charge(tokens, report.cost_usd);
+                }
                 report.policy = Some(policy);
                 metrics
                     .routes
@@ -505,6 +564,21 @@ impl Gateway {
 
     fn local_model(&self) -> String {
         self.local.models().into_iter().next().unwrap_or_default()
+    }
+}
+
+/// What travels with a request to its answer: the policy screen the answer passes and
+/// the governor permit the request holds until the answer ends.
+struct Escort {
+    screen: Screen,
+    permit: Permit,
+}
+
+fn no_provider() -> GatewayError {
+    GatewayError::Unavailable {
+        message: "this request must be served by an external provider and none is configured"
+            .into(),
+        retry_after: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! warden's account of how a request was served: the `warden` object of a response,
 //! and what the audit log records.
 
+use std::time::Duration;
+
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -8,6 +10,7 @@ use super::trail::{Attempt, Outcome, Trail};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
 use crate::cost::Metered;
+use crate::governor::Priority;
 use crate::policy::PolicyReport;
 use crate::route::{Reason, Risk, Route};
 use crate::runs::{RunUsage, Withheld};
@@ -22,6 +25,8 @@ pub struct WardenReport {
     pub route: Route,
     pub reasons: Vec<Reason>,
     pub risk: Risk,
+    /// The class the governor ran the request in (after the agent's default and ceiling).
+    pub priority: Priority,
     /// The backend and model whose answer this is.
     pub backend: String,
     pub model: String,
@@ -49,6 +54,7 @@ pub struct WardenReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportTimings {
+    /// Waiting to start: in the governor's queue, then for an engine slot.
     pub queue_ms: f64,
     pub prefill_ms: f64,
     pub decode_ms: f64,
@@ -57,7 +63,13 @@ pub struct ReportTimings {
 }
 
 impl WardenReport {
-    pub fn new(context: &RequestContext, summary: &GenerationSummary, mut trail: Trail) -> Self {
+    pub fn new(
+        context: &RequestContext,
+        summary: &GenerationSummary,
+        mut trail: Trail,
+        priority: Priority,
+        governor_wait: Duration,
+    ) -> Self {
         trail.answered(summary, Outcome::Served);
         Self {
             request_id: context.request_id.clone(),
@@ -67,6 +79,7 @@ impl WardenReport {
             route: trail.route,
             reasons: trail.reasons.clone(),
             risk: trail.risk.clone(),
+            priority,
             backend: summary.backend.clone(),
             model: summary.model.clone(),
             confidence: summary.confidence,
@@ -76,7 +89,7 @@ impl WardenReport {
             routing_version: trail.table.version,
             attempts: trail.attempts,
             timings: ReportTimings {
-                queue_ms: summary.timings.queue_ms,
+                queue_ms: governor_wait.as_secs_f64() * 1000.0 + summary.timings.queue_ms,
                 prefill_ms: summary.timings.prefill_ms,
                 decode_ms: summary.timings.decode_ms,
                 first_token_ms: summary.timings.first_token_ms,

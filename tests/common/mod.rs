@@ -2,6 +2,7 @@
 //! local model (loaded once per test binary and shared by every server it starts).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fixed_service;
 pub mod mock_upstream;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,12 @@ pub struct ServerOptions {
     pub default_max_tokens: u32,
     /// The audit log folder; `None`: a fresh one under the target's temporary folder.
     pub audit_dir: Option<PathBuf>,
+    /// Extra keys for agent A and agent B (`", max_concurrent: 1"`).
+    pub agent_a: String,
+    pub agent_b: String,
+    /// A `governor:` section, as YAML. Empty: the governor's queue timeout is
+    /// `queue_timeout_ms` (waiting happens in its queue), aging a quarter of it.
+    pub governor: String,
     /// More configuration (e.g. `providers:`, `routing:` or `runs:` sections), appended.
     pub extra_config: String,
 }
@@ -57,6 +64,9 @@ impl Default for ServerOptions {
             max_body_bytes: 4 * 1024 * 1024,
             default_max_tokens: 64,
             audit_dir: None,
+            agent_a: String::new(),
+            agent_b: String::new(),
+            governor: String::new(),
             extra_config: String::new(),
         }
     }
@@ -75,12 +85,22 @@ pub fn test_config(options: &ServerOptions) -> Config {
         Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("audit-{}", uuid::Uuid::new_v4().simple()))
     });
+    let governor = if options.governor.is_empty() {
+        format!(
+            "governor: {{queue_timeout_ms: {}, aging_ms: {}}}",
+            options.queue_timeout_ms,
+            (options.queue_timeout_ms / 4).max(1)
+        )
+    } else {
+        options.governor.clone()
+    };
     let yaml = format!(
         "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
          agents:\n\
-         \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"}}\n\
-         \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"}}\n\
+         \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"{agent_a}}}\n\
+         \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"{agent_b}}}\n\
          local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n\
+         {governor}\n\
          audit: {{dir: \"{audit}\"}}\n",
         max_body = options.max_body_bytes,
         a = digest(KEY_A),
@@ -89,6 +109,8 @@ pub fn test_config(options: &ServerOptions) -> Config {
         slots = options.slots,
         timeout = options.queue_timeout_ms,
         max_tokens = options.default_max_tokens,
+        agent_a = options.agent_a,
+        agent_b = options.agent_b,
         audit = audit_dir.display(),
     ) + &options.extra_config;
     Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()

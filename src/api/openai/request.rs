@@ -7,6 +7,7 @@ use super::types::{
 use crate::chat::{ChatRequest, Message, Role, Sampling, ToolCall, ToolChoice, ToolSpec};
 use crate::error::GatewayError;
 use crate::gateway::{RequestMetadata, AUTO_MODEL};
+use crate::governor::UnknownPriority;
 
 /// Far beyond any model's context: a larger figure is a client bug, not a wish.
 const MAX_TOKENS_LIMIT: i64 = 1 << 20;
@@ -130,7 +131,12 @@ fn metadata(
             ));
         }
         match key.as_str() {
-            "priority" => metadata.priority = Some(value.clone()),
+            "priority" => {
+                let priority = value.parse().map_err(|error: UnknownPriority| {
+                    GatewayError::invalid(param, error.to_string())
+                })?;
+                metadata.priority = Some(priority);
+            }
             "run_id" => metadata.run_id = Some(value.clone()),
             _ => {
                 metadata.labels.insert(key.clone(), value.clone());
@@ -534,6 +540,10 @@ mod tests {
                 serde_json::json!({"messages": hi(), "response_format": {"type": "json_object"}}),
                 "response_format",
             ),
+            (
+                serde_json::json!({"messages": hi(), "metadata": {"priority": "urgent"}}),
+                "metadata.priority",
+            ),
         ];
         for (request, param) in cases {
             assert_eq!(param_of(request.clone()), param, "{request}");
@@ -554,7 +564,10 @@ mod tests {
             "metadata": {"priority": "P1", "run_id": "run-7", "env": "prod"}
         }))
         .unwrap();
-        assert_eq!(parsed.metadata.priority.as_deref(), Some("P1"));
+        assert_eq!(
+            parsed.metadata.priority,
+            Some(crate::governor::Priority::P1)
+        );
         assert_eq!(parsed.metadata.run_id.as_deref(), Some("run-7"));
         assert_eq!(
             parsed.metadata.labels.get("env").map(String::as_str),

@@ -1,0 +1,120 @@
+//! The governor's operator API, behind the admin key: `GET /admin/governor` shows
+//! in-flight requests, queues, waits, limits, spend and kill switches; kill switches are
+//! engaged with `PUT` (a JSON body giving the `reason`) and cleared with `DELETE` on
+//! `/admin/governor/kill/global`, `.../tenants/{tenant}` and `.../agents/{agent}`.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::OpenAiJson;
+use super::{AdminCaller, AppState};
+use crate::error::GatewayError;
+use crate::governor::{GovernorSnapshot, KillScope};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/governor", get(snapshot))
+        .route(
+            "/admin/governor/kill/global",
+            axum::routing::put(engage_global).delete(clear_global),
+        )
+        .route(
+            "/admin/governor/kill/tenants/{tenant}",
+            axum::routing::put(engage_tenant).delete(clear_tenant),
+        )
+        .route(
+            "/admin/governor/kill/agents/{agent}",
+            axum::routing::put(engage_agent).delete(clear_agent),
+        )
+}
+
+async fn snapshot(State(state): State<AppState>, _admin: AdminCaller) -> Json<GovernorSnapshot> {
+    Json(state.governor.snapshot())
+}
+
+/// Why the operator stops traffic; it is logged and shown to refused agents.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillRequest {
+    reason: String,
+}
+
+async fn engage_global(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    OpenAiJson(request): OpenAiJson<KillRequest>,
+) -> Result<Json<Value>, ApiError> {
+    engage(&state, KillScope::Global, request)
+}
+
+async fn engage_tenant(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(tenant): Path<String>,
+    OpenAiJson(request): OpenAiJson<KillRequest>,
+) -> Result<Json<Value>, ApiError> {
+    engage(&state, KillScope::Tenant(tenant), request)
+}
+
+async fn engage_agent(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(agent): Path<String>,
+    OpenAiJson(request): OpenAiJson<KillRequest>,
+) -> Result<Json<Value>, ApiError> {
+    engage(&state, KillScope::Agent(agent), request)
+}
+
+async fn clear_global(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Value>, ApiError> {
+    clear(&state, KillScope::Global)
+}
+
+async fn clear_tenant(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    clear(&state, KillScope::Tenant(tenant))
+}
+
+async fn clear_agent(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    Path(agent): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    clear(&state, KillScope::Agent(agent))
+}
+
+fn engage(
+    state: &AppState,
+    scope: KillScope,
+    request: KillRequest,
+) -> Result<Json<Value>, ApiError> {
+    let reason = request.reason.trim();
+    if reason.is_empty() {
+        return Err(GatewayError::invalid("reason", "say why traffic is stopped").into());
+    }
+    let refused = state.governor.engage(scope.clone(), reason)?;
+    Ok(Json(json!({
+        "kill_switch": scope,
+        "engaged": true,
+        "reason": reason,
+        "queued_refused": refused,
+    })))
+}
+
+fn clear(state: &AppState, scope: KillScope) -> Result<Json<Value>, ApiError> {
+    let was_engaged = state.governor.clear(&scope)?;
+    Ok(Json(json!({
+        "kill_switch": scope,
+        "engaged": false,
+        "was_engaged": was_engaged,
+    })))
+}
