@@ -21,5 +21,6 @@ pub mod policy;
 pub mod route;
 pub mod runs;
 pub mod server;
+pub mod tune;
 
 pub use api::{build_app, AppState};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 
-use crate::chat::GenerationSummary;
+use crate::chat::{GenerationSummary, Usage};
 
 const TOKENS_PER_PRICE_UNIT: i64 = 1_000_000;
 const MICROS_PER_SECOND: u32 = 6;
@@ -29,16 +29,26 @@ pub struct Metered {
     pub compute: Duration,
 }
 
+impl Metered {
+    /// Tokens alone, without engine time (what a provider bills).
+    pub fn tokens(backend: &str, model: &str, usage: Usage) -> Self {
+        Self {
+            backend: backend.to_string(),
+            model: model.to_string(),
+            prompt_tokens: usage.prompt_tokens,
+            cached_prompt_tokens: usage.cached_prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            compute: Duration::ZERO,
+        }
+    }
+}
+
 impl From<&GenerationSummary> for Metered {
     fn from(summary: &GenerationSummary) -> Self {
         let compute_ms = (summary.timings.prefill_ms + summary.timings.decode_ms).max(0.0);
         Self {
-            backend: summary.backend.clone(),
-            model: summary.model.clone(),
-            prompt_tokens: summary.usage.prompt_tokens,
-            cached_prompt_tokens: summary.usage.cached_prompt_tokens,
-            completion_tokens: summary.usage.completion_tokens,
             compute: Duration::from_secs_f64(compute_ms / 1000.0),
+            ..Self::tokens(&summary.backend, &summary.model, summary.usage)
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod fixed_service;
 pub mod mock_upstream;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -81,6 +82,11 @@ pub fn scratch_dir() -> tempfile::TempDir {
 }
 
 pub fn test_config(options: &ServerOptions) -> Config {
+    Config::from_yaml(&test_config_yaml(options), &repo_path("routing/test.yaml")).unwrap()
+}
+
+/// The configuration file of a test server, for tests that write it to disk.
+pub fn test_config_yaml(options: &ServerOptions) -> String {
     let audit_dir = options.audit_dir.clone().unwrap_or_else(|| {
         Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("audit-{}", uuid::Uuid::new_v4().simple()))
@@ -94,7 +100,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
     } else {
         options.governor.clone()
     };
-    let yaml = format!(
+    format!(
         "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
          agents:\n\
          \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"{agent_a}}}\n\
@@ -112,8 +118,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
         agent_a = options.agent_a,
         agent_b = options.agent_b,
         audit = audit_dir.display(),
-    ) + &options.extra_config;
-    Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
+    ) + &options.extra_config
 }
 
 pub struct TestServer {
