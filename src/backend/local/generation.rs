@@ -159,6 +159,7 @@ impl Generation {
             usage: Usage {
                 prompt_tokens: self.prompt_tokens as u32,
                 completion_tokens: self.sampled_logprobs.len() as u32,
+                cached_prompt_tokens: 0,
             },
             confidence: Confidence::from_logprobs(self.sampled_logprobs),
             timings: Timings {
