@@ -45,12 +45,22 @@ const MIX: [Priority; 10] = [
 ];
 const OVERHEAD_SAMPLES: u32 = 200_000;
 
+/// The shipped default (5 s) unless `AGING_MS` says otherwise; the other governor
+/// settings are the defaults (64 per class, 30 s queue timeout).
+fn aging_ms() -> u64 {
+    std::env::var("AGING_MS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(5_000)
+}
+
 fn config() -> Config {
     let yaml = format!(
         "agents:\n  - {{id: bench, tenant: bench, key_sha256: \"{}\"}}\n\
          local: {{slots: {SLOTS}}}\n\
-         governor: {{queue_capacity: {{P0: 64, P1: 64, P2: 64}}, queue_timeout_ms: 5000, aging_ms: 1000}}\n",
-        digest(KEY)
+         governor: {{aging_ms: {aging_ms}}}\n",
+        digest(KEY),
+        aging_ms = aging_ms()
     );
     Config::from_yaml(&yaml, Path::new("bench.yaml")).unwrap()
 }
@@ -125,8 +135,9 @@ fn main() {
 
         println!(
             "governor at 3x overload: {total} requests over {RUN:?} ({ARRIVALS_PER_SECOND}/s), \
-             {SLOTS} slots x {SERVICE_TIME:?} service = {} /s capacity",
-            SLOTS as u128 * 1000 / SERVICE_TIME.as_millis()
+             {SLOTS} slots x {SERVICE_TIME:?} service = {} /s capacity, aging {} ms",
+            SLOTS as u128 * 1000 / SERVICE_TIME.as_millis(),
+            aging_ms()
         );
         println!(
             "{:>5} | {:>5} {:>6} {:>7} | {:>12} {:>12} | refusals",
