@@ -2,7 +2,7 @@
 //! produces for it. Wire formats (OpenAI, Anthropic) convert to and from these types.
 
 use futures::{Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Who wrote a message. `developer` on the wire is folded into `System`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,7 +170,7 @@ pub enum FinishReason {
     ToolCalls,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -184,7 +184,7 @@ impl Usage {
 
 /// How sure the model was of what it wrote, from the log-probabilities of the sampled
 /// tokens. Absent when nothing was generated or the backend cannot tell.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Confidence {
     pub mean_logprob: f32,
     pub min_logprob: f32,

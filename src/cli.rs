@@ -1,4 +1,5 @@
-//! Command-line interface: `warden serve`, `warden model fetch`, `warden policy ...`.
+//! Command-line interface: `warden serve`, `warden model fetch`, `warden tune`,
+//! `warden policy ...`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,24 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Replay recorded routing decisions against candidate confidence thresholds.
+    Tune {
+        /// Decision logs: JSONL files, or directories of them.
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Mean-logprob thresholds to try, e.g. `-0.5,-1,-1.5`; by default they span the
+        /// recorded confidence.
+        #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+        thresholds: Option<Vec<f32>>,
+        /// Holds the per-token threshold at this value instead of the configured one.
+        #[arg(long, allow_negative_numbers = true)]
+        min_token_logprob: Option<f32>,
+        /// Replays one agent's requests only.
+        #[arg(long)]
+        agent: Option<String>,
     },
     /// Check, test and replay tool-call policies.
     Policy {
@@ -108,6 +127,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Tune {
+            logs,
+            config,
+            thresholds,
+            min_token_logprob,
+            agent,
+        } => {
+            let config = Config::load(&config)?;
+            let log = crate::tune::Log::read_paths(&logs)?;
+            let options = crate::tune::TuneOptions {
+                candidates: thresholds,
+                min_token_logprob,
+                agent,
+            };
+            print!("{}", crate::tune::tune(&config, log, &options));
+            Ok(())
         }
     }
 }

@@ -19,5 +19,6 @@ pub mod model;
 pub mod policy;
 pub mod route;
 pub mod server;
+pub mod tune;
 
 pub use api::{build_app, AppState};

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::Spawned;
 use common::repo_path;
 use serde_json::{json, Value};
 use warden::model::{ensure_available, FetchOptions, ModelError, ModelManifest, ModelRef};
@@ -123,16 +123,6 @@ fn model_fetch_command_is_idempotent() {
     }
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn serve_fetches_on_first_start_then_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,29 +138,16 @@ async fn serve_fetches_on_first_start_then_answers() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("WARDEN_DEV_KEY", "first-start-key")
-        .env("HF_HOME", &home)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let server = Running(child);
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let _ = address_tx.send(line[at + "listening on ".len()..].trim().to_string());
-            }
-        }
-    });
-    let base = address_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server never listened");
+    let home_dir = home.display().to_string();
+    let server = Spawned::start(
+        &config,
+        &[
+            ("WARDEN_DEV_KEY", "first-start-key"),
+            ("HF_HOME", &home_dir),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    let base = server.base.clone();
 
     let client = reqwest::Client::new();
     let ready = common::wait_until_async(

@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::mock_upstream::{Behaviour, MockUpstream};
+use common::process::Spawned;
 use common::{user, weather_tool, ServerOptions, TestServer, ADMIN_KEY};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 /// A provider `name` at `base` serving `model`, failing fast unless `settings` (YAML
@@ -683,4 +685,192 @@ async fn external_models_are_listed_and_unknown_ones_are_404() {
         .chat(json!({"model": "mock-huge", "messages": user("Hi")}))
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_keeps_the_routing_it_started_with() {
+    let mock = MockUpstream::start().await;
+    mock.script([Behaviour::Delay(
+        Duration::from_millis(1500),
+        Box::new(Behaviour::answer("Slow but sure.")),
+    )]);
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        NEVER_ESCALATE,
+    )
+    .await;
+    let in_flight = {
+        let request = server
+            .chat_request()
+            .json(&json!({"model": "mock-large", "messages": user("Hi")}));
+        tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    assert!(common::wait_until(|| !mock.received().is_empty(), Duration::from_secs(10)).await);
+    let response = server
+        .client
+        .put(server.url("/admin/routing"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"escalation_models": ["mock-large"], "min_mean_logprob": -0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let body = in_flight.await.unwrap();
+    assert_eq!(content(&body), "Slow but sure.");
+    assert_eq!(body["warden"]["routing_version"], 1);
+    let (_, body) = server
+        .chat(json!({"model": "mock-large", "messages": user("Hi")}))
+        .await;
+    assert_eq!(body["warden"]["routing_version"], 2);
+}
+
+#[tokio::test]
+async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    let write = |routing: &str| {
+        let options = ServerOptions {
+            extra_config: format!(
+                "providers:\n{}routing:\n{routing}",
+                provider("mock", "openai", &mock.base, "mock-large", &[])
+            ),
+            ..ServerOptions::default()
+        };
+        std::fs::write(&path, common::test_config_yaml(&options)).unwrap();
+    };
+    write(NEVER_ESCALATE);
+    let mut server = Spawned::start(&path, &[("WARDEN_ADMIN_KEY", ADMIN_KEY)]);
+    let client = reqwest::Client::new();
+    let routing_url = server.url("/admin/routing");
+    let table = || async {
+        client
+            .get(&routing_url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let before = table().await;
+    assert_eq!(before["version"], 1);
+    assert_eq!(before["routing"]["thresholds"]["min_mean_logprob"], -100.0);
+
+    write("  escalation_models: [mock-large]\n  min_mean_logprob: -0.5\n");
+    server.signal("HUP");
+    assert!(server
+        .wait_for_log("configuration reloaded", Duration::from_secs(20))
+        .is_some());
+    let after = table().await;
+    assert_eq!(after["version"], 2);
+    assert_eq!(after["routing"]["thresholds"]["min_mean_logprob"], -0.5);
+
+    write("  escalation_models: [nowhere]\n");
+    server.signal("HUP");
+    let refusal = server
+        .wait_for_log("the previous routing stays", Duration::from_secs(20))
+        .unwrap();
+    assert!(refusal.contains("escalation_models[0]"), "{refusal}");
+    assert_eq!(table().await["version"], 2);
+}
+
+#[tokio::test]
+async fn tune_replays_the_decisions_the_gateway_reported() {
+    let mock = MockUpstream::start().await;
+    let providers = provider("mock", "openai", &mock.base, "mock-large", &[]);
+    let routing = "  escalation_models: [mock-large]\n  min_mean_logprob: -100\n  min_token_logprob: -100\n  label_risk: {\"sensitivity=high\": 90}\n";
+    let server = server_with(std::slice::from_ref(&providers), routing).await;
+    let mut reports = Vec::new();
+    for prompt in [
+        "What is the capital of France?",
+        "Name a colour.",
+        "Say hello.",
+    ] {
+        let (status, body) = server
+            .chat(json!({"messages": user(prompt), "temperature": 0, "max_tokens": 16}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["warden"]["route"], "local");
+        reports.push(body["warden"].clone());
+    }
+    let (_, body) = server
+        .chat(json!({"messages": user("Summarise the contract."), "metadata": {"sensitivity": "high"}}))
+        .await;
+    assert_eq!(body["warden"]["route"], "external");
+    reports.push(body["warden"].clone());
+
+    // Serving everything locally costs what the local answers cost; escalating them all
+    // adds the mock model's prices ($1 in, $2 out per million tokens) for the local
+    // answers' tokens. The external request costs what it cost either way.
+    let dollars = |value: &Value| value.as_str().unwrap().parse::<Decimal>().unwrap();
+    let per_million = |usage: &Value| {
+        Decimal::from(
+            usage["prompt_tokens"].as_u64().unwrap()
+                + 2 * usage["completion_tokens"].as_u64().unwrap(),
+        ) / Decimal::from(1_000_000)
+    };
+    let local: Decimal = reports[..3].iter().map(|r| dollars(&r["cost_usd"])).sum();
+    let estimated: Decimal = reports[..3]
+        .iter()
+        .map(|report| per_million(&report["attempts"][0]["usage"]))
+        .sum();
+    let external = dollars(&reports[3]["cost_usd"]);
+    assert_eq!(external, per_million(&reports[3]["attempts"][0]["usage"]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let lines: String = reports.iter().map(|report| format!("{report}\n")).collect();
+    std::fs::write(&log, lines).unwrap();
+    let config = dir.path().join("warden.yaml");
+    std::fs::write(
+        &config,
+        format!("providers:\n{providers}routing:\n{routing}"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("tune")
+        .arg(&log)
+        .arg("--config")
+        .arg(&config)
+        .arg("--thresholds=-100,-0.0001")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        table.starts_with("4 requests replayed, 3 of them answered locally"),
+        "{table}"
+    );
+    let row = |threshold: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|line| line.split_whitespace().any(|cell| cell == threshold))
+            .unwrap_or_else(|| panic!("no row for {threshold}:\n{table}"))
+            .split_whitespace()
+            .filter(|cell| *cell != "*")
+            .map(str::to_string)
+            .collect()
+    };
+    let lenient = row("-100.00");
+    assert_eq!(lenient[1..3], ["75.0%", "0.0%"], "{table}");
+    assert_eq!(
+        lenient[3],
+        (local + external).round_dp(6).to_string(),
+        "{table}"
+    );
+    let strict = row("-0.00");
+    assert_eq!(strict[1..3], ["0.0%", "100.0%"], "{table}");
+    assert_eq!(
+        strict[3],
+        (local + estimated + external).round_dp(6).to_string(),
+        "{table}"
+    );
+    assert_eq!(strict[5], "3", "{table}");
 }

@@ -451,6 +451,109 @@ mod tests {
         assert_eq!(invalid_key("prices: missing.yaml\n"), "prices");
     }
 
+    const PROVIDERS: &str = "providers:
+  - name: openai
+    kind: openai
+    base_url: http://127.0.0.1:9/v1/
+    api_key_env: OPENAI_KEY
+    models:
+      - {name: gpt-small, upstream: gpt-4o-mini, input_per_million: 0.15, output_per_million: \"0.60\"}
+  - name: claude
+    kind: anthropic
+    base_url: http://127.0.0.1:9/v1
+    default_max_tokens: 512
+    retries: 0
+    models: [{name: haiku}]
+agents:
+  - {id: a, tenant: t, key_env: A}
+";
+
+    #[test]
+    fn providers_and_routing_parse_with_defaults_and_overrides() {
+        let text = format!(
+            "{PROVIDERS}routing:\n  escalation_models: [gpt-small, haiku]\n  min_mean_logprob: -0.7\n  label_risk: {{env=prod: 80}}\n  agents:\n    a: {{min_token_logprob: -5}}\n"
+        );
+        let config = parse(&text).unwrap();
+        let openai = &config.providers[0];
+        assert_eq!(openai.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(openai.models[0].upstream, "gpt-4o-mini");
+        assert_eq!(openai.retries, routing::DEFAULT_PROVIDER_RETRIES);
+        assert_eq!(config.providers[1].default_max_tokens, 512);
+        assert_eq!(config.providers[1].models[0].upstream, "haiku");
+        let usage = crate::chat::Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 1_000_000,
+        };
+        assert_eq!(
+            config.prices.cost("openai", "gpt-small", usage),
+            Some(rust_decimal::Decimal::new(75, 2))
+        );
+        let routing = &config.routing;
+        assert_eq!(routing.escalation_models, ["gpt-small", "haiku"]);
+        assert_eq!(routing.thresholds.min_mean_logprob, -0.7);
+        assert_eq!(
+            routing.thresholds.min_token_logprob,
+            routing::DEFAULT_MIN_TOKEN_LOGPROB
+        );
+        let a = routing.thresholds_for("a");
+        assert_eq!((a.min_mean_logprob, a.min_token_logprob), (-0.7, -5.0));
+        assert!(routing.verify_before_stream);
+    }
+
+    #[test]
+    fn bad_providers_and_routing_name_their_key() {
+        let with = |tail: &str| invalid_key(&format!("{PROVIDERS}{tail}"));
+        assert_eq!(
+            with("routing:\n  escalation_models: [gpt-large]\n"),
+            "routing.escalation_models[0]"
+        );
+        assert_eq!(
+            with("routing:\n  agents:\n    ghost: {min_mean_logprob: -1}\n"),
+            "routing.agents.ghost."
+        );
+        assert_eq!(
+            with("routing:\n  agents:\n    a: {min_mean_logprob: 0.5}\n"),
+            "routing.agents.a.min_mean_logprob"
+        );
+        assert_eq!(
+            with("routing:\n  label_risk: {prod: 10}\n"),
+            "routing.label_risk.prod"
+        );
+        assert_eq!(
+            with("routing:\n  min_mean_logprb: -1\n"),
+            "routing.min_mean_logprb"
+        );
+        let provider = |fields: &str| {
+            invalid_key(&format!(
+                "providers:\n  - {{name: p, kind: openai, base_url: http://h/v1, models: [{{name: m}}]{fields}}}\n"
+            ))
+        };
+        assert_eq!(
+            provider(", max_concurrency: 0"),
+            "providers[0].max_concurrency"
+        );
+        assert_eq!(provider(", timeout_ms: 0"), "providers[0].timeout_ms");
+        assert_eq!(
+            provider(", default_max_tokens: 10"),
+            "providers[0].default_max_tokens"
+        );
+        assert_eq!(provider(", api_key: sk-123"), "providers[0].api_key");
+        assert_eq!(
+            provider(", circuit_breaker: {error_rate: 2}"),
+            "providers[0].circuit_breaker.error_rate"
+        );
+        assert_eq!(
+            invalid_key(
+                "providers:\n  - {name: p, kind: openai, base_url: ftp://h, models: [{name: m}]}\n"
+            ),
+            "providers[0].base_url"
+        );
+        assert_eq!(
+            invalid_key("providers:\n  - {name: p, kind: openai, base_url: http://h, models: [{name: m, input_per_million: 1}]}\n"),
+            "providers[0].models[0]"
+        );
+    }
+
     #[test]
     fn devices_parse() {
         assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));

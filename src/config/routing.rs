@@ -152,6 +152,12 @@ pub struct ProviderConfig {
     pub models: Vec<ProviderModel>,
 }
 
+impl ProviderConfig {
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m.name == model)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderModel {
     pub name: String,
@@ -336,10 +342,7 @@ pub fn validate_routing(
 ) -> Result<RoutingConfig, Invalid> {
     let key = |field: &str| format!("{prefix}{field}");
     for (index, model) in raw.escalation_models.iter().enumerate() {
-        if !providers
-            .iter()
-            .any(|p| p.models.iter().any(|m| &m.name == model))
-        {
+        if !providers.iter().any(|provider| provider.serves(model)) {
             return Err((
                 key(&format!("escalation_models[{index}]")),
                 format!("no provider serves `{model}`"),

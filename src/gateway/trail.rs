@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendError;
 use crate::chat::{Confidence, GenerationSummary, Usage};
@@ -27,7 +27,7 @@ pub struct Attempt {
     pub cost_usd: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Its answer is the response.

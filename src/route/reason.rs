@@ -1,9 +1,9 @@
 //! The machine-readable vocabulary of routing: how a request was served and why.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a request was served in the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Route {
     /// The local model answered.
@@ -29,7 +29,7 @@ impl Route {
 
 /// Why a routing step went the way it did. Stable codes: operators alert and tune on
 /// them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// `auto`: the local model goes first.

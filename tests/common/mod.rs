@@ -4,6 +4,7 @@
 
 pub mod fixed_service;
 pub mod mock_upstream;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -70,6 +71,11 @@ impl Default for ServerOptions {
 }
 
 pub fn test_config(options: &ServerOptions) -> Config {
+    Config::from_yaml(&test_config_yaml(options), &repo_path("routing/test.yaml")).unwrap()
+}
+
+/// The configuration file of a test server, for tests that write it to disk.
+pub fn test_config_yaml(options: &ServerOptions) -> String {
     let governor = if options.governor.is_empty() {
         format!(
             "governor: {{queue_timeout_ms: {}, aging_ms: {}}}",
@@ -79,7 +85,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
     } else {
         options.governor.clone()
     };
-    let yaml = format!(
+    format!(
         "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
          agents:\n\
          \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"{agent_a}}}\n\
@@ -95,8 +101,7 @@ pub fn test_config(options: &ServerOptions) -> Config {
         max_tokens = options.default_max_tokens,
         agent_a = options.agent_a,
         agent_b = options.agent_b,
-    ) + &options.extra_config;
-    Config::from_yaml(&yaml, &repo_path("routing/test.yaml")).unwrap()
+    ) + &options.extra_config
 }
 
 pub struct TestServer {

@@ -78,7 +78,7 @@ impl Provider {
     }
 
     pub fn serves(&self, model: &str) -> bool {
-        self.config.models.iter().any(|m| m.name == model)
+        self.config.serves(model)
     }
 
     fn backoff(&self) -> Backoff {

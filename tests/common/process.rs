@@ -1,0 +1,86 @@
+//! `warden serve` as a child process, for what only a real process shows: start-up from
+//! the command line, signals.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// A running `warden serve`, killed when dropped however the test ends.
+pub struct Spawned {
+    child: Child,
+    pub base: String,
+    logs: Receiver<String>,
+}
+
+impl Spawned {
+    /// Starts `warden serve --config config` on an ephemeral port with `envs` set, and
+    /// waits until it listens.
+    pub fn start(config: &Path, envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (lines, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[warden] {line}");
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut spawned = Spawned {
+            child,
+            base: String::new(),
+            logs,
+        };
+        let line = spawned
+            .wait_for_log("listening on http://", Duration::from_secs(60))
+            .expect("the server never listened");
+        let at = line.find("listening on ").unwrap() + "listening on ".len();
+        spawned.base = line[at..].trim().to_string();
+        spawned
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends the process a signal by name (`HUP`, `TERM`...).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
+    /// The next log line containing `needle`, skipping others; `None` past `limit`.
+    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
