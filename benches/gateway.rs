@@ -57,6 +57,7 @@ impl Backend for InstantBackend {
                 usage: Usage {
                     prompt_tokens: 27,
                     completion_tokens: 7,
+                    cached_prompt_tokens: 0,
                 },
                 confidence: Some(Confidence {
                     mean_logprob: -0.26,
@@ -84,10 +85,13 @@ async fn serve(app: Router) -> String {
     format!("{}/v1/chat/completions", common::serve(app).await)
 }
 
-async fn warden_url(backend: Arc<dyn Backend>) -> String {
+/// `audit_dir`: where the durable audit log goes (every request is recorded and fsynced
+/// before it is answered, so this measures that too).
+async fn warden_url(backend: Arc<dyn Backend>, audit_dir: &std::path::Path) -> String {
     let yaml = format!(
-        "agents:\n  - {{id: bench, tenant: bench, key_sha256: \"{}\"}}\n",
-        digest(KEY)
+        "agents:\n  - {{id: bench, tenant: bench, key_sha256: \"{}\"}}\naudit: {{dir: \"{}\"}}\n",
+        digest(KEY),
+        audit_dir.display()
     );
     let config = Config::from_yaml(&yaml, std::path::Path::new("bench.yaml")).unwrap();
     let keys = KeyStore::from_config(&config, |_| None).unwrap().store;
@@ -128,7 +132,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let backend: Arc<dyn Backend> = Arc::new(InstantBackend);
-        let warden = warden_url(backend.clone()).await;
+        let audit_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let warden = warden_url(backend.clone(), audit_dir.path()).await;
         let direct = direct_url(backend).await;
         common::compare(
             "gateway overhead, instant backend",

@@ -26,11 +26,15 @@ fn main() {
     runtime.block_on(async {
         let upstream = mock_upstream::MockUpstream::start().await;
         upstream.stop_recording();
+        // Every request is recorded (and fsynced) in an audit log of the bench's own.
+        let audit_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let yaml = format!(
             "agents:\n  - {{id: bench, tenant: bench, key_sha256: \"{}\"}}\n\
+             audit: {{dir: \"{}\"}}\n\
              providers:\n  - {{name: mock, kind: openai, base_url: \"{}\", models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n\
              routing:\n  escalation_models: [mock-large]\n  label_risk: {{\"sensitivity=high\": 90}}\n",
             digest(KEY),
+            audit_dir.path().display(),
             upstream.base
         );
         let config = Config::from_yaml(&yaml, std::path::Path::new("bench.yaml")).unwrap();

@@ -174,6 +174,10 @@ pub enum FinishReason {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Of `prompt_tokens`, those a provider served from its prompt cache (billed at its
+    /// cached-input rate). Absent from records written before it existed.
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
 }
 
 impl Usage {

@@ -1,13 +1,15 @@
 //! Command-line interface: `warden serve`, `warden model fetch`, `warden tune`,
-//! `warden policy ...`.
+//! `warden policy ...`, `warden audit verify` and `warden report`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, DeviceSpec};
+use crate::cost::report::{self, GroupBy, Window};
 use crate::model::{ensure_available, FetchOptions, ModelRef};
 
 const DEFAULT_CONFIG: &str = "routing/warden.yaml";
@@ -64,6 +66,60 @@ enum Command {
         #[command(subcommand)]
         command: crate::policy::cli::PolicyCommand,
     },
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Cost report from the audit log: by outcome, agent, tenant, model or route.
+    Report {
+        /// The audit log folder; defaults to the configured `audit.dir`.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// outcome, agent, tenant, model or route.
+        #[arg(long, default_value = "outcome", value_parser = group_by)]
+        group_by: GroupBy,
+        /// Records at or after: 2025-01-31 or an RFC 3339 time.
+        #[arg(long, value_parser = report::parse_time)]
+        from: Option<DateTime<Utc>>,
+        /// Records before: 2025-02-01 or an RFC 3339 time.
+        #[arg(long, value_parser = report::parse_time)]
+        to: Option<DateTime<Utc>>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every hash chain across segments; exits non-zero naming the first bad
+    /// record.
+    Verify {
+        /// A log folder or one segment file; defaults to the configured `audit.dir`.
+        path: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Json,
+    Csv,
+}
+
+fn group_by(text: &str) -> Result<GroupBy, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("`{text}`: expected outcome, agent, tenant, model or route"))
+}
+
+fn audit_dir(path: Option<PathBuf>, config: &std::path::Path) -> anyhow::Result<PathBuf> {
+    match path {
+        Some(path) => Ok(path),
+        None => Ok(Config::load(config)?.audit.dir),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +183,38 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { path, config },
+        } => {
+            let path = audit_dir(path, &config)?;
+            let verified = crate::audit::verify::verify(&path)
+                .with_context(|| format!("audit log {} does not verify", path.display()))?;
+            match verified.head {
+                Some(head) => println!(
+                    "ok: {} records in {} segments; last record seq {} hash {}",
+                    verified.records, verified.segments, head.seq, head.hash
+                ),
+                None => println!("ok: the log is empty"),
+            }
+            Ok(())
+        }
+        Command::Report {
+            log,
+            config,
+            group_by,
+            from,
+            to,
+            format,
+        } => {
+            let dir = audit_dir(log, &config)?;
+            let report = report::from_log(&dir, group_by, Window { from, to })
+                .with_context(|| format!("reading {}", dir.display()))?;
+            match format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ReportFormat::Csv => print!("{}", report.to_csv()?),
+            }
+            Ok(())
         }
         Command::Tune {
             logs,

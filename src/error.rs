@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::backend::BackendError;
 use crate::governor::GovernorError;
 use crate::policy::{ApprovalError, PolicyError};
+use crate::runs::RunBudgetExceeded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -42,12 +44,34 @@ pub enum GatewayError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
+    RunBudgetExceeded(#[from] RunBudgetExceeded),
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
     Approval(#[from] ApprovalError),
     #[error("the policy was not reloaded: {0}")]
     PolicyInvalid(#[from] PolicyError),
 }
 
 impl GatewayError {
+    /// A stable name for the reason, as the audit log records it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Auth(_) => "authentication",
+            GatewayError::InvalidRequest { .. } => "invalid_request",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::ContextLengthExceeded { .. } => "context_length_exceeded",
+            GatewayError::Unavailable { .. } => "unavailable",
+            GatewayError::Upstream { .. } => "upstream_error",
+            GatewayError::Internal(_) => "internal",
+            GatewayError::RunBudgetExceeded(_) => "run_budget_exceeded",
+            GatewayError::Audit(_) => "audit_unavailable",
+            GatewayError::Governor(refusal) => refusal.reason(),
+            GatewayError::Approval(_) => "approval",
+            GatewayError::PolicyInvalid(_) => "policy_invalid",
+        }
+    }
+
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         GatewayError::InvalidRequest {
             message: message.into(),

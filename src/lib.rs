@@ -5,6 +5,7 @@
 //! tests and benches drive the same code.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod chat;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod route;
+pub mod runs;
 pub mod server;
 pub mod tune;
 

@@ -2,13 +2,23 @@
 //! `GET /metrics`. Each concern registers its own series here.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from a fast refusal to a long generation.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+
+/// Audit append latency, from a record queued to it durable: tens of microseconds to
+/// the odd slow fsync.
+const AUDIT_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Records per group commit.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -22,6 +32,37 @@ pub struct Metrics {
     pub escalations: IntCounterVec,
     pub policy: crate::policy::PolicyCounters,
     pub governor: GovernorMetrics,
+    pub requests: RequestMetrics,
+    pub audit: AuditMetrics,
+}
+
+/// Chat requests as the gateway saw them end (one per audit record).
+#[derive(Clone)]
+pub struct RequestMetrics {
+    /// By route and status (`completed`, `refused`, `failed`, `cancelled`).
+    pub requests: IntCounterVec,
+    /// From receipt to the record written, by route.
+    pub duration: HistogramVec,
+    /// From receipt to the first content, by route.
+    pub time_to_first_token: HistogramVec,
+    /// By model and kind (`prompt`, `completion`).
+    pub tokens: IntCounterVec,
+    /// US dollars by model. A float, for dashboards: the audit log is the ledger.
+    pub cost_usd: CounterVec,
+    /// Decisions on generated tool calls, by decision (`returned`, `loop_detected`…).
+    pub tool_decisions: IntCounterVec,
+}
+
+/// The audit log's writer.
+#[derive(Clone)]
+pub struct AuditMetrics {
+    /// From an append queued to it durable.
+    pub append_seconds: Histogram,
+    pub batch_records: Histogram,
+    /// Records written, by kind.
+    pub records: IntCounterVec,
+    /// Appends that failed (the request they recorded was not acknowledged).
+    pub failures: IntCounter,
 }
 
 /// The concurrency governor's series.
@@ -132,6 +173,8 @@ impl Metrics {
         registry.register(Box::new(policy.decisions.clone()))?;
         registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
+            requests: RequestMetrics::register(&registry)?,
+            audit: AuditMetrics::register(&registry)?,
             registry,
             http_requests,
             http_latency,
@@ -153,5 +196,113 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed");
         }
         String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(registry, HistogramVec::new(opts, labels)?)
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+impl RequestMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            requests: counter(
+                registry,
+                "requests_total",
+                "Chat requests by route and final status",
+                &["route", "status"],
+            )?,
+            duration: histogram(
+                registry,
+                "request_duration_seconds",
+                "Chat request latency, receipt to record written, by route",
+                LATENCY_BUCKETS,
+                &["route"],
+            )?,
+            time_to_first_token: histogram(
+                registry,
+                "time_to_first_token_seconds",
+                "Receipt to first content, by route",
+                LATENCY_BUCKETS,
+                &["route"],
+            )?,
+            tokens: counter(
+                registry,
+                "tokens_total",
+                "Tokens by model and kind (prompt, completion)",
+                &["model", "kind"],
+            )?,
+            cost_usd: register(
+                registry,
+                CounterVec::new(
+                    Opts::new("cost_usd_total", "Spend in US dollars by model"),
+                    &["model"],
+                )?,
+            )?,
+            tool_decisions: counter(
+                registry,
+                "tool_call_decisions_total",
+                "Decisions on generated tool calls, by decision",
+                &["decision"],
+            )?,
+        })
+    }
+}
+
+impl AuditMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            append_seconds: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "audit_append_seconds",
+                        "Audit append latency, queued to durable",
+                    )
+                    .buckets(AUDIT_BUCKETS.to_vec()),
+                )?,
+            )?,
+            batch_records: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("audit_batch_records", "Records per audit group commit")
+                        .buckets(BATCH_BUCKETS.to_vec()),
+                )?,
+            )?,
+            records: counter(
+                registry,
+                "audit_records_total",
+                "Audit records written, by kind",
+                &["kind"],
+            )?,
+            failures: register(
+                registry,
+                IntCounter::new("audit_failures_total", "Audit appends that failed")?,
+            )?,
+        })
     }
 }

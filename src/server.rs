@@ -7,17 +7,19 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::{build_app, AppState};
+use crate::audit::AuditLog;
 use crate::auth::KeyStore;
 use crate::backend::local::template::{ChatTemplate, TemplateKind};
 use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
-use crate::gateway::Gateway;
+use crate::gateway::{Bookkeeper, Gateway};
 use crate::governor::{Governor, GovernorSettings};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
 use crate::policy::PolicyEngine;
 use crate::route::{RoutingState, RoutingTable};
+use crate::runs::RunTracker;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
@@ -46,9 +48,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     let state = build_state(&config, setup.store, backend, &process_env)?;
+    let gateway = state.gateway.clone();
     if let Err(error) = reload_on_hangup(
         config.path.clone(),
-        state.gateway.routing().clone(),
+        gateway.routing().clone(),
         state.policy.clone(),
     ) {
         tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
@@ -61,7 +64,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .context("serving")
+        .context("serving")?;
+    // Records of requests abandoned at shutdown are queued without waiting: wait here.
+    gateway
+        .audit()
+        .flush()
+        .await
+        .context("closing the audit log")?;
+    Ok(())
 }
 
 /// Everything a request needs, built from the configuration around the given local
@@ -73,6 +83,19 @@ pub fn build_state(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let audit = AuditLog::open(&config.audit, metrics.audit.clone())
+        .with_context(|| format!("{}: `audit`", config.path.display()))?;
+    let runs = Arc::new(RunTracker::new(config.runs.clone()));
+    let restored = runs
+        .restore_from_log(audit.dir())
+        .context("rebuilding runs from the audit log")?;
+    tracing::debug!(records = restored, "runs rebuilt from the audit log");
+    let books = Bookkeeper::new(
+        audit,
+        runs,
+        metrics.requests.clone(),
+        config.audit.store_text,
+    );
     let table = RoutingTable::build(config, 1, None, env).map_err(anyhow::Error::msg)?;
     let routing = Arc::new(RoutingState::new(table));
     // The local engine never queues on its own: the governor admits at most `slots`
@@ -89,6 +112,7 @@ pub fn build_state(
             routing,
             metrics.clone(),
             policy.clone(),
+            books,
             governor.clone(),
         )),
         governor,

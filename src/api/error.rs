@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::error::GatewayError;
 use crate::governor::{GovernorError, UnknownScope};
@@ -28,6 +29,8 @@ pub enum ApiError {
     },
     #[error("this endpoint needs the admin key: `Authorization: Bearer <admin key>`")]
     AdminKeyRequired,
+    #[error("the query string is invalid: {0}")]
+    InvalidQuery(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -114,6 +117,32 @@ impl ApiError {
                 GatewayError::Internal(_) => {
                     D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
                 }
+                GatewayError::RunBudgetExceeded(exceeded) => D {
+                    param: Some(exceeded.limit.name().into()),
+                    ..D::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "insufficient_quota",
+                        Some("run_budget_exceeded"),
+                    )
+                },
+                GatewayError::Audit(error) => match error {
+                    // Nothing is acknowledged unrecorded: the request fails, and
+                    // retrying helps only once the log is writable again.
+                    AuditError::Broken(_) | AuditError::Closed => D::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service_unavailable",
+                        Some("audit_unavailable"),
+                    ),
+                    AuditError::Io { .. }
+                    | AuditError::Damaged { .. }
+                    | AuditError::Truncated { .. }
+                    | AuditError::Malformed { .. }
+                    | AuditError::InvalidEntry(_) => D::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        Some("audit_error"),
+                    ),
+                },
                 GatewayError::Governor(refusal) => {
                     let disposition = match refusal {
                         GovernorError::QueueFull { .. } => D::new(
@@ -179,6 +208,9 @@ impl ApiError {
                 "authentication_error",
                 Some("invalid_admin_key"),
             ),
+            ApiError::InvalidQuery(_) => {
+                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_query"))
+            }
             ApiError::PayloadTooLarge { .. } => D::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 INVALID,

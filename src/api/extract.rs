@@ -75,6 +75,23 @@ fn param_of(error: &serde_path_to_error::Error<serde_json::Error>) -> Option<Str
         .map(str::to_string)
 }
 
+/// A query string parsed into `T`; failures answer in OpenAI's error shape.
+pub struct OpenAiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for OpenAiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|query| OpenAiQuery(query.0))
+            .map_err(|rejection| ApiError::InvalidQuery(rejection.body_text()))
+    }
+}
+
 /// The configured body limit, made visible to extractors (the limit layer itself only
 /// says "too large").
 #[derive(Clone, Copy)]

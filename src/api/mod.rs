@@ -3,12 +3,14 @@
 
 mod admin;
 mod approvals;
+mod audit;
 mod chat;
 pub mod error;
 mod extract;
 mod governor;
 mod health;
 pub mod openai;
+mod outcomes;
 mod routing;
 
 use std::sync::Arc;
@@ -48,10 +50,12 @@ pub fn build_app(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(health::models))
+        .route("/v1/outcomes", post(outcomes::record_outcome))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(admin::routes())
+        .merge(audit::routes())
         .merge(governor::routes())
         .merge(approvals::routes())
         .merge(routing::routes())

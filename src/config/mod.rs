@@ -4,6 +4,7 @@
 
 mod governor;
 pub mod raw;
+mod records;
 pub mod routing;
 
 use std::net::SocketAddr;
@@ -15,7 +16,9 @@ pub use governor::{AgentLimits, GovernorConfig};
 pub use raw::AuthMode;
 use raw::{RawAgent, RawConfig, RawLocal};
 
-use crate::cost::{ModelPrice, PriceTable};
+use crate::audit::AuditConfig;
+use crate::cost::PriceTable;
+use crate::runs::RunsConfig;
 pub use routing::{ProviderConfig, ProviderKind, RoutingConfig, Thresholds};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     pub local: LocalConfig,
     pub prices: PriceTable,
+    pub audit: AuditConfig,
+    pub runs: RunsConfig,
     pub governor: GovernorConfig,
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
@@ -166,7 +171,7 @@ impl Config {
 
 type Invalid = (String, String);
 
-fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
+fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     let base = path.parent().unwrap_or(Path::new("."));
     let listen = raw.server.listen.parse::<SocketAddr>().map_err(|e| {
         (
@@ -184,6 +189,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         ));
     }
 
+    let run_overrides = raw
+        .agents
+        .iter_mut()
+        .enumerate()
+        .map(|(index, agent)| (index, agent.id.clone(), agent.runs.take()))
+        .collect();
     let agents = raw
         .agents
         .into_iter()
@@ -236,15 +247,15 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     }
 
     let mut prices = load_prices(raw.prices.as_deref(), base)?;
-    for (model, input, output) in routing::provider_prices(&raw.providers)? {
-        let price = ModelPrice {
-            input_per_million: input,
-            output_per_million: output,
-        };
+    for (model, price) in routing::provider_prices(&raw.providers)? {
         prices
             .add(&model, price)
             .map_err(|message| ("providers".to_string(), message))?;
     }
+    prices.check_escalation_model().map_err(|(key, message)| {
+        let file = raw.prices.as_deref().unwrap_or(raw::DEFAULT_PRICES_FILE);
+        ("prices".to_string(), format!("{file}: `{key}`: {message}"))
+    })?;
     let providers = routing::validate_providers(raw.providers)?;
     let agent_ids: Vec<String> = agents.iter().map(|agent| agent.id.clone()).collect();
     let routing = routing::validate_routing(raw.routing, &providers, &agent_ids, "routing.")?;
@@ -258,6 +269,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         auth,
         local: validate_local(raw.local, base)?,
         prices,
+        audit: records::validate_audit(raw.audit, base)?,
+        runs: records::validate_runs(raw.runs, run_overrides)?,
         governor: governor::validate_governor(raw.governor, &agents)?,
         agents,
         providers,
@@ -483,9 +496,12 @@ agents:
         let usage = crate::chat::Usage {
             prompt_tokens: 1_000_000,
             completion_tokens: 1_000_000,
+            cached_prompt_tokens: 0,
         };
         assert_eq!(
-            config.prices.cost("openai", "gpt-small", usage),
+            config
+                .prices
+                .cost(&crate::cost::Metered::tokens("openai", "gpt-small", usage)),
             Some(rust_decimal::Decimal::new(75, 2))
         );
         let routing = &config.routing;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::governor::Priority;
 
@@ -22,6 +22,21 @@ pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 pub const DEFAULT_ADMIN_KEY_ENV: &str = "WARDEN_ADMIN_KEY";
 pub const DEFAULT_PRICES_FILE: &str = "prices.yaml";
+/// Beside `models/`, git-ignored.
+pub const DEFAULT_AUDIT_DIR: &str = "../data/audit";
+/// No waiting: a commit takes what queued up during the previous fsync.
+pub const DEFAULT_AUDIT_COMMIT_DELAY_US: u64 = 0;
+pub const DEFAULT_AUDIT_MAX_BATCH: usize = 1024;
+pub const DEFAULT_AUDIT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_RUN_MAX_STEPS: u32 = 200;
+pub const DEFAULT_RUN_MAX_TOOL_CALLS: u32 = 200;
+pub const DEFAULT_RUN_MAX_WALL_TIME_S: u64 = 4 * 3600;
+/// US dollars, in cents.
+pub const DEFAULT_RUN_MAX_COST_CENTS: i64 = 500;
+/// An agent polling the same status a few times is normal; the sixth identical call in
+/// one run is a loop.
+pub const DEFAULT_RUN_MAX_REPEATED_TOOL_CALLS: u32 = 5;
+pub const DEFAULT_RUN_IDLE_EXPIRY_S: u64 = 24 * 3600;
 /// In-flight requests across every agent and backend.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 /// Requests that may wait, per priority class, beyond which a request gets 429.
@@ -52,6 +67,10 @@ pub struct RawConfig {
     pub local: RawLocal,
     /// Prices file (relative to this file); `prices.yaml` beside it when present.
     pub prices: Option<String>,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub runs: RawRuns,
     #[serde(default)]
     pub governor: RawGovernor,
     #[serde(default)]
@@ -135,6 +154,9 @@ pub struct RawAgent {
     pub key_sha256: Option<String>,
     /// Environment variable holding the agent's key.
     pub key_env: Option<String>,
+    /// This agent's run budgets, each overriding `runs.defaults`.
+    #[serde(default)]
+    pub runs: Option<RawRunLimits>,
     /// observe, suggest, auto_low or guarded (the default): how far the agent's tool
     /// calls may go without a human.
     #[serde(default)]
@@ -149,10 +171,10 @@ pub struct RawAgent {
     /// Prompt plus completion tokens a minute, debited when each request completes.
     pub tokens_per_minute: Option<u64>,
     /// US dollars a UTC day.
-    #[serde(default, deserialize_with = "optional_money")]
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
     pub daily_spend_usd: Option<Decimal>,
     /// US dollars a UTC calendar month.
-    #[serde(default, deserialize_with = "optional_money")]
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
     pub monthly_spend_usd: Option<Decimal>,
 }
 
@@ -213,9 +235,9 @@ impl Default for RawQueueCapacity {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
-    #[serde(default, deserialize_with = "optional_money")]
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
     pub daily_spend_usd: Option<Decimal>,
-    #[serde(default, deserialize_with = "optional_money")]
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
     pub monthly_spend_usd: Option<Decimal>,
 }
 
@@ -292,6 +314,83 @@ fn default_max_tokens() -> u32 {
 fn default_true() -> bool {
     true
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Folder of the audit log (relative to this file).
+    #[serde(default = "default_audit_dir")]
+    pub dir: String,
+    /// Make each group commit durable (fdatasync) before acknowledging its requests.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+    /// How long the writer waits for more records before a commit, in microseconds.
+    #[serde(default = "default_audit_commit_delay_us")]
+    pub commit_delay_us: u64,
+    /// Most records in one commit.
+    #[serde(default = "default_audit_max_batch")]
+    pub max_batch: usize,
+    /// A segment is closed, and the next begun, once it passes this size.
+    #[serde(default = "default_audit_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Keep prompts and completions in clear; by default only their SHA-256 and size.
+    #[serde(default)]
+    pub store_text: bool,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            dir: default_audit_dir(),
+            fsync: true,
+            commit_delay_us: DEFAULT_AUDIT_COMMIT_DELAY_US,
+            max_batch: DEFAULT_AUDIT_MAX_BATCH,
+            segment_bytes: DEFAULT_AUDIT_SEGMENT_BYTES,
+            store_text: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuns {
+    /// Budgets of every run, unless its agent sets its own.
+    #[serde(default)]
+    pub defaults: RawRunLimits,
+    /// A run without a request for this long is forgotten; at least every
+    /// `max_wall_time_s`, or idling would reset a run's clock.
+    pub idle_expiry_s: Option<u64>,
+}
+
+/// Run budgets; an absent field takes the default (`runs.defaults`, then the constant).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRunLimits {
+    /// Requests per run.
+    pub max_steps: Option<u32>,
+    /// Tool calls returned per run.
+    pub max_tool_calls: Option<u32>,
+    /// Seconds from a run's first request after which it may make no more.
+    pub max_wall_time_s: Option<u64>,
+    /// US dollars per run (a string such as "5.00", or a number).
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    pub max_cost_usd: Option<rust_decimal::Decimal>,
+    /// Identical tool calls (same name and arguments) allowed per run; more is a loop.
+    pub max_repeated_tool_calls: Option<u32>,
+}
+
+fn default_audit_dir() -> String {
+    DEFAULT_AUDIT_DIR.into()
+}
+fn default_audit_commit_delay_us() -> u64 {
+    DEFAULT_AUDIT_COMMIT_DELAY_US
+}
+fn default_audit_max_batch() -> usize {
+    DEFAULT_AUDIT_MAX_BATCH
+}
+fn default_audit_segment_bytes() -> u64 {
+    DEFAULT_AUDIT_SEGMENT_BYTES
+}
 fn default_max_in_flight() -> usize {
     DEFAULT_MAX_IN_FLIGHT
 }
@@ -303,7 +402,4 @@ fn default_governor_queue_timeout_ms() -> u64 {
 }
 fn default_aging_ms() -> u64 {
     DEFAULT_AGING_MS
-}
-fn optional_money<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Decimal>, D::Error> {
-    crate::cost::money(deserializer).map(Some)
 }

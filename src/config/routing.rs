@@ -7,6 +7,8 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::cost::ModelPrice;
+
 pub const DEFAULT_PROVIDER_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_PROVIDER_MAX_CONCURRENCY: usize = 16;
 pub const DEFAULT_PROVIDER_RETRIES: u32 = 2;
@@ -74,6 +76,9 @@ pub struct RawProviderModel {
     pub input_per_million: Option<Decimal>,
     #[serde(default, deserialize_with = "crate::cost::optional_money")]
     pub output_per_million: Option<Decimal>,
+    /// Where the provider discounts prompt tokens served from its cache.
+    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    pub cached_input_per_million: Option<Decimal>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,17 +315,22 @@ pub fn validate_providers(raw: Vec<RawProvider>) -> Result<Vec<ProviderConfig>, 
         .collect()
 }
 
-/// Prices written on provider models, as `(provider/model, input, output)`: the same
-/// model may cost differently at two providers.
-pub fn provider_prices(raw: &[RawProvider]) -> Result<Vec<(String, Decimal, Decimal)>, Invalid> {
+/// Prices written on provider models, keyed `provider/model`: the same model may cost
+/// differently at two providers.
+pub fn provider_prices(raw: &[RawProvider]) -> Result<Vec<(String, ModelPrice)>, Invalid> {
     let mut prices = Vec::new();
     for (index, provider) in raw.iter().enumerate() {
         for (m, model) in provider.models.iter().enumerate() {
             match (model.input_per_million, model.output_per_million) {
-                (Some(input), Some(output)) => {
-                    prices.push((format!("{}/{}", provider.name, model.name), input, output))
-                }
-                (None, None) => {}
+                (Some(input_per_million), Some(output_per_million)) => prices.push((
+                    format!("{}/{}", provider.name, model.name),
+                    ModelPrice::Tokens {
+                        input_per_million,
+                        output_per_million,
+                        cached_input_per_million: model.cached_input_per_million,
+                    },
+                )),
+                (None, None) if model.cached_input_per_million.is_none() => {}
                 _ => {
                     return Err((
                         format!("providers[{index}].models[{m}]"),

@@ -12,6 +12,7 @@
 //! alone: a saturated provider is a failover signal for the chain, and queueing for it
 //! in the governor as well would make a request wait twice.
 
+mod docket;
 mod report;
 mod trail;
 
@@ -22,16 +23,20 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 
+use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
 use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
+use crate::cost::outcome::Outcome as BusinessOutcome;
 use crate::error::GatewayError;
 use crate::governor::{Admission, Governor, Permit, Priority};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, Screen, Screened};
 use crate::route::{assess_risk, check_local_answer, Reason, Route, RoutingState, Target};
+use crate::runs::RunTracker;
 use trail::Trail;
 
+pub use docket::Bookkeeper;
 pub use report::{ReportTimings, WardenReport};
 pub use trail::{Attempt, Outcome};
 
@@ -44,6 +49,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     governor: Governor,
     policy: Arc<PolicyEngine>,
+    books: Arc<Bookkeeper>,
 }
 
 /// One request as it travels: who sent it, when, under which id, and what the client
@@ -121,6 +127,7 @@ impl Gateway {
         routing: Arc<RoutingState>,
         metrics: Arc<Metrics>,
         policy: Arc<PolicyEngine>,
+        books: Bookkeeper,
         governor: Governor,
     ) -> Self {
         Self {
@@ -129,7 +136,21 @@ impl Gateway {
             metrics,
             governor,
             policy,
+            books: Arc::new(books),
         }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        self.books.audit()
+    }
+
+    pub fn runs(&self) -> &RunTracker {
+        self.books.runs()
+    }
+
+    /// Attaches a business outcome to a run; returns once it is recorded.
+    pub async fn record_outcome(&self, outcome: &BusinessOutcome) -> Result<Receipt, GatewayError> {
+        self.books.record_outcome(outcome).await
     }
 
     pub fn routing(&self) -> &Arc<RoutingState> {
@@ -164,7 +185,25 @@ impl Gateway {
 
     /// Starts answering `request`. `stream` says whether the client reads the answer as
     /// it comes, which decides whether a checked local answer can be streamed live.
+    /// Whatever becomes of the request is recorded in the audit log, and a completion is
+    /// released only once its record is durable.
     pub async fn start(
+        &self,
+        context: RequestContext,
+        request: ChatRequest,
+        stream: bool,
+    ) -> Result<Started, GatewayError> {
+        let mut docket = self.books.open(&context, &request);
+        if let Err(error) = docket.admit() {
+            return Err(docket.refuse(error).await);
+        }
+        match self.route(context, request, stream).await {
+            Ok(started) => Ok(docket.follow(started)),
+            Err(error) => Err(docket.refuse(error).await),
+        }
+    }
+
+    async fn route(
         &self,
         context: RequestContext,
         request: ChatRequest,

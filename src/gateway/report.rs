@@ -9,9 +9,11 @@ use serde::Serialize;
 use super::trail::{Attempt, Outcome, Trail};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
+use crate::cost::Metered;
 use crate::governor::Priority;
 use crate::policy::PolicyReport;
 use crate::route::{Reason, Risk, Route};
+use crate::runs::{RunUsage, Withheld};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WardenReport {
@@ -34,8 +36,17 @@ pub struct WardenReport {
     pub attempts: Vec<Attempt>,
     /// US dollars over every attempt, as a decimal string; absent when nothing was priced.
     pub cost_usd: Option<Decimal>,
+    /// What the escalation model (`escalation_model` in the prices) would have charged
+    /// for this answer's tokens: the saving of not sending it there is the difference.
+    pub reference_cost_usd: Option<Decimal>,
     pub routing_version: u64,
     pub timings: ReportTimings,
+    /// The run this request is a step of, after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunUsage>,
+    /// Tool calls the run checks kept from the agent (loops, the tool-call budget).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withheld_tool_calls: Vec<Withheld>,
     /// Tool-call decisions, output findings and tickets under the policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyReport>,
@@ -74,6 +85,7 @@ impl WardenReport {
             confidence: summary.confidence,
             malformed_tool_call: summary.malformed_tool_call,
             cost_usd: trail.cost(),
+            reference_cost_usd: trail.table.prices.reference_cost(&Metered::from(summary)),
             routing_version: trail.table.version,
             attempts: trail.attempts,
             timings: ReportTimings {
@@ -83,6 +95,8 @@ impl WardenReport {
                 first_token_ms: summary.timings.first_token_ms,
                 total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
             },
+            run: None,
+            withheld_tool_calls: Vec::new(),
             policy: None,
         }
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendError;
 use crate::chat::{Confidence, GenerationSummary, Usage};
+use crate::cost::Metered;
 use crate::route::{Reason, Risk, Route, RoutingTable};
 
 /// One try at answering.
@@ -76,10 +77,7 @@ impl Trail {
             usage: summary.usage,
             confidence: summary.confidence,
             latency_ms: timings.queue_ms + timings.prefill_ms + timings.decode_ms,
-            cost_usd: self
-                .table
-                .prices
-                .cost(&summary.backend, &summary.model, summary.usage),
+            cost_usd: self.table.prices.cost(&Metered::from(summary)),
         });
     }
 

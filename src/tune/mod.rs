@@ -11,6 +11,7 @@ use std::fmt::Write;
 use rust_decimal::Decimal;
 
 use crate::config::Config;
+use crate::cost::Metered;
 
 pub use records::{Decision, LocalAnswer, Log, RecordsError};
 pub use replay::{default_candidates, replay, Candidate, EscalationPricing, Replayed};
@@ -62,7 +63,9 @@ impl EscalationPricing for ConfiguredPricing<'_> {
     fn estimate(&self, decision: &Decision) -> Option<Decimal> {
         let (provider, model) = self.target.as_ref()?;
         let usage = decision.local?.usage;
-        self.config.prices.cost(provider, model, usage)
+        self.config
+            .prices
+            .cost(&Metered::tokens(provider, model, usage))
     }
 }
 

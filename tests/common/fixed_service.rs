@@ -83,6 +83,7 @@ impl Backend for FixedServiceBackend {
                     usage: Usage {
                         prompt_tokens: 20,
                         completion_tokens: 1,
+                        cached_prompt_tokens: 0,
                     },
                     confidence: None,
                     timings: Timings::default(),

@@ -43,13 +43,15 @@ pub struct ServerOptions {
     pub queue_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub default_max_tokens: u32,
+    /// The audit log folder; `None`: a fresh one under the target's temporary folder.
+    pub audit_dir: Option<PathBuf>,
     /// Extra keys for agent A and agent B (`", max_concurrent: 1"`).
     pub agent_a: String,
     pub agent_b: String,
     /// A `governor:` section, as YAML. Empty: the governor's queue timeout is
     /// `queue_timeout_ms` (waiting happens in its queue), aging a quarter of it.
     pub governor: String,
-    /// More configuration (e.g. `providers:` and `routing:` sections), appended.
+    /// More configuration (e.g. `providers:`, `routing:` or `runs:` sections), appended.
     pub extra_config: String,
 }
 
@@ -62,6 +64,7 @@ impl Default for ServerOptions {
             queue_timeout_ms: 600_000,
             max_body_bytes: 4 * 1024 * 1024,
             default_max_tokens: 64,
+            audit_dir: None,
             agent_a: String::new(),
             agent_b: String::new(),
             governor: String::new(),
@@ -70,12 +73,24 @@ impl Default for ServerOptions {
     }
 }
 
+/// A folder of its own for a test's audit log, under the target's temporary folder.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("audit-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
 pub fn test_config(options: &ServerOptions) -> Config {
     Config::from_yaml(&test_config_yaml(options), &repo_path("routing/test.yaml")).unwrap()
 }
 
 /// The configuration file of a test server, for tests that write it to disk.
 pub fn test_config_yaml(options: &ServerOptions) -> String {
+    let audit_dir = options.audit_dir.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("audit-{}", uuid::Uuid::new_v4().simple()))
+    });
     let governor = if options.governor.is_empty() {
         format!(
             "governor: {{queue_timeout_ms: {}, aging_ms: {}}}",
@@ -91,7 +106,8 @@ pub fn test_config_yaml(options: &ServerOptions) -> String {
          \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"{agent_a}}}\n\
          \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"{agent_b}}}\n\
          local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n\
-         {governor}\n",
+         {governor}\n\
+         audit: {{dir: \"{audit}\"}}\n",
         max_body = options.max_body_bytes,
         a = digest(KEY_A),
         b = digest(KEY_B),
@@ -101,6 +117,7 @@ pub fn test_config_yaml(options: &ServerOptions) -> String {
         max_tokens = options.default_max_tokens,
         agent_a = options.agent_a,
         agent_b = options.agent_b,
+        audit = audit_dir.display(),
     ) + &options.extra_config
 }
 
@@ -108,6 +125,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub local: Arc<LocalBackend>,
+    pub audit_dir: PathBuf,
+    _audit: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -115,7 +134,11 @@ impl TestServer {
         Self::start_with(ServerOptions::default()).await
     }
 
-    pub async fn start_with(options: ServerOptions) -> Self {
+    pub async fn start_with(mut options: ServerOptions) -> Self {
+        let owned = options.audit_dir.is_none().then(scratch_dir);
+        if let Some(dir) = &owned {
+            options.audit_dir = Some(dir.path().to_path_buf());
+        }
         let config = test_config(&options);
         let local = Arc::new(LocalBackend::loading(
             "smollm2-135m-instruct",
@@ -128,7 +151,21 @@ impl TestServer {
             base,
             client: reqwest::Client::new(),
             local,
+            audit_dir: config.audit.dir.clone(),
+            _audit: owned,
         }
+    }
+
+    /// A GET under the admin key; returns the status and body text.
+    pub async fn admin_get(&self, path_and_query: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(self.url(path_and_query))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -252,6 +252,7 @@ impl Engine {
             usage: Usage {
                 prompt_tokens: prompt.tokens.len() as u32,
                 completion_tokens: sampled_logprobs.len() as u32,
+                cached_prompt_tokens: 0,
             },
             confidence: Confidence::from_logprobs(sampled_logprobs),
             timings: Timings {

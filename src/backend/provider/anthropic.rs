@@ -152,8 +152,14 @@ struct StartedMessage {
 
 #[derive(Deserialize)]
 struct InputUsage {
+    /// Not counting the cached part of the prompt: a cache hit is reported apart, a
+    /// cache write too.
     #[serde(default)]
     input_tokens: u32,
+    #[serde(default)]
+    cache_read_input_tokens: u32,
+    #[serde(default)]
+    cache_creation_input_tokens: u32,
 }
 
 #[derive(Deserialize)]
@@ -216,7 +222,12 @@ impl StreamDecoder for Decoder {
         };
         match parsed {
             StreamedEvent::MessageStart { message } => {
-                self.usage.prompt_tokens = message.usage.map_or(0, |u| u.input_tokens);
+                if let Some(usage) = message.usage {
+                    self.usage.prompt_tokens = usage.input_tokens
+                        + usage.cache_read_input_tokens
+                        + usage.cache_creation_input_tokens;
+                    self.usage.cached_prompt_tokens = usage.cache_read_input_tokens;
+                }
             }
             StreamedEvent::ContentBlockStart {
                 index,
@@ -354,7 +365,7 @@ mod tests {
         let events = [
             event(
                 "message_start",
-                json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+                json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 25, "cache_read_input_tokens": 100, "output_tokens": 1}}}),
             ),
             event(
                 "content_block_start",
@@ -401,8 +412,9 @@ mod tests {
         assert_eq!(
             ending.usage,
             Usage {
-                prompt_tokens: 25,
-                completion_tokens: 31
+                prompt_tokens: 125,
+                completion_tokens: 31,
+                cached_prompt_tokens: 100,
             }
         );
     }

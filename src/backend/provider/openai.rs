@@ -186,6 +186,14 @@ struct WireTopLogprob {
 struct ChunkUsage {
     prompt_tokens: u32,
     completion_tokens: u32,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: u32,
 }
 
 #[derive(Default)]
@@ -215,6 +223,9 @@ impl StreamDecoder for Decoder {
             self.usage = Usage {
                 prompt_tokens: usage.prompt_tokens,
                 completion_tokens: usage.completion_tokens,
+                cached_prompt_tokens: usage
+                    .prompt_tokens_details
+                    .map_or(0, |details| details.cached_tokens),
             };
         }
         let Some(choice) = chunk.choices.into_iter().next() else {
@@ -348,7 +359,7 @@ mod tests {
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_9","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#,
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]}}]}"#,
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"finish_reason":"tool_calls"}]}"#,
-            r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":8}}}"#,
         ] {
             assert_eq!(decoder.event(&data(piece)).unwrap(), None);
         }
@@ -360,6 +371,7 @@ mod tests {
         assert_eq!(ending.tool_calls[0].id, "call_9");
         assert_eq!(ending.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
         assert_eq!(ending.usage.completion_tokens, 7);
+        assert_eq!(ending.usage.cached_prompt_tokens, 8);
         assert!(!ending.malformed_tool_call);
     }
 

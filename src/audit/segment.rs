@@ -1,0 +1,139 @@
+//! Segment files: their names, the order the chain runs through them, and reading one
+//! line by line.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use super::AuditError;
+
+const PREFIX: &str = "audit-";
+const SUFFIX: &str = ".jsonl";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub number: u64,
+    pub path: PathBuf,
+}
+
+impl Segment {
+    pub fn new(dir: &Path, number: u64) -> Self {
+        Self {
+            number,
+            path: dir.join(format!("{PREFIX}{number:08}{SUFFIX}")),
+        }
+    }
+
+    pub fn read(&self) -> Result<Vec<u8>, AuditError> {
+        fs::read(&self.path).map_err(|source| AuditError::io(&self.path, source))
+    }
+}
+
+/// The segments in `dir`, in chain order. Other files (torn tails moved aside, `HEAD`)
+/// are not segments.
+pub fn list(dir: &Path) -> Result<Vec<Segment>, AuditError> {
+    let entries = fs::read_dir(dir).map_err(|source| AuditError::io(dir, source))?;
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| AuditError::io(dir, source))?;
+        let name = entry.file_name();
+        let number = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(PREFIX))
+            .and_then(|rest| rest.strip_suffix(SUFFIX))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if let Some(number) = number {
+            segments.push(Segment {
+                number,
+                path: entry.path(),
+            });
+        }
+    }
+    segments.sort_by_key(|segment| segment.number);
+    Ok(segments)
+}
+
+/// Makes a new file's directory entry durable, so the file survives a power loss.
+pub fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| AuditError::io(dir, source))
+}
+
+/// One line of a segment; `complete` when a newline ends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    /// 1-based, as editors count.
+    pub number: usize,
+    /// Where the line starts in the file.
+    pub offset: usize,
+    pub bytes: &'a [u8],
+    pub complete: bool,
+}
+
+impl Line<'_> {
+    /// Where the next line starts.
+    pub fn end(&self) -> usize {
+        self.offset + self.bytes.len() + usize::from(self.complete)
+    }
+}
+
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = Line<'_>> {
+    let mut offset = 0;
+    let mut number = 0;
+    std::iter::from_fn(move || {
+        let rest = bytes.get(offset..).filter(|rest| !rest.is_empty())?;
+        number += 1;
+        let (line, complete) = match rest.iter().position(|&byte| byte == b'\n') {
+            Some(end) => (&rest[..end], true),
+            None => (rest, false),
+        };
+        let item = Line {
+            number,
+            offset,
+            bytes: line,
+            complete,
+        };
+        offset = item.end();
+        Some(item)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_listed_in_chain_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "audit-00000010.jsonl",
+            "audit-00000002.jsonl",
+            "audit-00000002.jsonl.torn-1",
+            "HEAD",
+        ] {
+            fs::write(dir.path().join(name), "").unwrap();
+        }
+        let numbers: Vec<u64> = list(dir.path()).unwrap().iter().map(|s| s.number).collect();
+        assert_eq!(numbers, [2, 10]);
+        assert_eq!(
+            Segment::new(dir.path(), 2).path,
+            dir.path().join("audit-00000002.jsonl")
+        );
+    }
+
+    #[test]
+    fn lines_know_whether_they_are_whole() {
+        let found: Vec<(usize, &[u8], bool, usize)> = lines(b"ab\n\ncd")
+            .map(|l| (l.number, l.bytes, l.complete, l.end()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (1, &b"ab"[..], true, 3),
+                (2, &b""[..], true, 4),
+                (3, &b"cd"[..], false, 6)
+            ]
+        );
+        assert_eq!(lines(b"").count(), 0);
+    }
+}

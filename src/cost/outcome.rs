@@ -1,0 +1,110 @@
+//! Business outcomes (a ticket closed, an invoice matched) that agents attach to their
+//! runs with `POST /v1/outcomes`. They are audit records of kind `outcome`; reports join
+//! them to the run's requests. A run reported twice keeps its latest outcome.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Principal;
+use crate::error::GatewayError;
+
+pub const OUTCOME_KIND: &str = "outcome";
+/// As long as a run id may be in request metadata.
+const MAX_RUN_ID_LEN: usize = 512;
+const MAX_OUTCOME_LEN: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeStatus {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub run_id: String,
+    /// What the run was for, e.g. `ticket_closed`: the group of a per-outcome report.
+    pub outcome: String,
+    pub status: OutcomeStatus,
+    /// What the outcome was worth, in the business's own terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Decimal>,
+    pub agent: String,
+    pub tenant: String,
+}
+
+impl Outcome {
+    pub fn new(
+        principal: &Principal,
+        run_id: String,
+        outcome: String,
+        status: OutcomeStatus,
+        value: Option<Decimal>,
+    ) -> Result<Self, GatewayError> {
+        check_text("run_id", &run_id, MAX_RUN_ID_LEN)?;
+        check_text("outcome", &outcome, MAX_OUTCOME_LEN)?;
+        Ok(Self {
+            run_id,
+            outcome,
+            status,
+            value,
+            agent: principal.agent_id.clone(),
+            tenant: principal.tenant.clone(),
+        })
+    }
+}
+
+fn check_text(param: &str, text: &str, max_len: usize) -> Result<(), GatewayError> {
+    if text.trim().is_empty() {
+        return Err(GatewayError::invalid(
+            param,
+            format!("`{param}` must not be empty"),
+        ));
+    }
+    if text.len() > max_len || text.chars().any(char::is_control) {
+        return Err(GatewayError::invalid(
+            param,
+            format!("`{param}` must be at most {max_len} bytes of printable text"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_name_the_bad_field() {
+        let principal = Principal {
+            agent_id: "a".into(),
+            tenant: "t".into(),
+            role: None,
+            autonomy: Default::default(),
+        };
+        let make = |run: &str, outcome: &str| {
+            Outcome::new(
+                &principal,
+                run.into(),
+                outcome.into(),
+                OutcomeStatus::Success,
+                None,
+            )
+        };
+        let outcome = make("r1", "ticket_closed").unwrap();
+        assert_eq!(
+            (outcome.agent.as_str(), outcome.tenant.as_str()),
+            ("a", "t")
+        );
+        let param = |result: Result<Outcome, GatewayError>| match result {
+            Err(GatewayError::InvalidRequest { param, .. }) => param,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        assert_eq!(param(make(" ", "x")).as_deref(), Some("run_id"));
+        assert_eq!(param(make("r", "a\nb")).as_deref(), Some("outcome"));
+        assert_eq!(
+            param(make("r", &"x".repeat(129))).as_deref(),
+            Some("outcome")
+        );
+    }
+}

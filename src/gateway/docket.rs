@@ -1,0 +1,375 @@
+//! What the gateway writes down about each request (its docket), at both ends: the run budget at
+//! admission; at completion the run checks on generated tool calls, the audit record
+//! (written, and fsynced, before the answer's last event is released) and the request
+//! metrics. A request that ends any other way (refused, failed, abandoned by its
+//! client) is recorded too.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::{stream, StreamExt};
+use rust_decimal::prelude::ToPrimitive;
+
+use super::{Completed, RequestContext, ResponseEvent, Started};
+use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
+use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
+use crate::chat::{ChatRequest, FinishReason, StreamEvent};
+use crate::cost::outcome::{Outcome, OUTCOME_KIND};
+use crate::error::GatewayError;
+use crate::metrics::RequestMetrics;
+use crate::runs::{call_hash, RunTicket, RunTracker, Withheld};
+
+/// The route label of a request that was never routed.
+const UNROUTED: &str = "none";
+
+/// What every request's docket writes to.
+pub struct Bookkeeper {
+    audit: AuditLog,
+    runs: Arc<RunTracker>,
+    metrics: RequestMetrics,
+    store_text: bool,
+}
+
+impl Bookkeeper {
+    pub fn new(
+        audit: AuditLog,
+        runs: Arc<RunTracker>,
+        metrics: RequestMetrics,
+        store_text: bool,
+    ) -> Self {
+        Self {
+            audit,
+            runs,
+            metrics,
+            store_text,
+        }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn runs(&self) -> &RunTracker {
+        &self.runs
+    }
+
+    /// Starts the docket of a request that has reached the gateway.
+    pub fn open(self: &Arc<Self>, context: &RequestContext, request: &ChatRequest) -> Docket {
+        Docket {
+            books: self.clone(),
+            request_id: context.request_id.clone(),
+            agent: context.principal.agent_id.clone(),
+            tenant: context.principal.tenant.clone(),
+            run_id: context.metadata.run_id.clone(),
+            ticket: None,
+            received: context.received,
+            received_at: Utc::now()
+                - chrono::Duration::from_std(context.received.elapsed()).unwrap_or_default(),
+            model_requested: request.model.clone(),
+            offers_tools: !request.callable_tools().is_empty(),
+            prompt: TextDigest::of_prompt(request, self.store_text),
+            completion: TextHasher::new(self.store_text),
+            first_content: None,
+            open: true,
+        }
+    }
+
+    /// Records a business outcome for a run; returns once it is durable.
+    pub async fn record_outcome(&self, outcome: &Outcome) -> Result<Receipt, GatewayError> {
+        Ok(self.audit.append_event(OUTCOME_KIND, outcome).await?)
+    }
+}
+
+/// One request's record in the making.
+pub struct Docket {
+    books: Arc<Bookkeeper>,
+    request_id: String,
+    agent: String,
+    tenant: String,
+    run_id: Option<String>,
+    ticket: Option<RunTicket>,
+    received: Instant,
+    received_at: DateTime<Utc>,
+    model_requested: String,
+    offers_tools: bool,
+    prompt: TextDigest,
+    completion: TextHasher,
+    first_content: Option<Instant>,
+    /// Until a record is queued; dropping an open docket records a cancellation.
+    open: bool,
+}
+
+impl Docket {
+    /// Admits the request into its run, if it names one.
+    pub fn admit(&mut self) -> Result<(), GatewayError> {
+        if let Some(run_id) = &self.run_id {
+            let ticket =
+                self.books
+                    .runs
+                    .admit(&self.agent, &self.tenant, run_id, self.offers_tools)?;
+            self.ticket = Some(ticket);
+        }
+        Ok(())
+    }
+
+    /// Records a request that ended before its answer started (turned away, or every
+    /// backend that could serve it failed); returns the error.
+    pub async fn refuse(mut self, error: GatewayError) -> GatewayError {
+        if let Some(ticket) = &self.ticket {
+            self.books.runs.release(ticket);
+        }
+        self.record_end(status_before_answer(&error), &error).await;
+        error
+    }
+
+    /// Follows a response to its end, recording it before its completion goes out.
+    pub fn follow(self, started: Started) -> Started {
+        let events = stream::unfold(
+            (started.events, Some(self)),
+            |(mut events, docket)| async move {
+                let mut docket = docket?;
+                let out = match events.next().await {
+                    Some(Ok(StreamEvent::Content { text, logprobs })) => {
+                        docket.saw_content(&text);
+                        let content = StreamEvent::Content { text, logprobs };
+                        return Some((vec![Ok(content)], (events, Some(docket))));
+                    }
+                    Some(Ok(StreamEvent::Finished(completed))) => docket.complete(*completed).await,
+                    Some(Err(error)) => vec![Err(docket.fail(error).await)],
+                    None => {
+                        let error =
+                            GatewayError::Internal("the response ended without completing".into());
+                        vec![Err(docket.fail(error).await)]
+                    }
+                };
+                Some((out, (events, None)))
+            },
+        )
+        .flat_map(stream::iter);
+        Started {
+            model: started.model,
+            route: started.route,
+            events: Box::pin(events),
+        }
+    }
+
+    fn saw_content(&mut self, text: &str) {
+        if self.first_content.is_none() && !text.is_empty() {
+            self.first_content = Some(Instant::now());
+        }
+        self.completion.push(text);
+    }
+
+    /// Screens the tool calls, settles the run, and writes the record; the completion is
+    /// released only once the record is durable.
+    async fn complete(
+        &mut self,
+        mut completed: Completed,
+    ) -> Vec<Result<ResponseEvent, GatewayError>> {
+        let proposed = std::mem::take(&mut completed.summary.tool_calls);
+        let (returned, withheld) = match &self.ticket {
+            Some(ticket) => {
+                let screened = self.books.runs.screen(ticket, proposed);
+                (screened.returned, screened.withheld)
+            }
+            None => (proposed, Vec::new()),
+        };
+        let mut events = Vec::new();
+        if !withheld.is_empty() {
+            let note = explain(&withheld);
+            self.saw_content(&note);
+            events.push(Ok(StreamEvent::Content {
+                text: note,
+                logprobs: Vec::new(),
+            }));
+            if returned.is_empty() && completed.summary.finish_reason == FinishReason::ToolCalls {
+                completed.summary.finish_reason = FinishReason::Stop;
+            }
+        }
+        for call in &withheld {
+            self.books
+                .metrics
+                .tool_decisions
+                .with_label_values(&[call.reason.as_str()])
+                .inc();
+        }
+        if let Some(ticket) = &self.ticket {
+            completed.report.run = Some(self.books.runs.settle(ticket, completed.report.cost_usd));
+        }
+        let tool_calls = returned
+            .iter()
+            .map(|call| RecordedToolCall {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                sha256: call_hash(call),
+                returned: true,
+                withheld_reason: None,
+            })
+            .chain(withheld.iter().map(|call| RecordedToolCall {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                sha256: call.sha256.clone(),
+                returned: false,
+                withheld_reason: Some(call.reason.as_str().to_string()),
+            }))
+            .collect();
+        completed.summary.tool_calls = returned;
+        completed.report.withheld_tool_calls = withheld;
+        let usage = completed.summary.usage;
+        let mut record = self.record(RequestStatus::Completed, None);
+        record.usage = Some(Tokens {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        });
+        record.tool_calls = tool_calls;
+        // Through text, as the response writes it: `to_value` would widen f32 figures
+        // (confidence) to f64 digits the response never showed.
+        record.report = serde_json::to_string(&completed.report)
+            .and_then(|text| serde_json::from_str(&text))
+            .ok();
+        if let Err(error) = self.write(record).await {
+            return vec![Err(error)];
+        }
+        let report = &completed.report;
+        let metrics = &self.books.metrics;
+        self.observe(RequestStatus::Completed, report.route.as_str());
+        metrics
+            .tokens
+            .with_label_values(&[report.model.as_str(), "prompt"])
+            .inc_by(u64::from(usage.prompt_tokens));
+        metrics
+            .tokens
+            .with_label_values(&[report.model.as_str(), "completion"])
+            .inc_by(u64::from(usage.completion_tokens));
+        for attempt in &report.attempts {
+            if let Some(cost) = attempt.cost_usd {
+                metrics
+                    .cost_usd
+                    .with_label_values(&[attempt.model.as_str()])
+                    .inc_by(cost.to_f64().unwrap_or(0.0));
+            }
+        }
+        events.push(Ok(StreamEvent::Finished(Box::new(completed))));
+        events
+    }
+
+    /// Records a generation that broke off; returns its error.
+    async fn fail(&mut self, error: GatewayError) -> GatewayError {
+        self.record_end(RequestStatus::Failed, &error).await;
+        error
+    }
+
+    async fn record_end(&mut self, status: RequestStatus, error: &GatewayError) {
+        let record = self.record(status, Some(recorded(error)));
+        if let Err(audit) = self.write(record).await {
+            tracing::error!(error = %audit, request_id = %self.request_id, "could not record a {} request", status.as_str());
+        }
+        self.observe(status, UNROUTED);
+    }
+
+    async fn write(&mut self, record: RequestRecord) -> Result<Receipt, GatewayError> {
+        self.open = false;
+        let entry = record.entry()?;
+        Ok(self.books.audit.append(entry).await?)
+    }
+
+    fn record(&mut self, status: RequestStatus, error: Option<RecordedError>) -> RequestRecord {
+        let completion = std::mem::replace(&mut self.completion, TextHasher::new(false)).finish();
+        RequestRecord {
+            request_id: self.request_id.clone(),
+            agent: self.agent.clone(),
+            tenant: self.tenant.clone(),
+            run_id: self.run_id.clone(),
+            status,
+            error,
+            received_at: self.received_at,
+            latency_ms: self.received.elapsed().as_secs_f64() * 1000.0,
+            model_requested: self.model_requested.clone(),
+            prompt: self.prompt.clone(),
+            completion: (status != RequestStatus::Refused).then_some(completion),
+            usage: None,
+            tool_calls: Vec::new(),
+            report: None,
+        }
+    }
+
+    fn observe(&self, status: RequestStatus, route: &str) {
+        let metrics = &self.books.metrics;
+        metrics
+            .requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+        metrics
+            .duration
+            .with_label_values(&[route])
+            .observe(self.received.elapsed().as_secs_f64());
+        if let Some(first) = self.first_content {
+            metrics
+                .time_to_first_token
+                .with_label_values(&[route])
+                .observe(first.duration_since(self.received).as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Docket {
+    /// A response dropped before its end: its client left. Nothing can wait here, so the
+    /// record is queued without waiting for it.
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        let reason = RecordedError {
+            kind: "client_disconnected".into(),
+            message: "the client disconnected before the end".into(),
+        };
+        let record = self.record(RequestStatus::Cancelled, Some(reason));
+        match record.entry() {
+            Ok(entry) => self.books.audit.append_detached(entry),
+            Err(error) => tracing::error!(%error, "could not record a cancelled request"),
+        }
+        self.observe(RequestStatus::Cancelled, UNROUTED);
+    }
+}
+
+fn status_before_answer(error: &GatewayError) -> RequestStatus {
+    match error {
+        GatewayError::Auth(_)
+        | GatewayError::InvalidRequest { .. }
+        | GatewayError::ModelNotFound(_)
+        | GatewayError::ContextLengthExceeded { .. }
+        | GatewayError::Unavailable { .. }
+        | GatewayError::RunBudgetExceeded(_)
+        | GatewayError::Governor(_)
+        | GatewayError::Approval(_)
+        | GatewayError::PolicyInvalid(_) => RequestStatus::Refused,
+        GatewayError::Upstream { .. } | GatewayError::Internal(_) | GatewayError::Audit(_) => {
+            RequestStatus::Failed
+        }
+    }
+}
+
+fn recorded(error: &GatewayError) -> RecordedError {
+    RecordedError {
+        kind: error.kind().to_string(),
+        message: error.to_string(),
+    }
+}
+
+/// The note the agent reads in place of the calls it did not get.
+fn explain(withheld: &[Withheld]) -> String {
+    withheld
+        .iter()
+        .map(|call| {
+            format!(
+                "[warden] tool call `{}` withheld ({}): {}",
+                call.name,
+                call.reason.as_str(),
+                call.detail
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
