@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use warden::auth::digest;
 use warden::config::Config;
 use warden::governor::{Admission, Governor, GovernorSettings, Priority};
 use warden::metrics::Metrics;
@@ -17,9 +18,11 @@ const CONTENDERS: usize = 64;
 const SLOTS: usize = 8;
 
 fn governor() -> Governor {
-    let yaml = "agents:\n  - {id: bench, tenant: bench, key_sha256: \"00\"}\n\
-                governor: {max_in_flight: 64, queue_capacity: {P0: 64, P1: 64, P2: 64}}\n";
-    let config = Config::from_yaml(yaml, Path::new("bench.yaml")).unwrap();
+    let yaml = format!(
+        "agents:\n  - {{id: bench, tenant: bench, key_sha256: \"{}\"}}\n",
+        digest("bench-key")
+    );
+    let config = Config::from_yaml(&yaml, Path::new("bench.yaml")).unwrap();
     let settings = GovernorSettings::from_config(&config).backend("local", SLOTS);
     Governor::new(settings, Metrics::new().unwrap().governor)
 }
