@@ -13,94 +13,10 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
-use futures::stream;
+use common::instant::{body, serve, warden_url, InstantBackend, KEY};
 use serde_json::json;
-use warden::auth::{digest, KeyStore};
-use warden::backend::{collect, Backend, BackendError, BackendStatus, EventStream};
-use warden::chat::{
-    ChatRequest, Confidence, FinishReason, GenerationEvent, GenerationSummary, Message, Role,
-    Sampling, Timings, ToolChoice, Usage,
-};
-use warden::config::Config;
-
-const KEY: &str = "bench-key";
-
-/// Answers every request at once with the same short completion.
-struct InstantBackend;
-
-#[async_trait::async_trait]
-impl Backend for InstantBackend {
-    fn name(&self) -> &str {
-        "instant"
-    }
-
-    fn models(&self) -> Vec<String> {
-        vec!["instant".into()]
-    }
-
-    fn status(&self) -> BackendStatus {
-        BackendStatus::Ready
-    }
-
-    async fn generate(&self, _request: ChatRequest) -> Result<EventStream, BackendError> {
-        let events = vec![
-            Ok(GenerationEvent::Content {
-                text: "The capital of France is Paris.".into(),
-                logprobs: Vec::new(),
-            }),
-            Ok(GenerationEvent::Finished(Box::new(GenerationSummary {
-                backend: "instant".into(),
-                model: "instant".into(),
-                finish_reason: FinishReason::Stop,
-                tool_calls: Vec::new(),
-                malformed_tool_call: false,
-                usage: Usage {
-                    prompt_tokens: 27,
-                    completion_tokens: 7,
-                    cached_prompt_tokens: 0,
-                },
-                confidence: Some(Confidence {
-                    mean_logprob: -0.26,
-                    min_logprob: -1.4,
-                }),
-                timings: Timings::default(),
-            }))),
-        ];
-        Ok(Box::pin(stream::iter(events)))
-    }
-}
-
-fn body() -> serde_json::Value {
-    json!({
-        "model": "auto",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"}
-        ],
-        "temperature": 0
-    })
-}
-
-async fn serve(app: Router) -> String {
-    format!("{}/v1/chat/completions", common::serve(app).await)
-}
-
-/// `audit_dir`: where the durable audit log goes (every request is recorded and fsynced
-/// before it is answered, so this measures that too).
-async fn warden_url(backend: Arc<dyn Backend>, audit_dir: &std::path::Path) -> String {
-    let yaml = format!(
-        "agents:\n  - {{id: bench, tenant: bench, key_sha256: \"{}\"}}\naudit: {{dir: \"{}\"}}\n",
-        digest(KEY),
-        audit_dir.display()
-    );
-    let config = Config::from_yaml(&yaml, std::path::Path::new("bench.yaml")).unwrap();
-    let keys = KeyStore::from_config(&config, |_| None).unwrap().store;
-    serve(warden::build_app(
-        warden::server::build_state(&config, keys, backend, &|_| None).unwrap(),
-        config.server.max_body_bytes,
-    ))
-    .await
-}
+use warden::backend::{collect, Backend};
+use warden::chat::{ChatRequest, Message, Role, Sampling, ToolChoice};
 
 /// The same backend behind nothing but HTTP and a fixed JSON answer of similar size.
 async fn direct_url(backend: Arc<dyn Backend>) -> String {
@@ -133,7 +49,8 @@ fn main() {
     runtime.block_on(async {
         let backend: Arc<dyn Backend> = Arc::new(InstantBackend);
         let audit_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let warden = warden_url(backend.clone(), audit_dir.path()).await;
+        let audit = format!("{{dir: \"{}\"}}", audit_dir.path().display());
+        let warden = warden_url(backend.clone(), &audit).await;
         let direct = direct_url(backend).await;
         common::compare(
             "gateway overhead, instant backend",

@@ -20,6 +20,7 @@ use warden::backend::local::LocalBackend;
 use warden::config::Config;
 
 const KEY: &str = "bench-key";
+const UPSTREAM_LATENCY: Duration = Duration::from_millis(30);
 
 fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -31,7 +32,7 @@ fn main() {
         let yaml = format!(
             "agents:\n  - {{id: bench, tenant: bench, key_sha256: \"{}\"}}\n\
              audit: {{dir: \"{}\"}}\n\
-             providers:\n  - {{name: mock, kind: openai, base_url: \"{}\", models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n\
+             providers:\n  - {{name: mock, kind: openai, base_url: \"{}\", max_concurrency: 64, models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n\
              routing:\n  escalation_models: [mock-large]\n  label_risk: {{\"sensitivity=high\": 90}}\n",
             digest(KEY),
             audit_dir.path().display(),
@@ -51,6 +52,19 @@ fn main() {
         });
         common::compare(
             "routing overhead, risk-routed request vs the upstream called directly",
+            (&format!("{}/chat/completions", upstream.base), KEY),
+            (&format!("{warden}/v1/chat/completions"), KEY),
+            &body,
+        )
+        .await;
+        // A real provider takes tens of milliseconds; the same comparison against one
+        // shows the overhead in proportion.
+        upstream.always(mock_upstream::Behaviour::Delay(
+            UPSTREAM_LATENCY,
+            Box::new(mock_upstream::Behaviour::answer("Hello from upstream.")),
+        ));
+        common::compare(
+            "routing overhead with a 30 ms upstream",
             (&format!("{}/chat/completions", upstream.base), KEY),
             (&format!("{warden}/v1/chat/completions"), KEY),
             &body,

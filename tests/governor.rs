@@ -512,3 +512,57 @@ async fn overload_at_three_times_capacity_answers_everyone_and_favours_p0() {
     assert_eq!(view["in_flight"], 0);
     assert_eq!(total_queued(&view), 0);
 }
+
+/// A request that escalates holds one permit throughout: it moves from the local engine
+/// to the provider and is given back at the end, and the agent pays (in money and in
+/// tokens) for every attempt, not only the one served.
+#[tokio::test]
+async fn an_escalated_request_is_governed_and_charged_for_every_attempt() {
+    let mock = common::mock_upstream::MockUpstream::start().await;
+    let server = TestServer::start_with(ServerOptions {
+        agent_a: ", tokens_per_minute: 60, daily_spend_usd: \"10\"".into(),
+        extra_config: format!(
+            "providers:\n  - {{name: mock, kind: openai, base_url: \"{}\", api_key_env: TEST_OPENAI_KEY, \
+             models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n\
+             routing:\n  escalation_models: [mock-large]\n  min_mean_logprob: -0.0001\n",
+            mock.base
+        ),
+        ..ServerOptions::default()
+    })
+    .await;
+    let (status, body) = server
+        .chat(json!({"messages": user("What is the capital of France?"), "temperature": 0}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["warden"]["route"], "escalated");
+    let attempts = body["warden"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    let decimal =
+        |value: &Value| -> rust_decimal::Decimal { value.as_str().unwrap().parse().unwrap() };
+    let tokens: f64 = attempts
+        .iter()
+        .map(|attempt| {
+            attempt["usage"]["prompt_tokens"].as_f64().unwrap()
+                + attempt["usage"]["completion_tokens"].as_f64().unwrap()
+        })
+        .sum();
+
+    let view = snapshot(&server).await;
+    assert_eq!(view["in_flight"], 0);
+    assert_eq!(view["backends"]["local"]["in_flight"], 0);
+    // The provider was counted while it served the request.
+    assert_eq!(view["backends"]["mock"]["in_flight"], 0);
+    assert!(view["backends"]["mock"]["mean_service_ms"].is_number());
+    let agent = &view["agents"]["agent-a"];
+    assert_eq!(
+        decimal(&agent["spend"]["today_usd"]),
+        decimal(&body["warden"]["cost_usd"])
+    );
+    assert!(decimal(&body["warden"]["cost_usd"]) > decimal(&attempts[1]["cost_usd"]));
+    // A token a second flows back in meanwhile; the bucket may run into debt.
+    let available = agent["tokens_available"].as_f64().unwrap();
+    assert!(
+        available < 60.0 - tokens + 30.0 && available >= 60.0 - tokens - 1.0,
+        "{available} after {tokens} tokens"
+    );
+}

@@ -1,13 +1,14 @@
 //! The adversarial pack (tests/policy/adversarial.yaml) decided under
-//! tests/policy/policy.yaml, and tool calls split across streamed pieces: every case
-//! must get exactly its expected decision. Zero bypasses.
+//! tests/policy/policy.yaml, and tool calls split across streamed pieces (put back
+//! together by the assembler both provider dialects use): every case must get exactly
+//! its expected decision. Zero bypasses.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use warden::backend::provider::assemble::{Assembled, DeltaError, ToolCallDeltas};
 use warden::chat::{ToolCall, ToolSpec};
-use warden::policy::assemble::{DeltaError, ToolCallDeltas};
 use warden::policy::{cases, AutonomyMode, Policy, ReasonCode, Subject, Verdict};
 
 fn repo(relative: &str) -> PathBuf {
@@ -38,14 +39,14 @@ fn every_adversarial_case_is_decided_as_expected() {
 
 /// A call delivered in pieces, as a provider streams it.
 struct Piece<'a> {
-    index: u32,
+    index: usize,
     id: Option<&'a str>,
     name: Option<&'a str>,
     arguments: Option<&'a str>,
 }
 
 fn piece<'a>(
-    index: u32,
+    index: usize,
     id: Option<&'a str>,
     name: Option<&'a str>,
     arguments: Option<&'a str>,
@@ -58,10 +59,10 @@ fn piece<'a>(
     }
 }
 
-fn assemble(pieces: &[Piece]) -> Result<Vec<ToolCall>, DeltaError> {
+fn assemble(pieces: &[Piece]) -> Assembled {
     let mut deltas = ToolCallDeltas::default();
     for p in pieces {
-        deltas.push(p.index, p.id, p.name, p.arguments)?;
+        deltas.push(p.index, p.id, p.name, p.arguments);
     }
     deltas.finish()
 }
@@ -167,7 +168,8 @@ fn calls_split_across_streamed_pieces_are_decided_whole() {
         ),
     ];
     for (name, pieces, verdict, rule) in cases {
-        let calls = assemble(&pieces).unwrap();
+        let Assembled { calls, problems } = assemble(&pieces);
+        assert_eq!(problems, [], "{name}");
         assert_eq!(calls.len(), 1, "{name}");
         let (got, _, got_rule) = decide(&calls[0]);
         assert_eq!(got, verdict, "{name}");
@@ -184,25 +186,38 @@ fn calls_split_across_streamed_pieces_are_decided_whole() {
 
 #[test]
 fn interleaved_calls_stay_apart_and_contradictions_are_refused() {
-    let calls = assemble(&[
+    let Assembled { calls, problems } = assemble(&[
         piece(0, Some("call_a"), Some("refund"), Some("{\"amount\":")),
         piece(1, Some("call_b"), Some("send_email"), Some("{\"to\":")),
         piece(0, None, None, Some(" 20}")),
         piece(1, None, None, Some(" \"eve@evil.com\"}")),
-    ])
-    .unwrap();
+    ]);
+    assert_eq!(problems, []);
     assert_eq!(calls[0].id, "call_a");
     assert_eq!(decide(&calls[0]).0, Verdict::Allow);
     assert_eq!(calls[1].id, "call_b");
     assert_eq!(decide(&calls[1]).0, Verdict::Deny);
 
-    // A second call smuggled in under the first one's index.
+    // A second call smuggled in under the first one's index: neither goes out.
     let smuggled = assemble(&[
         piece(0, Some("call_a"), Some("refund"), Some("{\"amount\": 20}")),
         piece(0, Some("call_b"), Some("send_email"), Some("{}")),
     ]);
-    assert!(matches!(smuggled, Err(DeltaError::IdChanged { .. })));
+    assert_eq!(smuggled.calls, []);
+    assert!(matches!(
+        smuggled.problems[..],
+        [DeltaError::IdChanged { .. }]
+    ));
     let nameless = assemble(&[piece(0, Some("call_a"), None, Some("{}"))]);
-    assert_eq!(nameless, Err(DeltaError::MissingName(0)));
-    assert!(assemble(&[piece(100_000, None, Some("x"), None)]).is_err());
+    assert_eq!(nameless.problems, [DeltaError::MissingName(0)]);
+    let unfinished = assemble(&[piece(
+        0,
+        Some("call_a"),
+        Some("refund"),
+        Some("{\"amount\": 2"),
+    )]);
+    assert_eq!(unfinished.problems, [DeltaError::ArgumentsNotAnObject(0)]);
+    let far = assemble(&[piece(100_000, None, Some("x"), None)]);
+    assert_eq!(far.calls, []);
+    assert_eq!(far.problems, [DeltaError::IndexOutOfRange(100_000)]);
 }

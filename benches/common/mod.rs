@@ -2,6 +2,8 @@
 //! keep-alive connections for a fixed time, and print a side-by-side table.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod instant;
+
 use std::time::{Duration, Instant};
 
 use axum::Router;

@@ -373,6 +373,254 @@ impl CostReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::record::{RecordedError, TextDigest};
+    use crate::audit::{AuditConfig, AuditLog, Entry};
+    use serde_json::json;
+    use std::str::FromStr;
+
+    fn amount(text: &str) -> Decimal {
+        Decimal::from_str(text).unwrap()
+    }
+
+    fn attempt(backend: &str, outcome: &str, prompt: u32, completion: u32, cost: &str) -> Value {
+        json!({"backend": backend, "model": if backend == "local" { "small" } else { "big" },
+               "outcome": outcome, "cost_usd": cost,
+               "usage": {"prompt_tokens": prompt, "completion_tokens": completion}})
+    }
+
+    /// A completed request; the last attempt answered.
+    fn served(
+        agent: &str,
+        run: &str,
+        route: &str,
+        attempts: Vec<Value>,
+        cost: &str,
+        reference: &str,
+    ) -> RequestRecord {
+        let answer = attempts.last().cloned().unwrap();
+        RequestRecord {
+            report: Some(
+                json!({"route": route, "backend": answer["backend"], "model": answer["model"],
+                                "attempts": attempts, "cost_usd": cost, "reference_cost_usd": reference}),
+            ),
+            ..refused(agent, run)
+        }
+    }
+
+    fn refused(agent: &str, run: &str) -> RequestRecord {
+        RequestRecord {
+            request_id: format!("{agent}-{run}"),
+            agent: agent.into(),
+            tenant: "acme".into(),
+            run_id: Some(run.into()),
+            status: RequestStatus::Refused,
+            error: Some(RecordedError {
+                kind: "run_budget_exceeded".into(),
+                message: "max_steps".into(),
+            }),
+            received_at: Utc::now(),
+            latency_ms: 1.0,
+            model_requested: "auto".into(),
+            prompt: TextDigest {
+                sha256: "0".repeat(64),
+                bytes: 10,
+                text: None,
+            },
+            completion: None,
+            usage: None,
+            tool_calls: Vec::new(),
+            report: None,
+        }
+    }
+
+    fn outcome(agent: &str, run: &str, name: &str, status: OutcomeStatus) -> Outcome {
+        Outcome {
+            run_id: run.into(),
+            outcome: name.into(),
+            status,
+            value: None,
+            agent: agent.into(),
+            tenant: "acme".into(),
+        }
+    }
+
+    /// Three runs: r1 closes a ticket (a local answer, then one escalated: the rejected
+    /// local attempt is paid for too), r2 fails to (one refusal, one local answer), r3
+    /// matches an invoice on the external model alone.
+    async fn workload(dir: &Path) {
+        let config = AuditConfig {
+            dir: dir.to_path_buf(),
+            fsync: false,
+            commit_delay: std::time::Duration::ZERO,
+            max_batch: 16,
+            segment_bytes: 4096,
+            store_text: false,
+        };
+        let log = AuditLog::open(
+            &config,
+            crate::metrics::Metrics::new().unwrap().audit.clone(),
+        )
+        .unwrap();
+        let completed = |mut record: RequestRecord| {
+            record.status = RequestStatus::Completed;
+            record.error = None;
+            record
+        };
+        let requests = [
+            completed(served(
+                "a",
+                "r1",
+                "local",
+                vec![attempt("local", "served", 100, 10, "0.0100")],
+                "0.0100",
+                "0.0500",
+            )),
+            completed(served(
+                "a",
+                "r1",
+                "escalated",
+                vec![
+                    attempt("local", "rejected", 200, 20, "0.0050"),
+                    attempt("openai", "served", 200, 30, "0.1200"),
+                ],
+                "0.1250",
+                "0.1200",
+            )),
+            refused("b", "r2"),
+            completed(served(
+                "b",
+                "r2",
+                "local",
+                vec![attempt("local", "served", 50, 5, "0.0200")],
+                "0.0200",
+                "0.0600",
+            )),
+            completed(served(
+                "a",
+                "r3",
+                "external",
+                vec![attempt("openai", "served", 300, 40, "0.3000")],
+                "0.3000",
+                "0.3000",
+            )),
+        ];
+        for request in &requests {
+            log.append(request.entry().unwrap()).await.unwrap();
+        }
+        for (agent, run, name, status) in [
+            ("a", "r1", "ticket_closed", OutcomeStatus::Success),
+            ("b", "r2", "ticket_closed", OutcomeStatus::Failure),
+            ("a", "r3", "invoice_matched", OutcomeStatus::Success),
+        ] {
+            let entry = Entry::new(OUTCOME_KIND, &outcome(agent, run, name, status)).unwrap();
+            log.append(entry).await.unwrap();
+        }
+        log.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_constructed_workload_reports_hand_computed_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        workload(dir.path()).await;
+        let report = from_log(dir.path(), GroupBy::Outcome, Window::default()).unwrap();
+        let names: Vec<&str> = report.groups.iter().map(|g| g.group.as_str()).collect();
+        assert_eq!(names, ["invoice_matched", "ticket_closed"]);
+
+        let tickets = &report.groups[1];
+        assert_eq!(
+            (tickets.requests, tickets.completed, tickets.runs),
+            (4, 3, 2)
+        );
+        assert_eq!((tickets.successes, tickets.failures), (1, 1));
+        assert_eq!(
+            (tickets.prompt_tokens, tickets.completion_tokens),
+            (550, 65)
+        );
+        // 0.0100 + (0.0050 + 0.1200) + 0 + 0.0200; the failed run counts.
+        assert_eq!(tickets.cost_usd, amount("0.1550"));
+        assert_eq!(tickets.cost_per_success_usd, Some(amount("0.155")));
+        assert_eq!(tickets.local_share, Some(2.0 / 3.0));
+        assert_eq!(tickets.escalation_rate, Some(1.0 / 3.0));
+        // 0.05 + 0.12 + 0.06 against 0.01 + 0.125 + 0.02.
+        assert_eq!(tickets.reference_cost_usd, Some(amount("0.23")));
+        assert_eq!(tickets.saving_usd, Some(amount("0.075")));
+
+        let invoices = &report.groups[0];
+        assert_eq!(invoices.cost_usd, amount("0.3"));
+        assert_eq!(invoices.cost_per_success_usd, Some(amount("0.3")));
+        assert_eq!(
+            (invoices.local_share, invoices.escalation_rate),
+            (Some(0.0), Some(0.0))
+        );
+        assert_eq!(invoices.saving_usd, Some(Decimal::ZERO));
+
+        let total = &report.total;
+        assert_eq!(
+            (total.requests, total.completed, total.runs, total.successes),
+            (5, 4, 3, 2)
+        );
+        assert_eq!(total.cost_usd, amount("0.455"));
+        // All runs' cost over the successes: 0.455 / 2.
+        assert_eq!(total.cost_per_success_usd, Some(amount("0.2275")));
+        assert_eq!(
+            (total.local_share, total.escalation_rate),
+            (Some(0.5), Some(0.25))
+        );
+        assert_eq!(total.saving_usd, Some(amount("0.075")));
+
+        let by_agent = from_log(dir.path(), GroupBy::Agent, Window::default()).unwrap();
+        let costs: Vec<(String, Decimal)> = by_agent
+            .groups
+            .iter()
+            .map(|g| (g.group.clone(), g.cost_usd))
+            .collect();
+        assert_eq!(
+            costs,
+            [
+                ("a".to_string(), amount("0.435")),
+                ("b".to_string(), amount("0.02"))
+            ]
+        );
+        let by_route = from_log(dir.path(), GroupBy::Route, Window::default()).unwrap();
+        let routes: Vec<(&str, u64)> = by_route
+            .groups
+            .iter()
+            .map(|g| (g.group.as_str(), g.requests))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("(not served)", 1),
+                ("escalated", 1),
+                ("external", 1),
+                ("local", 2)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_csv_is_a_table_with_a_header_row() {
+        let dir = tempfile::tempdir().unwrap();
+        workload(dir.path()).await;
+        let report = from_log(dir.path(), GroupBy::Outcome, Window::default()).unwrap();
+        let csv = report.to_csv().unwrap();
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let header: Vec<String> = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(header, CSV_HEADER);
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|row| row.len() == CSV_HEADER.len()));
+        let total = &rows[2];
+        assert_eq!(&total[0], "total");
+        assert_eq!(amount(&total[5]), amount("0.455"));
+        assert_eq!(amount(&total[9]), amount("0.2275"));
+        assert_eq!(&total[10], "0.5000");
+    }
 
     #[test]
     fn times_are_dates_or_rfc3339() {

@@ -207,6 +207,28 @@ async fn a_backends_slots_queue_that_backend_only() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_moving_on_frees_its_backend_slot_but_keeps_its_place() {
+    let (governor, _) = governor(settings(2).backend(LOCAL, 1));
+    let mut escalated = now(&governor, ask("a", Priority::P1)).await;
+    let mut next_local = queued(&governor, ask("b", Priority::P1)).await;
+    escalated.move_to(REMOTE).unwrap();
+    let local = answer(&mut next_local).await.unwrap().unwrap();
+    let snapshot = governor.snapshot();
+    assert_eq!(snapshot.in_flight, 2);
+    assert_eq!(snapshot.backends[LOCAL].in_flight, 1);
+    assert_eq!(snapshot.backends[REMOTE].in_flight, 1);
+    // The local slot is taken again: moving back is refused, and nothing changes.
+    let busy = escalated.move_to(LOCAL).unwrap_err();
+    assert!(matches!(busy, GovernorError::BackendBusy { limit: 1, .. }));
+    assert_eq!(governor.snapshot().backends[REMOTE].in_flight, 1);
+    drop((escalated, local));
+    let snapshot = governor.snapshot();
+    assert_eq!(snapshot.in_flight, 0);
+    assert_eq!(snapshot.backends[LOCAL].in_flight, 0);
+    assert_eq!(snapshot.backends[REMOTE].in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_waiter_blocked_by_its_own_cap_does_not_hold_up_others() {
     let limits = AgentLimits {
         max_concurrent: Some(1),

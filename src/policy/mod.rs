@@ -6,7 +6,6 @@
 
 pub mod approvals;
 pub mod args;
-pub mod assemble;
 pub mod autonomy;
 pub mod cases;
 pub mod check;

@@ -2,12 +2,11 @@
 //! tool calls become `tool_use` blocks and tool results `tool_result` blocks in a user
 //! turn, and the streamed content-block events are read back into deltas and calls.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::dialect::{finish_calls, Delta, Dialect, Ending, PartialCall, StreamDecoder};
+use super::assemble::ToolCallDeltas;
+use super::dialect::{Delta, Dialect, Ending, StreamDecoder};
 use super::sse::SseEvent;
 use crate::chat::{ChatRequest, FinishReason, Message, Role, ToolChoice, Usage};
 
@@ -205,7 +204,7 @@ struct ErrorDetail {
 
 #[derive(Default)]
 struct Decoder {
-    calls: BTreeMap<usize, PartialCall>,
+    calls: ToolCallDeltas,
     stop_reason: Option<String>,
     usage: Usage,
     done: bool,
@@ -234,14 +233,7 @@ impl StreamDecoder for Decoder {
                 content_block,
             } => {
                 if let Block::ToolUse { id, name } = content_block {
-                    self.calls.insert(
-                        index,
-                        PartialCall {
-                            id,
-                            name,
-                            arguments: String::new(),
-                        },
-                    );
+                    self.calls.push(index, Some(&id), Some(&name), None);
                 }
             }
             StreamedEvent::ContentBlockDelta { index, delta } => match delta {
@@ -252,9 +244,7 @@ impl StreamDecoder for Decoder {
                     }))
                 }
                 BlockDelta::InputJsonDelta { partial_json } => {
-                    if let Some(call) = self.calls.get_mut(&index) {
-                        call.arguments.push_str(&partial_json);
-                    }
+                    self.calls.push(index, None, None, Some(&partial_json));
                 }
                 BlockDelta::Other => {}
             },
@@ -276,8 +266,8 @@ impl StreamDecoder for Decoder {
     }
 
     fn ending(&mut self) -> Ending {
-        let (tool_calls, malformed_tool_call) =
-            finish_calls(std::mem::take(&mut self.calls).into_values());
+        let assembled = std::mem::take(&mut self.calls).finish();
+        let (tool_calls, malformed_tool_call) = (assembled.calls, !assembled.problems.is_empty());
         let finish_reason = match self.stop_reason.as_deref() {
             _ if !tool_calls.is_empty() => FinishReason::ToolCalls,
             Some("max_tokens") => FinishReason::Length,

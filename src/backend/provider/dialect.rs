@@ -48,50 +48,6 @@ pub trait StreamDecoder: Send {
     fn ending(&mut self) -> Ending;
 }
 
-/// A tool call being assembled from streamed fragments.
-#[derive(Debug, Default, Clone)]
-pub struct PartialCall {
-    pub id: String,
-    pub name: String,
-    pub arguments: String,
-}
-
-/// Turns assembled calls into usable ones; a call without a name or whose arguments
-/// are not a JSON object is dropped and flagged rather than passed on broken.
-pub fn finish_calls(partials: impl IntoIterator<Item = PartialCall>) -> (Vec<ToolCall>, bool) {
-    let mut malformed = false;
-    let calls = partials
-        .into_iter()
-        .filter_map(|call| {
-            let arguments = if call.arguments.trim().is_empty() {
-                "{}"
-            } else {
-                call.arguments.as_str()
-            };
-            match serde_json::from_str::<Value>(arguments) {
-                Ok(Value::Object(_)) if !call.name.is_empty() => Some(ToolCall {
-                    id: if call.id.is_empty() {
-                        ToolCall::new_id()
-                    } else {
-                        call.id
-                    },
-                    name: call.name,
-                    // As sent, not re-serialised: policy must see what the upstream
-                    // wrote (a duplicate key is refused there, where re-serialising
-                    // would keep one of the values silently), and delivers its own
-                    // canonical form of the arguments.
-                    arguments: arguments.to_string(),
-                }),
-                _ => {
-                    malformed = true;
-                    None
-                }
-            }
-        })
-        .collect();
-    (calls, malformed)
-}
-
 /// The message of an error body in OpenAI's or Anthropic's shape (both use
 /// `error.message`), or the body itself.
 pub fn error_message(body: &str) -> String {

@@ -5,6 +5,7 @@
 //! streaming clients get them as they come and everyone else gets the same text.
 
 mod anthropic;
+pub mod assemble;
 pub mod breaker;
 mod dialect;
 mod openai;

@@ -1,12 +1,11 @@
 //! The OpenAI chat-completions dialect, spoken by OpenAI and most self-hosted servers
 //! (vLLM, Ollama, llama.cpp, OpenRouter...).
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::dialect::{finish_calls, Delta, Dialect, Ending, PartialCall, StreamDecoder};
+use super::assemble::ToolCallDeltas;
+use super::dialect::{Delta, Dialect, Ending, StreamDecoder};
 use super::sse::SseEvent;
 use crate::chat::{ChatRequest, FinishReason, Message, Role, TokenLogprob, ToolChoice, Usage};
 
@@ -198,7 +197,7 @@ struct PromptTokensDetails {
 
 #[derive(Default)]
 struct Decoder {
-    calls: BTreeMap<usize, PartialCall>,
+    calls: ToolCallDeltas,
     finish_reason: Option<String>,
     usage: Usage,
     done: bool,
@@ -235,18 +234,13 @@ impl StreamDecoder for Decoder {
             self.finish_reason = Some(reason);
         }
         for call in choice.delta.tool_calls {
-            let partial = self.calls.entry(call.index).or_default();
-            if let Some(id) = call.id {
-                partial.id = id;
-            }
-            if let Some(function) = call.function {
-                partial
-                    .name
-                    .push_str(function.name.as_deref().unwrap_or_default());
-                partial
-                    .arguments
-                    .push_str(function.arguments.as_deref().unwrap_or_default());
-            }
+            let function = call.function.as_ref();
+            self.calls.push(
+                call.index,
+                call.id.as_deref(),
+                function.and_then(|f| f.name.as_deref()),
+                function.and_then(|f| f.arguments.as_deref()),
+            );
         }
         let logprobs: Vec<TokenLogprob> = choice
             .logprobs
@@ -261,8 +255,8 @@ impl StreamDecoder for Decoder {
     }
 
     fn ending(&mut self) -> Ending {
-        let (tool_calls, malformed_tool_call) =
-            finish_calls(std::mem::take(&mut self.calls).into_values());
+        let assembled = std::mem::take(&mut self.calls).finish();
+        let (tool_calls, malformed_tool_call) = (assembled.calls, !assembled.problems.is_empty());
         let finish_reason = match self.finish_reason.as_deref() {
             _ if !tool_calls.is_empty() => FinishReason::ToolCalls,
             Some("length") => FinishReason::Length,
