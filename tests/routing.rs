@@ -218,7 +218,7 @@ async fn a_prompt_too_long_for_the_local_context_goes_out() {
     )
     .await;
     let (status, body) = server
-        .chat(json!({"messages": user(&"word ".repeat(6000))}))
+        .chat(json!({"messages": user(&"word ".repeat(9000))}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["warden"]["route"], "external");
