@@ -52,7 +52,7 @@ fn policy_yaml() -> String {
 }
 
 /// A mix of calls reaching different rules: approval, own-domain mail, constrained,
-/// constraint violation, and an unknown tool (tried against the glob rules only).
+/// constraint violation.
 fn calls() -> Vec<ToolCall> {
     let call = |name: &str, arguments: &str| ToolCall {
         id: "call_bench".into(),
