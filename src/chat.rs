@@ -61,7 +61,7 @@ impl ToolSpec {
     pub fn validate_arguments(&self, arguments: &str) -> Result<(), String> {
         let value: serde_json::Value =
             serde_json::from_str(arguments).map_err(|e| format!("arguments are not JSON: {e}"))?;
-        let validator = jsonschema::validator_for(&self.parameters)
+        let validator = crate::schema::compiled(&self.parameters)
             .map_err(|e| format!("the schema of `{}` is invalid: {e}", self.name))?;
         validator.validate(&value).map_err(|e| e.to_string())
     }

@@ -20,6 +20,7 @@ pub mod model;
 pub mod policy;
 pub mod route;
 pub mod runs;
+pub mod schema;
 pub mod server;
 pub mod tune;
 

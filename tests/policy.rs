@@ -21,6 +21,7 @@ use warden::route::{RoutingState, RoutingTable};
 struct Gateway {
     base: String,
     client: reqwest::Client,
+    audit_dir: PathBuf,
 }
 
 async fn serve(policy: &Path, approvals: &Path, autonomy_b: AutonomyMode) -> Gateway {
@@ -40,6 +41,7 @@ async fn serve(policy: &Path, approvals: &Path, autonomy_b: AutonomyMode) -> Gat
     Gateway {
         base: common::serve(&config, local).await,
         client: reqwest::Client::new(),
+        audit_dir: config.audit.dir.clone(),
     }
 }
 
@@ -634,17 +636,23 @@ async fn replay_shows_what_a_candidate_policy_would_change() {
         AutonomyMode::Guarded,
     )
     .await;
-    let mut log = String::new();
     for (tool, prompt) in [
         ("get_weather", "What is the weather in Paris?"),
         ("refund", "Refund order 43."),
     ] {
         let body = gateway.chat(KEY_A, asking(tool, prompt)).await;
-        log.push_str(&json!({"seq": 1, "report": body["warden"]}).to_string());
-        log.push('\n');
+        assert_eq!(decision(&body)["verdict"], "ALLOW", "{body}");
     }
-    let log_file = dir.path().join("audit.jsonl");
-    std::fs::write(&log_file, log).unwrap();
+    // An outcome puts a line without a report into the log, as real logs have.
+    let outcome = gateway
+        .client
+        .post(format!("{}/v1/outcomes", gateway.base))
+        .bearer_auth(KEY_A)
+        .json(&json!({"run_id": "run-replay", "outcome": "ticket_closed", "status": "success"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(outcome.status().is_success(), "{}", outcome.status());
     let candidate = dir.path().join("candidate.yaml");
     let current = std::fs::read_to_string(test_policy()).unwrap();
     std::fs::write(
@@ -659,7 +667,7 @@ async fn replay_shows_what_a_candidate_policy_would_change() {
         .args(["policy", "replay", "--policy"])
         .arg(&candidate)
         .arg("--log")
-        .arg(&log_file)
+        .arg(&gateway.audit_dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -52,6 +52,24 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>, AuditError> {
     Ok(segments)
 }
 
+/// The JSONL files a reader of logs takes from `path`: the file itself, or every
+/// `.jsonl` file in a folder by name, which for an audit folder is chain order (segment
+/// numbers are zero-padded).
+pub fn jsonl_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path)? {
+        let file = entry?.path();
+        if file.extension().is_some_and(|ext| ext == "jsonl") {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Makes a new file's directory entry durable, so the file survives a power loss.
 pub fn sync_dir(dir: &Path) -> Result<(), AuditError> {
     File::open(dir)

@@ -14,8 +14,8 @@ pub enum PolicyCommand {
     Check { file: PathBuf },
     /// Decide a table of calls (YAML) under a policy; exits non-zero on any mismatch.
     Test { file: PathBuf, cases: PathBuf },
-    /// Re-decide the calls recorded in an audit log under a candidate policy and print
-    /// what would change.
+    /// Re-decide the calls recorded in an audit log (its folder or a file) under a
+    /// candidate policy and print what would change.
     Replay {
         #[arg(long)]
         policy: PathBuf,

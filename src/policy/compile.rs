@@ -183,6 +183,14 @@ fn compile(raw: RawPolicy) -> Result<Policy, Invalid> {
             (name, candidates)
         })
         .collect();
+    let unindexed = (0..rules.len())
+        .filter(|&i| {
+            rules[i]
+                .tools
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| p.exact().is_none()))
+        })
+        .collect();
 
     if raw.approvals.ttl_seconds == 0 {
         return Err(("approvals.ttl_seconds".into(), "must be at least 1".into()));
@@ -210,6 +218,7 @@ fn compile(raw: RawPolicy) -> Result<Policy, Invalid> {
         tools,
         rules,
         index,
+        unindexed,
         tenants,
         approval_ttl: Duration::from_secs(raw.approvals.ttl_seconds),
         output: OutputPolicy {
@@ -490,6 +499,8 @@ fn compile_constraints(raw: RawConstraints) -> Result<Vec<Constraint>, Invalid> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::ToolCall;
+    use crate::policy::{AutonomyMode, Subject};
 
     fn invalid_key(text: &str) -> String {
         match Policy::from_yaml(text, Path::new("routing/policy.yaml")) {
@@ -547,6 +558,40 @@ mod tests {
         assert_eq!(a.snapshot(), b.snapshot());
         assert_ne!(a.snapshot(), c.snapshot());
         assert_eq!(a.snapshot().len(), 64);
+    }
+
+    #[test]
+    fn a_tool_the_policy_never_names_meets_only_globs_and_tool_less_rules_in_order() {
+        let policy = Policy::from_yaml(
+            "default: DENY\n\
+             rules:\n\
+             \x20 - {id: exact, match: {tool: mystery_tool}, decision: DENY, reason: r}\n\
+             \x20 - {id: other, match: {tool: [known, \"x_*\"]}, decision: DENY, reason: r}\n\
+             \x20 - {id: glob, match: {tool: \"myst*\", args: [{path: n, op: \">\", value: 5}]}, decision: REQUIRE_APPROVAL, reason: r}\n\
+             \x20 - {id: anything, decision: ALLOW, reason: r}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        let labels = BTreeMap::new();
+        let subject = Subject {
+            agent: "a",
+            tenant: "t",
+            role: None,
+            labels: &labels,
+            autonomy: AutonomyMode::AutoLow,
+        };
+        let decide = |name: &str, arguments: &str| {
+            let call = ToolCall {
+                id: "call_1".into(),
+                name: name.into(),
+                arguments: arguments.into(),
+            };
+            policy.check(&call, None, &subject).decision.rule
+        };
+        assert_eq!(decide("Mystery_Tool", "{}").as_deref(), Some("exact"));
+        assert_eq!(decide("mystic", r#"{"n": 9}"#).as_deref(), Some("glob"));
+        assert_eq!(decide("mystic", r#"{"n": 1}"#).as_deref(), Some("anything"));
+        assert_eq!(decide("x_ray", "{}").as_deref(), Some("other"));
     }
 
     #[test]

@@ -200,6 +200,9 @@ pub struct Policy {
     /// Normalised tool name → the rules that can match it, in order; built for every
     /// name the policy mentions, so deciding a known tool never scans all rules.
     pub(super) index: HashMap<String, Vec<usize>>,
+    /// The rules that can match a name the policy never mentions (no tool filter, or a
+    /// glob), in order: all an unknown tool has to be tried against.
+    pub(super) unindexed: Vec<usize>,
     pub(super) tenants: HashMap<String, Vec<HostPattern>>,
     pub(super) approval_ttl: Duration,
     pub(super) output: OutputPolicy,
@@ -340,7 +343,9 @@ impl Policy {
         let candidates: Cow<[usize]> = match self.index.get(tool) {
             Some(indexed) => Cow::Borrowed(indexed),
             None => Cow::Owned(
-                (0..self.rules.len())
+                self.unindexed
+                    .iter()
+                    .copied()
                     .filter(|&i| self.rules[i].names_tool(tool))
                     .collect(),
             ),
@@ -419,7 +424,7 @@ fn offered<'a>(tools: &'a [ToolSpec], folded: &str) -> Offered<'a> {
 }
 
 fn fits_declared(schema: &Value, arguments: &Value) -> Result<(), String> {
-    let validator = jsonschema::validator_for(schema)
+    let validator = crate::schema::compiled(schema)
         .map_err(|error| format!("the schema the request declared is not usable: {error}"))?;
     let first = validator.iter_errors(arguments).next().map(|error| {
         format!(

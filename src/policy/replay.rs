@@ -1,7 +1,8 @@
 //! `warden policy replay`: the decisions recorded in an audit log re-taken under a
-//! candidate policy, and what would change. A log is JSON lines whose `report` field
-//! is a response's `warden` object; only the fields replay needs are read, so audit
-//! records may carry anything else beside them.
+//! candidate policy, and what would change. A log is the audit folder (or one of its
+//! files, or any JSONL) whose request lines carry the response's `warden` object under
+//! `report`; only the fields replay needs are read, and lines without a report (events,
+//! outcomes) are passed over.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,11 +14,13 @@ use serde::Deserialize;
 
 use super::decide::{Policy, ReasonCode, Subject, Verdict};
 use super::report::PolicyReport;
+use crate::audit::segment::jsonl_files;
 use crate::chat::ToolCall;
 
 #[derive(Deserialize)]
 struct LogLine {
-    report: ReportView,
+    #[serde(default)]
+    report: Option<ReportView>,
 }
 
 #[derive(Deserialize)]
@@ -48,27 +51,43 @@ pub struct Replay {
     /// Decisions that depended on the request itself (the tools it offered and their
     /// schemas), which a log does not hold: kept as they were.
     pub request_bound: usize,
-    pub unreadable_lines: Vec<usize>,
+    /// `file:line` of each line that is not a JSON object.
+    pub unreadable_lines: Vec<String>,
     pub changes: Vec<Change>,
 }
 
 pub fn replay(policy: &Policy, log: &Path) -> anyhow::Result<Replay> {
-    let file = std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
     let mut replay = Replay {
         snapshot: policy.snapshot().to_string(),
         ..Replay::default()
     };
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", log.display()))?;
-        if line.trim().is_empty() {
-            continue;
+    let files = jsonl_files(log).with_context(|| format!("reading {}", log.display()))?;
+    for file in files {
+        let opened =
+            std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+        for (index, line) in std::io::BufReader::new(opened).lines().enumerate() {
+            let line = line.with_context(|| format!("reading {}", file.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<LogLine>(&line) {
+                Ok(LogLine {
+                    report: Some(report),
+                }) => replay.decide_again(policy, &report),
+                Ok(LogLine { report: None }) => {}
+                Err(_) => replay
+                    .unreadable_lines
+                    .push(format!("{}:{}", file.display(), index + 1)),
+            }
         }
-        let Ok(LogLine { report }) = serde_json::from_str::<LogLine>(&line) else {
-            replay.unreadable_lines.push(index + 1);
-            continue;
-        };
+    }
+    Ok(replay)
+}
+
+impl Replay {
+    fn decide_again(&mut self, policy: &Policy, report: &ReportView) {
         let Some(recorded) = &report.policy else {
-            continue;
+            return;
         };
         let subject = Subject {
             agent: &report.agent,
@@ -78,14 +97,14 @@ pub fn replay(policy: &Policy, log: &Path) -> anyhow::Result<Replay> {
             autonomy: recorded.autonomy,
         };
         for record in &recorded.decisions {
-            replay.decisions += 1;
+            self.decisions += 1;
             if matches!(
                 record.code,
                 ReasonCode::UndeclaredTool
                     | ReasonCode::AmbiguousTool
                     | ReasonCode::SchemaViolation
             ) {
-                replay.request_bound += 1;
+                self.request_bound += 1;
                 continue;
             }
             let call = ToolCall {
@@ -97,7 +116,7 @@ pub fn replay(policy: &Policy, log: &Path) -> anyhow::Result<Replay> {
             let before = (record.verdict, record.rule.clone());
             let after = (checked.decision.verdict, checked.decision.rule.clone());
             if before != after {
-                replay.changes.push(Change {
+                self.changes.push(Change {
                     request_id: report.request_id.clone(),
                     call_id: record.call_id.clone(),
                     tool: record.tool.clone(),
@@ -108,10 +127,7 @@ pub fn replay(policy: &Policy, log: &Path) -> anyhow::Result<Replay> {
             }
         }
     }
-    Ok(replay)
-}
 
-impl Replay {
     pub fn render(&self) -> String {
         let rule = |r: &Option<String>| {
             r.as_deref()
@@ -148,7 +164,11 @@ impl Replay {
             let _ = writeln!(out, "  {} -> {}: {count}", from.as_str(), to.as_str());
         }
         if !self.unreadable_lines.is_empty() {
-            let _ = writeln!(out, "unreadable lines skipped: {:?}", self.unreadable_lines);
+            let _ = writeln!(
+                out,
+                "unreadable lines skipped: {}",
+                self.unreadable_lines.join(", ")
+            );
         }
         out
     }

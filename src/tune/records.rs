@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::audit::segment::jsonl_files;
 use crate::backend::local::BACKEND_NAME as LOCAL_BACKEND;
 use crate::chat::{Confidence, Usage};
 use crate::gateway::Outcome;
@@ -109,7 +110,11 @@ impl Log {
     pub fn read_paths(paths: &[PathBuf]) -> Result<Self, RecordsError> {
         let mut log = Log::default();
         for path in paths {
-            for file in jsonl_files(path)? {
+            let files = jsonl_files(path).map_err(|source| RecordsError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            for file in files {
                 let opened = std::fs::File::open(&file).map_err(|source| RecordsError::Io {
                     path: file.clone(),
                     source,
@@ -206,25 +211,6 @@ impl From<RecordedReport> for Decision {
                 .any(|a| a.backend != LOCAL_BACKEND && a.outcome == Outcome::Served),
         }
     }
-}
-
-fn jsonl_files(path: &Path) -> Result<Vec<PathBuf>, RecordsError> {
-    let io = |source| RecordsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(io)? {
-        let file = entry.map_err(io)?.path();
-        if file.extension().is_some_and(|ext| ext == "jsonl") {
-            files.push(file);
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]

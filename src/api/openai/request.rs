@@ -278,7 +278,7 @@ fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
                         "function parameters must be an object schema (`\"type\": \"object\"`)",
                     ));
                 }
-                if let Err(error) = jsonschema::validator_for(&schema) {
+                if let Err(error) = crate::schema::compiled(&schema) {
                     return Err(GatewayError::invalid(
                         param("function.parameters"),
                         format!("function parameters are not a valid JSON schema: {error}"),
