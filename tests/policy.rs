@@ -141,7 +141,9 @@ impl Gateway {
 }
 
 fn decision(body: &Value) -> &Value {
-    let decisions = body["warden"]["policy"]["decisions"].as_array().unwrap();
+    let decisions = body["warden"]["policy"]["decisions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no policy decisions: {body}"));
     assert_eq!(decisions.len(), 1, "{body}");
     &decisions[0]
 }

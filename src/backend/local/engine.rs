@@ -146,6 +146,15 @@ impl Engine {
         self.control_ids.contains(&token)
     }
 
+    /// Control tokens (end of turn and the like) that are in the vocabulary.
+    pub fn control_tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        let vocab = self.model.config().vocab;
+        self.control_ids
+            .iter()
+            .copied()
+            .filter(move |&token| (token as usize) < vocab)
+    }
+
     pub fn token_bytes(&self, token: u32) -> &[u8] {
         self.token_bytes.get(token)
     }

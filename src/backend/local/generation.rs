@@ -95,7 +95,15 @@ impl Generation {
         if self.sampled_logprobs.len() >= self.max_tokens {
             return Next::Finished;
         }
-        let sampled = self.sampler.sample(logits);
+        let sampled = if self.gate.inside_open_call() {
+            let mut logits = logits.to_vec();
+            for token in engine.control_tokens() {
+                logits[token as usize] = f32::NEG_INFINITY;
+            }
+            self.sampler.sample(&logits)
+        } else {
+            self.sampler.sample(logits)
+        };
         self.first_token_ms
             .get_or_insert_with(|| ms_since(self.arrived));
         if engine.is_control(sampled.token) {

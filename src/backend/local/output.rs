@@ -58,6 +58,18 @@ impl OutputGate {
         self.stopped
     }
 
+    /// A tool call has begun and its JSON object is not closed yet. Ending the turn
+    /// here could only give a malformed call, so the generation does not let the model
+    /// end it (small models do end a forced call right after a long argument).
+    pub fn inside_open_call(&self) -> bool {
+        let Some(start) = self.capture_from.filter(|_| !self.stopped) else {
+            return false;
+        };
+        let call = &self.text[start..];
+        let json = call.strip_prefix(TOOL_CALL_OPEN).unwrap_or(call);
+        json_object_unclosed(json)
+    }
+
     /// Ends the gate: returns the text released so far is a prefix of, plus the held
     /// remainder (the caller parses it for tool calls).
     pub fn finish(self) -> (String, String) {
@@ -128,6 +140,30 @@ impl OutputGate {
     }
 }
 
+/// Whether `text` is empty of JSON yet or stops inside its first object (or a string in
+/// it). Text after that object closes is not the call's business.
+fn json_object_unclosed(text: &str) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for c in text.trim_start().chars() {
+        match (in_string, c) {
+            (true, _) if escaped => escaped = false,
+            (true, '\\') => escaped = true,
+            (true, '"') => in_string = false,
+            (true, _) => {}
+            (false, '"') => in_string = true,
+            (false, '{' | '[') => depth += 1,
+            (false, '}' | ']') => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return false;
+                }
+            }
+            (false, _) => {}
+        }
+    }
+    true
+}
+
 /// The longest proper prefix of `marker` that `text` ends with, in bytes.
 fn longest_suffix_prefix(text: &str, marker: &str) -> usize {
     let max = (marker.len() - 1).min(text.len());
@@ -148,6 +184,24 @@ mod tests {
 
     fn run(gate: &mut OutputGate, pieces: &[&str]) -> String {
         pieces.iter().map(|p| gate.push(p)).collect()
+    }
+
+    #[test]
+    fn a_call_is_open_until_its_object_closes() {
+        let mut gate = OutputGate::new(vec![], true, "<tool_call>\n{\"name\": \"f\", ");
+        assert!(gate.inside_open_call());
+        gate.push("\"arguments\": {\"q\": \"a } \\\" {");
+        assert!(
+            gate.inside_open_call(),
+            "braces and quotes in a string do not count"
+        );
+        gate.push("\"}");
+        assert!(gate.inside_open_call());
+        gate.push("}");
+        assert!(!gate.inside_open_call());
+
+        let plain = OutputGate::new(vec![], true, "");
+        assert!(!plain.inside_open_call(), "no call begun");
     }
 
     #[test]
