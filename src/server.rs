@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::api::{build_app, AppState};
 use crate::audit::AuditLog;
 use crate::auth::KeyStore;
+use crate::backend::local::network::Runner;
 use crate::backend::local::template::{ChatTemplate, TemplateKind};
 use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
@@ -122,8 +123,21 @@ pub fn build_state(
     })
 }
 
-/// Finds (fetching if allowed and needed) and loads the configured local model.
+/// Finds (fetching if allowed and needed) and loads the configured local model, run by
+/// the forward pass that suits the configured device.
 pub fn load_engine(model: &ModelRef, config: &LocalConfig) -> anyhow::Result<Engine> {
+    let device = local::device(config.device)?;
+    let runner = Runner::for_device(&device);
+    load_engine_with(model, config, device, runner)
+}
+
+/// `load_engine` with the device and the forward pass chosen by the caller.
+pub fn load_engine_with(
+    model: &ModelRef,
+    config: &LocalConfig,
+    device: candle_core::Device,
+    runner: Runner,
+) -> anyhow::Result<Engine> {
     let (path, template, context_length) = match model {
         ModelRef::Manifest(manifest) => {
             let path = if config.fetch_on_start {
@@ -145,7 +159,7 @@ pub fn load_engine(model: &ModelRef, config: &LocalConfig) -> anyhow::Result<Eng
             (path.clone(), template, None)
         }
     };
-    tracing::info!(file = %path.display(), "loading the local model");
+    tracing::info!(file = %path.display(), ?runner, "loading the local model");
     let engine = Engine::load(
         &path,
         EngineOptions {
@@ -153,7 +167,8 @@ pub fn load_engine(model: &ModelRef, config: &LocalConfig) -> anyhow::Result<Eng
             template,
             context_length,
             default_max_tokens: config.default_max_tokens,
-            device: local::device(config.device)?,
+            runner,
+            device,
         },
     )?;
     Ok(engine)

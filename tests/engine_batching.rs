@@ -1,6 +1,7 @@
 //! Continuous batching through the real server: requests of different lengths join a
 //! running batch one after another and leave it as they finish, and each one still gets
-//! exactly the answer it gets alone.
+//! exactly the answer it gets alone. Also the per-sequence network used on
+//! accelerators, run here on the CPU.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -9,10 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use candle_core::Device;
 use common::{streamed_content, user, ServerOptions, TestServer};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
+use warden::backend::local::network::{Network, Runner};
+use warden::backend::local::LocalBackend;
+use warden::backend::{collect, Backend};
+use warden::chat::{ChatRequest, Message, Role, Sampling, ToolChoice};
+use warden::model::ModelRef;
 
 /// Questions of different prompt lengths with different answer lengths: the longest
 /// first, so the others join a batch that is already decoding, and the short ones
@@ -124,4 +131,56 @@ async fn eight_overlapping_requests_of_different_lengths_each_get_their_own_answ
     eprintln!("at most {most_running} sequences decoded together");
     assert!(most_running >= 2, "the requests never shared a batch");
     assert!(common::wait_until(|| server.local.busy_slots() == 0, Duration::from_secs(60)).await);
+}
+
+/// On CUDA or Metal the engine runs candle's quantized llama with one model copy (and
+/// key/value cache) per sequence. Run on the CPU here: overlapping requests, joining
+/// while others decode, each get the answer they get alone.
+#[tokio::test]
+async fn the_per_sequence_network_of_accelerators_keeps_sequences_apart() {
+    let config = common::test_config(&ServerOptions::default());
+    let model = ModelRef::resolve(&config.local.model, &config.local.models_dir).unwrap();
+    let engine =
+        warden::server::load_engine_with(&model, &config.local, Device::Cpu, Runner::Candle)
+            .unwrap();
+    assert!(matches!(engine.network(), Network::Candle { .. }));
+    let backend = Arc::new(LocalBackend::loading(
+        "smollm2-135m-instruct",
+        4,
+        Duration::from_secs(120),
+    ));
+    backend.set_ready(Arc::new(engine));
+    let request = |question: &str, max_tokens: u32| ChatRequest {
+        model: "auto".into(),
+        messages: vec![Message::text(Role::User, question)],
+        tools: Vec::new(),
+        tool_choice: ToolChoice::Auto,
+        sampling: Sampling {
+            temperature: 0.0,
+            max_tokens: Some(max_tokens),
+            ..Sampling::default()
+        },
+        logprobs: None,
+    };
+    let questions = &REQUESTS[..4];
+    let mut alone = Vec::new();
+    for (question, max_tokens) in questions {
+        let events = backend
+            .generate(request(question, *max_tokens))
+            .await
+            .unwrap();
+        alone.push(collect(events).await.unwrap().content);
+    }
+    let together = futures::future::join_all(questions.iter().map(|(question, max_tokens)| {
+        let (backend, request) = (backend.clone(), request(question, *max_tokens));
+        async move {
+            collect(backend.generate(request).await.unwrap())
+                .await
+                .unwrap()
+                .content
+        }
+    }))
+    .await;
+    assert_eq!(together, alone);
+    assert!(alone[1].contains("Paris"), "{}", alone[1]);
 }

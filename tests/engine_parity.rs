@@ -24,7 +24,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use warden::backend::local::llama::kv_cache::KvCache;
-use warden::backend::local::llama::{SequenceInput, Workspace};
+use warden::backend::local::llama::{Llama, SequenceInput, Workspace};
+use warden::backend::local::network::Network;
 use warden::backend::local::Engine;
 use warden::chat::{ChatRequest, Message, Role, Sampling, ToolChoice};
 use warden::model::{ensure_available, FetchOptions, ModelRef};
@@ -167,8 +168,16 @@ fn candle_run(model: &mut ModelWeights, prompt: &[u32], forced: Option<&[u32]>) 
     run(forward, prompt, forced)
 }
 
+/// warden's own pass, which the engine runs on the CPU.
+fn llama(engine: &Engine) -> &Llama {
+    match engine.network() {
+        Network::Own(model) => model,
+        Network::Candle { .. } => panic!("the test engine runs on the CPU"),
+    }
+}
+
 fn our_run(engine: &Engine, prompt: &[u32]) -> Run {
-    let config = engine.model().config();
+    let config = llama(&engine).config();
     let length = prompt.len() + GENERATED;
     let mut cache = KvCache::with_budget(config, KvCache::bytes_per_token(config) * (length + 64));
     let table = cache.allocate(length).unwrap();
@@ -180,8 +189,7 @@ fn our_run(engine: &Engine, prompt: &[u32]) -> Run {
             table: &table,
             logits: true,
         };
-        engine
-            .model()
+        llama(&engine)
             .forward(&[input], &mut cache, &mut work)
             .unwrap()
             .to_vec()
@@ -332,7 +340,7 @@ fn logits_stay_within_tolerance_of_the_f32_reference() {
 #[test]
 fn batched_and_unbatched_runs_give_the_same_tokens_and_logits() {
     let engine = common::engine();
-    let config = engine.model().config();
+    let config = llama(&engine).config();
     let prompts: Vec<Vec<u32>> = PROMPTS[..6]
         .iter()
         .map(|q| prompt_tokens(&engine, q))
@@ -377,8 +385,7 @@ fn batched_and_unbatched_runs_give_the_same_tokens_and_logits() {
         if inputs.is_empty() {
             continue;
         }
-        let logits = engine
-            .model()
+        let logits = llama(&engine)
             .forward(&inputs, &mut cache, &mut work)
             .unwrap()
             .to_vec();

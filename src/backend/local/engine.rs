@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use tokenizers::Tokenizer;
 
-use super::llama::Llama;
+use super::network::{Network, Runner};
 use super::template::{ChatTemplate, RenderedPrompt};
 use super::token_text::TokenBytes;
 use super::tokenizer::GgufTokenizer;
@@ -23,13 +23,14 @@ pub struct EngineOptions {
     /// From the manifest; the GGUF's own figure when absent. Capped at the GGUF's.
     pub context_length: Option<usize>,
     pub default_max_tokens: u32,
-    /// Only the CPU runs the model's own forward pass today.
     pub device: Device,
+    /// Which forward pass runs the model (`Runner::for_device` unless a test says).
+    pub runner: Runner,
 }
 
 pub struct Engine {
     pub model_name: String,
-    model: Llama,
+    model: Network,
     tokenizer: Tokenizer,
     token_bytes: TokenBytes,
     control_ids: HashSet<u32>,
@@ -49,12 +50,6 @@ impl Engine {
     pub fn load(path: &Path, options: EngineOptions) -> Result<Self, BackendError> {
         let fail =
             |message: String| BackendError::Unavailable(format!("{}: {message}", path.display()));
-        if !options.device.is_cpu() {
-            return Err(fail(format!(
-                "device {:?}: the local engine runs on the CPU",
-                options.device
-            )));
-        }
         let mut file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| fail(e.to_string()))?;
         let GgufTokenizer {
@@ -73,8 +68,9 @@ impl Engine {
                 .map(|v| v.to_string().map_or("", String::as_str)),
             |id| control.contains(&(id as u32)),
         );
-        let model = Llama::load(&content, &mut file).map_err(|e| fail(e.to_string()))?;
-        let trained = model.config().context_length;
+        let model =
+            Network::load(options.runner, content, &mut file, &options.device).map_err(fail)?;
+        let trained = model.context_length();
         let context_length = options.context_length.unwrap_or(trained).min(trained);
         Ok(Self {
             model_name: options.model_name,
@@ -92,7 +88,7 @@ impl Engine {
         self.context_length
     }
 
-    pub fn model(&self) -> &Llama {
+    pub fn network(&self) -> &Network {
         &self.model
     }
 

@@ -1,10 +1,12 @@
-//! The local backend: warden's own llama forward pass (`llama`) behind a continuous
-//! batching scheduler. Up to `slots` requests decode together in one forward pass per
-//! token, each with its own position and its own blocks of a key/value cache whose size
-//! the operator budgets; further requests wait, for at most the queue timeout.
+//! The local backend: warden's own llama forward pass (`llama`; candle's on an
+//! accelerator, see `network`) behind a continuous batching scheduler. Up to `slots`
+//! requests decode together in one forward pass per token, each with its own position
+//! and its own blocks of a key/value cache whose size the operator budgets; further
+//! requests wait, for at most the queue timeout.
 
 pub mod engine;
 mod generation;
+pub mod network;
 pub use warden_llama as llama;
 mod output;
 mod sampler;
@@ -95,7 +97,7 @@ impl LocalBackend {
 
     /// Allocates the key/value cache and starts the engine thread.
     pub fn set_ready(&self, engine: Arc<Engine>) {
-        let cache = KvCache::with_budget(engine.model().config(), self.kv_cache_bytes);
+        let cache = KvCache::with_budget(engine.network().config(), self.kv_cache_bytes);
         let cache_tokens = cache.capacity_tokens();
         if cache_tokens < engine.context_length() {
             tracing::warn!(

@@ -20,6 +20,7 @@ use super::engine::{Engine, PreparedPrompt};
 use super::generation::{Generation, Next};
 use super::llama::kv_cache::{BlockTable, KvCache};
 use super::llama::{SequenceInput, Workspace};
+use super::network::{Network, SequenceModel};
 use crate::backend::BackendError;
 use crate::chat::{ChatRequest, GenerationEvent};
 
@@ -88,6 +89,8 @@ struct Sequence {
     /// Positions already in the cache.
     cached: usize,
     table: BlockTable,
+    /// Its own model copy when the network runs one sequence per pass.
+    model: Option<SequenceModel>,
     events: EventSender,
     outbox: VecDeque<GenerationEvent>,
 }
@@ -122,6 +125,8 @@ pub struct Scheduler {
     engine: Arc<Engine>,
     cache: KvCache,
     work: Workspace,
+    /// Logits of a per-sequence network's pass, gathered in plan order.
+    gathered: Vec<f32>,
     max_sequences: usize,
     running: Vec<Sequence>,
     waiting: VecDeque<Submission>,
@@ -142,6 +147,7 @@ impl Scheduler {
             engine,
             cache,
             work: Workspace::default(),
+            gathered: Vec::new(),
             max_sequences,
             running: Vec::new(),
             waiting: VecDeque::new(),
@@ -238,6 +244,7 @@ impl Scheduler {
                 tokens: submission.prompt.tokens,
                 cached: 0,
                 table,
+                model: self.engine.network().new_sequence(),
                 events: submission.events,
                 outbox: VecDeque::new(),
             });
@@ -290,24 +297,47 @@ impl Scheduler {
     }
 
     fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(), String> {
-        let inputs: Vec<SequenceInput> = plan
-            .iter()
-            .map(|&(index, take)| {
-                let sequence = &self.running[index];
-                SequenceInput {
-                    tokens: &sequence.pending()[..take],
-                    position: sequence.cached,
-                    table: &sequence.table,
-                    logits: take == sequence.pending().len(),
+        let logits: &[f32] = match self.engine.network() {
+            Network::Own(model) => {
+                let inputs: Vec<SequenceInput> = plan
+                    .iter()
+                    .map(|&(index, take)| {
+                        let sequence = &self.running[index];
+                        SequenceInput {
+                            tokens: &sequence.pending()[..take],
+                            position: sequence.cached,
+                            table: &sequence.table,
+                            logits: take == sequence.pending().len(),
+                        }
+                    })
+                    .collect();
+                model
+                    .forward(&inputs, &mut self.cache, &mut self.work)
+                    .map_err(|e| e.to_string())?
+            }
+            Network::Candle { .. } => {
+                self.gathered.clear();
+                for &(index, take) in plan {
+                    let sequence = &mut self.running[index];
+                    let wants_logits = take == sequence.pending().len();
+                    let (position, tokens) = (sequence.cached, &sequence.tokens);
+                    let model = sequence
+                        .model
+                        .as_mut()
+                        .ok_or("a sequence without its model copy")?;
+                    model
+                        .forward(
+                            &tokens[position..position + take],
+                            position,
+                            wants_logits,
+                            &mut self.gathered,
+                        )
+                        .map_err(|e| e.to_string())?;
                 }
-            })
-            .collect();
-        let logits = self
-            .engine
-            .model()
-            .forward(&inputs, &mut self.cache, &mut self.work)
-            .map_err(|e| e.to_string())?;
-        let vocab = self.engine.model().config().vocab;
+                &self.gathered
+            }
+        };
+        let vocab = self.engine.network().config().vocab;
         let mut rows = logits.chunks_exact(vocab);
         for &(index, take) in plan {
             let sequence = &mut self.running[index];
