@@ -177,7 +177,7 @@ fn llama(engine: &Engine) -> &Llama {
 }
 
 fn our_run(engine: &Engine, prompt: &[u32]) -> Run {
-    let config = llama(&engine).config();
+    let config = llama(engine).config();
     let length = prompt.len() + GENERATED;
     let mut cache = KvCache::with_budget(config, KvCache::bytes_per_token(config) * (length + 64));
     let table = cache.allocate(length).unwrap();
@@ -189,7 +189,7 @@ fn our_run(engine: &Engine, prompt: &[u32]) -> Run {
             table: &table,
             logits: true,
         };
-        llama(&engine)
+        llama(engine)
             .forward(&[input], &mut cache, &mut work)
             .unwrap()
             .to_vec()
