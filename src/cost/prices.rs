@@ -174,9 +174,7 @@ impl PriceTable {
     /// What `metered` costs: its backend's own price for the model (`backend/model`, as
     /// written on a provider) or else the model's price; `None` when neither is priced.
     pub fn cost(&self, metered: &Metered) -> Option<Decimal> {
-        let price = self
-            .price(&format!("{}/{}", metered.backend, metered.model))
-            .or_else(|| self.price(&metered.model))?;
+        let price = self.price_of(metered)?;
         let per_token = |per_million: Decimal, tokens: u32| {
             per_million * Decimal::from(tokens) / Decimal::from(TOKENS_PER_PRICE_UNIT)
         };
@@ -200,16 +198,34 @@ impl PriceTable {
         }
     }
 
-    /// What the escalation model would have charged for the same tokens.
-    pub fn reference_cost(&self, metered: &Metered) -> Option<Decimal> {
+    fn price_of(&self, metered: &Metered) -> Option<&ModelPrice> {
+        self.price(&format!("{}/{}", metered.backend, metered.model))
+            .or_else(|| self.price(&metered.model))
+    }
+
+    /// What the escalation model would have charged for the same tokens: the prices'
+    /// `escalation_model`, or else `fallback` (`(backend, model)`: where the routing
+    /// escalates first), when it is priced per token.
+    pub fn reference_cost(
+        &self,
+        metered: &Metered,
+        fallback: Option<(&str, &str)>,
+    ) -> Option<Decimal> {
+        let (backend, model) = match &self.escalation_model {
+            Some(model) => ("", model.as_str()),
+            None => fallback?,
+        };
         let reference = Metered {
-            backend: String::new(),
-            model: self.escalation_model.clone()?,
+            backend: backend.to_string(),
+            model: model.to_string(),
             cached_prompt_tokens: 0,
             compute: Duration::ZERO,
             ..metered.clone()
         };
-        self.cost(&reference)
+        match self.price_of(&reference)? {
+            ModelPrice::Tokens { .. } => self.cost(&reference),
+            ModelPrice::CpuTime { .. } => None,
+        }
     }
 }
 
@@ -374,9 +390,34 @@ mod tests {
         };
         assert_eq!(table.cost(&metered), Some(amount("0.00025")));
         // 2000 * 5/1M + 100 * 15/1M
-        assert_eq!(table.reference_cost(&metered), Some(amount("0.0115")));
+        assert_eq!(table.reference_cost(&metered, None), Some(amount("0.0115")));
+        // The prices' escalation model wins over the routing's.
+        assert_eq!(
+            table.reference_cost(&metered, Some(("", "small"))),
+            Some(amount("0.0115"))
+        );
         assert_eq!(table.escalation_model(), Some("big"));
-        assert_eq!(PriceTable::default().reference_cost(&metered), None);
+        assert_eq!(PriceTable::default().reference_cost(&metered, None), None);
+    }
+
+    #[test]
+    fn without_an_escalation_model_the_reference_is_the_fallback_at_its_provider_price() {
+        let table = PriceTable::from_yaml(
+            "models:\n  small: {per_cpu_second: \"0.0001\"}\n  acme/big: {input_per_million: 5, output_per_million: 15}\n",
+        )
+        .unwrap();
+        let metered = tokens("small", 2_000, 0, 100);
+        assert_eq!(table.reference_cost(&metered, None), None);
+        assert_eq!(
+            table.reference_cost(&metered, Some(("acme", "big"))),
+            Some(amount("0.0115"))
+        );
+        // Unpriced, or priced by the CPU-second: no reference to measure against.
+        assert_eq!(
+            table.reference_cost(&metered, Some(("other", "huge"))),
+            None
+        );
+        assert_eq!(table.reference_cost(&metered, Some(("", "small"))), None);
     }
 
     #[test]

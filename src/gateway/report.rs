@@ -36,8 +36,8 @@ pub struct WardenReport {
     pub attempts: Vec<Attempt>,
     /// US dollars over every attempt, as a decimal string; absent when nothing was priced.
     pub cost_usd: Option<Decimal>,
-    /// What the escalation model (`escalation_model` in the prices) would have charged
-    /// for this answer's tokens: the saving of not sending it there is the difference.
+    /// What the escalation model (`escalation_model` in the prices, else the routing's
+    /// first escalation model) would have charged for this answer's tokens: the saving of not sending it there is the difference.
     pub reference_cost_usd: Option<Decimal>,
     pub routing_version: u64,
     pub timings: ReportTimings,
@@ -85,7 +85,7 @@ impl WardenReport {
             confidence: summary.confidence,
             malformed_tool_call: summary.malformed_tool_call,
             cost_usd: trail.cost(),
-            reference_cost_usd: trail.table.prices.reference_cost(&Metered::from(summary)),
+            reference_cost_usd: trail.table.reference_cost(&Metered::from(summary)),
             routing_version: trail.table.version,
             attempts: trail.attempts,
             timings: ReportTimings {

@@ -4,12 +4,13 @@
 
 use std::sync::{Arc, RwLock};
 
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::backend::provider::Provider;
 use crate::config::routing::{validate_routing, RawRouting};
 use crate::config::{Config, RoutingConfig};
-use crate::cost::PriceTable;
+use crate::cost::{Metered, PriceTable};
 
 /// One place a request may be sent: a provider and the model name it serves.
 #[derive(Clone)]
@@ -103,6 +104,19 @@ impl RoutingTable {
             .iter()
             .flat_map(|model| self.targets_for(model))
             .collect()
+    }
+
+    /// What this request's tokens would have cost at the escalation model: the prices'
+    /// `escalation_model`, or else the first escalation target at its provider's price.
+    pub fn reference_cost(&self, metered: &Metered) -> Option<Decimal> {
+        let first = self.escalation_chain().into_iter().next();
+        let fallback = first.as_ref().map(|target| {
+            (
+                target.provider.config().name.as_str(),
+                target.model.as_str(),
+            )
+        });
+        self.prices.reference_cost(metered, fallback)
     }
 
     /// Every external model name, once, in configuration order.
@@ -202,5 +216,44 @@ impl RoutingState {
         *guard = table.clone();
         tracing::info!(version = table.version, "routing table replaced");
         Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Usage;
+
+    /// A configuration file in a folder without a prices file.
+    fn table(routing: &str) -> RoutingTable {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "providers:\n  - {{name: acme, kind: openai, base_url: \"http://127.0.0.1:9/v1\", \
+             models: [{{name: big, input_per_million: 5, output_per_million: 15}}, {{name: free}}]}}\n\
+             routing:\n{routing}"
+        );
+        let config = Config::from_yaml(&text, &dir.path().join("warden.yaml")).unwrap();
+        RoutingTable::build(&config, 1, None, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_reference_defaults_to_the_first_escalation_model_at_its_provider_price() {
+        let usage = Usage {
+            prompt_tokens: 2_000,
+            completion_tokens: 100,
+            cached_prompt_tokens: 0,
+        };
+        let metered = Metered::tokens("local", "small", usage);
+        // 2000 * 5/1M + 100 * 15/1M
+        let expected = Some(Decimal::new(115, 4));
+        assert_eq!(
+            table("  escalation_models: [big, free]\n").reference_cost(&metered),
+            expected
+        );
+        assert_eq!(
+            table("  escalation_models: [free, big]\n").reference_cost(&metered),
+            None
+        );
+        assert_eq!(table("  {}\n").reference_cost(&metered), None);
     }
 }
