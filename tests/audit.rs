@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use common::mock_upstream::{Behaviour, MockUpstream};
+use common::process::audit_verify;
 use common::{
     scratch_dir, sse_data, streamed_content, user, wait_until_async, ServerOptions, TestServer,
 };
@@ -248,23 +249,69 @@ async fn the_audit_query_needs_the_admin_key_and_filters() {
     }
 }
 
-fn urlencode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+#[tokio::test]
+async fn a_request_every_provider_failed_keeps_its_attempts_in_its_record() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::fail(502));
+    let provider = |name: &str| {
+        format!(
+            "  - {{name: {name}, kind: openai, base_url: \"{}\", retries: 0, timeout_ms: 2000, \
+             models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n",
+            mock.base
+        )
+    };
+    let server = TestServer::start_with(ServerOptions {
+        extra_config: format!("providers:\n{}{}", provider("first"), provider("second")),
+        ..ServerOptions::default()
+    })
+    .await;
+    let response = server
+        .chat_request()
+        .header("x-run-id", "all-down")
+        .json(&json!({"model": "mock-large", "messages": user("Hi")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(mock.received().len(), 2);
+
+    let records = run_records(&server, "all-down").await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = &records[0];
+    assert_eq!(record["status"], "refused");
+    assert_eq!(record["error"]["type"], "unavailable");
+    let attempts: Vec<(&str, &str, &str)> = record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| {
+            (
+                attempt["backend"].as_str().unwrap(),
+                attempt["model"].as_str().unwrap(),
+                attempt["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ("first", "mock-large", "failed"),
+            ("second", "mock-large", "failed")
+        ]
+    );
+    assert!(
+        record["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("502"),
+        "{record}"
+    );
+    let (ok, text) = audit_verify(&server.audit_dir);
+    assert!(ok, "{text}");
 }
 
-/// `warden audit verify PATH`: the exit status and what it printed.
-fn verify_cli(path: &Path) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["audit", "verify"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 fn copy_log(from: &Path, to: &Path) {
@@ -283,7 +330,7 @@ async fn audit_verify_passes_the_servers_log_and_names_the_first_tampered_record
             .await;
         assert_eq!(status, 200);
     }
-    let (ok, text) = verify_cli(&server.audit_dir);
+    let (ok, text) = audit_verify(&server.audit_dir);
     assert!(ok, "{text}");
     assert!(text.contains("ok: 4 records"), "{text}");
 
@@ -299,7 +346,7 @@ async fn audit_verify_passes_the_servers_log_and_names_the_first_tampered_record
             .collect();
         let text: String = edit(lines).iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&segment, text).unwrap();
-        verify_cli(copy.path())
+        audit_verify(copy.path())
     };
 
     // An edited cost.

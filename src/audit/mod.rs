@@ -24,6 +24,7 @@
 //!   proposed call: `id`, `name`, `sha256`, `returned`, `withheld_reason`), and `report`:
 //!   the response's `warden` object whole (route and reasons, backend, model, confidence,
 //!   usage, timings with queue wait, cost and its attempts, policy decisions, run usage).
+//!   A request that got no answer after trying backends has their `attempts` instead.
 //! - `outcome`: a business outcome attached to a run (`run_id`, `agent`, `tenant`,
 //!   `outcome`, `status`, `value`), from `POST /v1/outcomes`.
 //! - `audit_repaired`: start-up moved a torn tail aside ([`TornTail`]).

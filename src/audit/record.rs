@@ -157,6 +157,10 @@ pub struct RequestRecord {
     pub usage: Option<Tokens>,
     #[serde(default)]
     pub tool_calls: Vec<RecordedToolCall>,
+    /// Every backend tried for a request that got no answer (each as in the report's
+    /// `attempts`); an answered request's attempts are in its `report`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Value>,
     /// The response's `warden` object, whole (completed requests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Value>,

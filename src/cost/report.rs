@@ -429,6 +429,7 @@ mod tests {
             completion: None,
             usage: None,
             tool_calls: Vec::new(),
+            attempts: Vec::new(),
             report: None,
         }
     }

@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use futures::{stream, StreamExt};
 use rust_decimal::prelude::ToPrimitive;
 
-use super::{Completed, RequestContext, ResponseEvent, Started};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Completed, RequestContext, ResponseEvent, Started, Unanswered};
 use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
 use crate::chat::{ChatRequest, FinishReason, StreamEvent};
@@ -114,12 +117,16 @@ impl Docket {
     }
 
     /// Records a request that ended before its answer started (turned away, or every
-    /// backend that could serve it failed); returns the error.
-    pub async fn refuse(mut self, error: GatewayError) -> GatewayError {
+    /// backend that could serve it failed), with the attempts it made; returns the
+    /// error.
+    pub(crate) async fn refuse(mut self, unanswered: Unanswered) -> GatewayError {
+        let Unanswered { error, attempts } = unanswered;
         if let Some(ticket) = &self.ticket {
             self.books.runs.release(ticket);
         }
-        self.record_end(status_before_answer(&error), &error).await;
+        let mut record = self.record(status_before_answer(&error), Some(recorded(&error)));
+        record.attempts = attempts.iter().filter_map(as_written).collect();
+        self.write_end(record).await;
         error
     }
 
@@ -223,11 +230,7 @@ impl Docket {
             completion_tokens: usage.completion_tokens,
         });
         record.tool_calls = tool_calls;
-        // Through text, as the response writes it: `to_value` would widen f32 figures
-        // (confidence) to f64 digits the response never showed.
-        record.report = serde_json::to_string(&completed.report)
-            .and_then(|text| serde_json::from_str(&text))
-            .ok();
+        record.report = as_written(&completed.report);
         if let Err(error) = self.write(record).await {
             return vec![Err(error)];
         }
@@ -262,6 +265,12 @@ impl Docket {
 
     async fn record_end(&mut self, status: RequestStatus, error: &GatewayError) {
         let record = self.record(status, Some(recorded(error)));
+        self.write_end(record).await;
+    }
+
+    /// Writes the record of a request that ended without an answer.
+    async fn write_end(&mut self, record: RequestRecord) {
+        let status = record.status;
         if let Err(audit) = self.write(record).await {
             tracing::error!(error = %audit, request_id = %self.request_id, "could not record a {} request", status.as_str());
         }
@@ -290,6 +299,7 @@ impl Docket {
             completion: (status != RequestStatus::Refused).then_some(completion),
             usage: None,
             tool_calls: Vec::new(),
+            attempts: Vec::new(),
             report: None,
         }
     }
@@ -349,6 +359,14 @@ fn status_before_answer(error: &GatewayError) -> RequestStatus {
             RequestStatus::Failed
         }
     }
+}
+
+/// `value` as the response writes it, read back: `to_value` would widen f32 figures
+/// (confidence) to f64 digits the response never showed.
+fn as_written(value: &impl Serialize) -> Option<Value> {
+    serde_json::to_string(value)
+        .and_then(|text| serde_json::from_str(&text))
+        .ok()
 }
 
 fn recorded(error: &GatewayError) -> RecordedError {

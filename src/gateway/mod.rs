@@ -195,11 +195,11 @@ impl Gateway {
     ) -> Result<Started, GatewayError> {
         let mut docket = self.books.open(&context, &request);
         if let Err(error) = docket.admit() {
-            return Err(docket.refuse(error).await);
+            return Err(docket.refuse(error.into()).await);
         }
         match self.route(context, request, stream).await {
             Ok(started) => Ok(docket.follow(started)),
-            Err(error) => Err(docket.refuse(error).await),
+            Err(unanswered) => Err(docket.refuse(unanswered).await),
         }
     }
 
@@ -208,7 +208,7 @@ impl Gateway {
         context: RequestContext,
         request: ChatRequest,
         stream: bool,
-    ) -> Result<Started, GatewayError> {
+    ) -> Result<Started, Unanswered> {
         let table = self.routing.current();
         // The policy is fixed for the whole request: its risk signals route it, and
         // whichever answer is finally chosen passes the same snapshot.
@@ -353,7 +353,7 @@ impl Gateway {
         stream: bool,
         mut trail: Trail,
         screen: Screen,
-    ) -> Result<Started, GatewayError> {
+    ) -> Result<Started, Unanswered> {
         let table = trail.table.clone();
         trail.reason(Reason::NamedModel);
         if self.local.models().contains(&request.model) {
@@ -365,7 +365,7 @@ impl Gateway {
         }
         let targets = table.targets_for(&request.model);
         if targets.is_empty() {
-            return Err(GatewayError::ModelNotFound(request.model));
+            return Err(GatewayError::ModelNotFound(request.model).into());
         }
         trail.route = Route::External;
         let permit = self.admit_external(&context, &targets).await?;
@@ -382,13 +382,22 @@ impl Gateway {
         targets: Vec<Target>,
         mut trail: Trail,
         mut escort: Escort,
-    ) -> Result<Started, GatewayError> {
+    ) -> Result<Started, Unanswered> {
         if targets.is_empty() {
-            return Err(no_provider());
+            return Err(no_provider().into());
         }
-        let (target, events) = self
+        let (target, events) = match self
             .try_chain(&request, stream, &targets, &mut trail, &mut escort.permit)
-            .await?;
+            .await
+        {
+            Ok(found) => found,
+            Err(error) => {
+                return Err(Unanswered {
+                    error,
+                    attempts: trail.attempts,
+                })
+            }
+        };
         let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
         Ok(self.respond(target.model, route, events, context, trail, escort))
     }
@@ -564,6 +573,28 @@ impl Gateway {
 
     fn local_model(&self) -> String {
         self.local.models().into_iter().next().unwrap_or_default()
+    }
+}
+
+/// Why a request got no answer, and the attempts made on the way to that (the audit
+/// record keeps them: failed attempts take time and may cost money).
+pub(crate) struct Unanswered {
+    error: GatewayError,
+    attempts: Vec<Attempt>,
+}
+
+impl From<GatewayError> for Unanswered {
+    fn from(error: GatewayError) -> Self {
+        Self {
+            error,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+impl From<BackendError> for Unanswered {
+    fn from(error: BackendError) -> Self {
+        GatewayError::from(error).into()
     }
 }
 

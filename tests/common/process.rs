@@ -1,5 +1,5 @@
 //! `warden serve` as a child process, for what only a real process shows: start-up from
-//! the command line, signals.
+//! the command line, signals, a crash; and the `warden audit verify` command.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -83,4 +83,19 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `warden audit verify PATH`: whether it passed, and what it printed.
+pub fn audit_verify(path: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
