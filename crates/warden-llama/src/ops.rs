@@ -97,22 +97,27 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// Every value of candle's result, flattened.
+    fn values(result: candle_core::Result<Tensor>) -> Vec<f32> {
+        result
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn rms_norm_matches_candle() {
         let x: Vec<f32> = (0..3 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
         let weight: Vec<f32> = (0..64).map(|i| 1.0 + i as f32 / 64.0).collect();
         let mut ours = vec![0.0; x.len()];
         rms_norm(&x, &weight, 1e-5, &mut ours);
-        let expected = candle_nn::ops::rms_norm(
+        let expected = values(candle_nn::ops::rms_norm(
             &Tensor::from_vec(x, (3, 64), &Device::Cpu).unwrap(),
             &Tensor::new(weight.as_slice(), &Device::Cpu).unwrap(),
             1e-5,
-        )
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+        ));
         assert_eq!(ours, expected);
     }
 
@@ -139,12 +144,7 @@ mod tests {
         )
         .unwrap();
         let input = Tensor::from_vec(x, (1, heads, 1, head_dim), &Device::Cpu).unwrap();
-        let expected = candle_nn::rotary_emb::rope_i(&input, &cos, &sin)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let expected = values(candle_nn::rotary_emb::rope_i(&input, &cos, &sin));
         assert_eq!(ours, expected);
     }
 
