@@ -13,6 +13,8 @@ pub struct Spawned {
     child: Child,
     pub base: String,
     logs: Receiver<String>,
+    /// Every line read so far.
+    read: Vec<String>,
 }
 
 impl Spawned {
@@ -41,6 +43,7 @@ impl Spawned {
             child,
             base: String::new(),
             logs,
+            read: Vec::new(),
         };
         let line = spawned
             .wait_for_log("listening on http://", Duration::from_secs(60))
@@ -48,6 +51,20 @@ impl Spawned {
         let at = line.find("listening on ").unwrap() + "listening on ".len();
         spawned.base = line[at..].trim().to_string();
         spawned
+    }
+
+    /// Waits until `/readyz` says the local model is loaded; false past `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let http = reqwest::Client::new();
+        let url = self.url("/readyz");
+        super::wait_until_async(
+            || {
+                let probe = http.get(&url).send();
+                async move { matches!(probe.await, Ok(response) if response.status() == 200) }
+            },
+            limit,
+        )
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -70,11 +87,24 @@ impl Spawned {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.logs.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Some(line),
-                Ok(_) => continue,
+                Ok(line) => {
+                    self.read.push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    /// A line containing `needle` among those already read (by `start`, or while
+    /// waiting for another).
+    pub fn logged(&self, needle: &str) -> Option<&str> {
+        self.read
+            .iter()
+            .find(|line| line.contains(needle))
+            .map(String::as_str)
     }
 }
 
