@@ -53,6 +53,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.path.clone(),
         gateway.routing().clone(),
         state.policy.clone(),
+        gateway.audit().clone(),
     ) {
         tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
     }
@@ -197,32 +198,50 @@ fn process_env(name: &str) -> Option<String> {
 
 /// SIGHUP re-reads the configuration file (providers, routing and prices) and the
 /// policy file, each swapped in whole; a file that fails validation changes nothing of
-/// its own part. Agents, keys, the listener and the local model are read at start
-/// only. The handler is installed before this returns, so a signal sent afterwards is
-/// never lost (nor, by default, fatal).
+/// its own part. Either way the outcome goes to the audit trail. Agents, keys, the
+/// listener and the local model are read at start only. The handler is installed before
+/// this returns, so a signal sent afterwards is never lost (nor, by default, fatal).
 #[cfg(unix)]
 pub fn reload_on_hangup(
     path: PathBuf,
     routing: Arc<RoutingState>,
     policy: Arc<PolicyEngine>,
+    audit: AuditLog,
 ) -> std::io::Result<()> {
+    use crate::audit::operator::SIGNAL;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match Config::load(&path) {
-                Ok(config) => match routing.reload(&config, &process_env) {
-                    Ok(table) => {
-                        tracing::info!(version = table.version, file = %path.display(), "configuration reloaded")
+            let recorded = match Config::load(&path) {
+                Ok(config) => {
+                    let outcome = routing.reload(&config, &process_env);
+                    match &outcome {
+                        Ok(table) => {
+                            tracing::info!(version = table.version, file = %path.display(), "configuration reloaded")
+                        }
+                        Err((key, message)) => {
+                            tracing::error!(%key, %message, "reload refused; the previous routing stays")
+                        }
                     }
-                    Err((key, message)) => {
-                        tracing::error!(%key, %message, "reload refused; the previous routing stays")
-                    }
-                },
-                Err(error) => tracing::error!(%error, "reload refused; the previous routing stays"),
-            }
-            if let Err(error) = policy.reload() {
+                    audit
+                        .record_routing_change(SIGNAL, Some(&path), outcome.as_ref())
+                        .await
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reload refused; the previous routing stays");
+                    audit
+                        .record_refusal(SIGNAL, "routing", Some(&path), &error.to_string())
+                        .await
+                }
+            };
+            let policy_outcome = policy.reload();
+            if let Err(error) = &policy_outcome {
                 tracing::error!(%error, "policy reload refused; the running policy stays");
+            }
+            let policy_recorded = audit.record_policy_reload(SIGNAL, &policy_outcome).await;
+            if let Err(error) = recorded.and(policy_recorded) {
+                tracing::error!(%error, "the reload could not be recorded in the audit trail");
             }
         }
     });
@@ -234,6 +253,7 @@ pub fn reload_on_hangup(
     _path: PathBuf,
     _routing: Arc<RoutingState>,
     _policy: Arc<PolicyEngine>,
+    _audit: AuditLog,
 ) -> std::io::Result<()> {
     Ok(())
 }

@@ -398,3 +398,91 @@ async fn audit_verify_passes_the_servers_log_and_names_the_first_tampered_record
     assert!(!ok);
     assert!(text.contains("HEAD names seq 4"), "{text}");
 }
+
+#[tokio::test]
+async fn operator_actions_are_on_the_chain_with_who_acted() {
+    let server = TestServer::start().await;
+    let admin = |method: reqwest::Method, path: &str| {
+        server
+            .client
+            .request(method, server.url(path))
+            .bearer_auth(common::ADMIN_KEY)
+    };
+    let kill = "/admin/governor/kill/agents/agent-b";
+    let response = admin(reqwest::Method::PUT, kill)
+        .header("x-warden-operator", "alice")
+        .json(&json!({"reason": "runaway loop"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = admin(reqwest::Method::DELETE, kill).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // A name that cannot be recorded is refused before anything changes.
+    let response = admin(reqwest::Method::PUT, kill)
+        .header("x-warden-operator", " ")
+        .json(&json!({"reason": "again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "x-warden-operator");
+    let response = admin(reqwest::Method::PUT, "/admin/routing")
+        .header("x-warden-operator", "bob")
+        .json(&json!({"min_mean_logprob": -3.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = admin(reqwest::Method::PUT, "/admin/routing")
+        .header("x-warden-operator", "bob")
+        .json(&json!({"min_mean_logprob": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let records = warden::audit::query::read_all(&server.audit_dir).unwrap();
+    let actions: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["action"].as_str().unwrap_or(""),
+                r["by"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("kill_switch", "kill_switch_engaged", "alice"),
+            ("kill_switch", "kill_switch_cleared", "admin"),
+            ("config_change", "routing_changed", "bob"),
+            ("config_change", "change_refused", "bob"),
+        ]
+    );
+    assert_eq!(
+        records[0]["kill_switch"],
+        json!({"scope": "agent", "id": "agent-b"})
+    );
+    assert_eq!(records[0]["reason"], "runaway loop");
+    assert_eq!(records[1]["was_engaged"], true);
+    assert_eq!(records[2]["version"], 2);
+    assert_eq!(
+        records[2]["routing"]["thresholds"]["min_mean_logprob"],
+        -3.5
+    );
+    assert_eq!(records[3]["target"], "routing");
+    assert!(
+        records[3]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("min_mean_logprob"),
+        "{}",
+        records[3]
+    );
+    let (ok, text) = audit_verify(&server.audit_dir);
+    assert!(ok, "{text}");
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{repo_path, sse_data, streamed_content, user, ServerOptions, ADMIN_KEY, KEY_A, KEY_B};
 use serde_json::{json, Value};
+use warden::audit::{AuditConfig, AuditLog};
 use warden::backend::local::LocalBackend;
 use warden::config::PolicyConfig;
 use warden::policy::AutonomyMode;
@@ -342,6 +343,16 @@ async fn approvals_bind_the_exact_call_survive_a_restart_and_stay_private() {
         )
         .await;
     assert_eq!(status, 409, "{again}");
+    // The decision is on the audit chain, by the approver; the refused second one is not.
+    let records = warden::audit::query::read_all(&second.audit_dir).unwrap();
+    let decisions: Vec<&Value> = records.iter().filter(|r| r["kind"] == "approval").collect();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["action"], "approval_decided");
+    assert_eq!(decisions[0]["by"], "alice");
+    assert_eq!(decisions[0]["ticket"], ticket.as_str());
+    assert_eq!(decisions[0]["approved"], true);
+    assert_eq!(decisions[0]["call_hash"], hash.as_str());
+    assert_eq!(decisions[0]["comment"], "order 42 checked");
 
     // The agent reads back exactly the call that was approved.
     let (_, granted) = second.get(&format!("/v1/approvals/{ticket}"), KEY_A).await;
@@ -544,6 +555,23 @@ async fn reload_swaps_the_policy_whole_or_not_at_all() {
     assert_eq!(reloaded["changed"], true);
     let after = gateway.snapshot().await;
     assert_ne!(after, before);
+    // Both attempts are on the audit chain: the refusal with its reason, then the change.
+    let records = warden::audit::query::read_all(&gateway.audit_dir).unwrap();
+    let changes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "config_change")
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0]["action"], "change_refused");
+    assert_eq!(changes[0]["target"], "policy");
+    assert!(changes[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("rules[0].decision"));
+    assert_eq!(changes[1]["action"], "policy_reloaded");
+    assert_eq!(changes[1]["by"], "admin");
+    assert_eq!(changes[1]["previous"], before.as_str());
+    assert_eq!(changes[1]["snapshot"], after.as_str());
     let body = gateway
         .chat(
             KEY_A,
@@ -571,10 +599,23 @@ async fn sighup_reloads_the_policy() {
     // finds no configuration file here and stays; the policy is reloaded regardless.
     let server_config = common::test_config(&ServerOptions::default());
     let table = RoutingTable::build(&server_config, 1, None, &|_| None).unwrap();
+    let audit = AuditLog::open(
+        &AuditConfig {
+            dir: dir.path().join("audit"),
+            fsync: true,
+            commit_delay: Duration::ZERO,
+            max_batch: 64,
+            segment_bytes: 1 << 20,
+            store_text: false,
+        },
+        metrics.audit.clone(),
+    )
+    .unwrap();
     warden::server::reload_on_hangup(
         server_config.path.clone(),
         Arc::new(RoutingState::new(table)),
         engine.clone(),
+        audit.clone(),
     )
     .unwrap();
     let before = engine.current().snapshot().to_string();
@@ -598,6 +639,29 @@ async fn sighup_reloads_the_policy() {
     assert!(changed, "SIGHUP did not reload the policy");
     let expected = warden::policy::Policy::from_yaml(WEATHER_DENIED, &file).unwrap();
     assert_eq!(engine.current().snapshot(), expected.snapshot());
+    // Each reload is on the audit chain, by the signal: the policy that changed, and the
+    // routing the missing configuration file left as it was.
+    let by_signal = |records: &[Value], action: &str, target: &str| {
+        records.iter().any(|r| {
+            r["kind"] == "config_change"
+                && r["by"] == "signal:SIGHUP"
+                && r["action"] == action
+                && (target.is_empty() || r["target"] == target)
+        })
+    };
+    let audit_dir = dir.path().join("audit");
+    let recorded = common::wait_until(
+        || {
+            let records = warden::audit::query::read_all(&audit_dir).unwrap_or_default();
+            by_signal(&records, "policy_reloaded", "")
+                && by_signal(&records, "change_refused", "routing")
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    let records = warden::audit::query::read_all(&audit_dir).unwrap();
+    assert!(recorded, "{records:?}");
+    drop(audit);
 }
 
 #[tokio::test]

@@ -9,13 +9,22 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::bearer_key;
 use super::AppState;
+use crate::audit::operator::UNNAMED_ADMIN;
+use crate::error::GatewayError;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/admin/status", get(status))
 }
 
-/// Proof that the request carries the admin key.
-pub struct AdminCaller;
+/// Proof that the request carries the admin key, and who the operator says they are.
+pub struct AdminCaller {
+    /// From the `x-warden-operator` header: the admin key is shared, so the audit trail
+    /// can only name the person if the caller does.
+    pub operator: String,
+}
+
+const OPERATOR_HEADER: &str = "x-warden-operator";
+const MAX_OPERATOR_LEN: usize = 128;
 
 impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
@@ -24,11 +33,25 @@ impl FromRequestParts<AppState> for AdminCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if state.keys.is_admin(bearer_key(parts)) {
-            Ok(AdminCaller)
-        } else {
-            Err(ApiError::AdminKeyRequired)
+        if !state.keys.is_admin(bearer_key(parts)) {
+            return Err(ApiError::AdminKeyRequired);
         }
+        let named = match parts.headers.get(OPERATOR_HEADER) {
+            None => None,
+            Some(value) => match value.to_str().map(str::trim) {
+                Ok(name) if !name.is_empty() && name.len() <= MAX_OPERATOR_LEN => Some(name),
+                _ => {
+                    return Err(GatewayError::invalid(
+                        OPERATOR_HEADER,
+                        format!("a printable name of 1 to {MAX_OPERATOR_LEN} characters"),
+                    )
+                    .into())
+                }
+            },
+        };
+        Ok(AdminCaller {
+            operator: named.unwrap_or(UNNAMED_ADMIN).to_string(),
+        })
     }
 }
 

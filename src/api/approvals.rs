@@ -17,6 +17,7 @@ use super::admin::AdminCaller;
 use super::error::ApiError;
 use super::extract::{Caller, OpenAiJson};
 use super::AppState;
+use crate::audit::operator::OperatorAction;
 use crate::error::GatewayError;
 use crate::policy::{ApprovalError, Held, Ticket, TicketFilter, TicketStatus};
 
@@ -199,6 +200,22 @@ async fn decide(
             .await
             .map_err(|error| GatewayError::Internal(format!("the review task failed: {error}")))?
             .map_err(GatewayError::from)?;
+    if let Some(review) = &ticket.review {
+        let decided = OperatorAction::ApprovalDecided {
+            ticket: &ticket.id,
+            approved: approve,
+            comment: &review.comment,
+            agent: &ticket.agent,
+            request_id: &ticket.request_id,
+            run_id: ticket.run_id.as_deref(),
+            call_hash: ticket.call_hash(),
+        };
+        state
+            .gateway
+            .audit()
+            .record_operator(&review.by, &decided)
+            .await?;
+    }
     Ok(Json(view(&ticket, true)))
 }
 
@@ -215,13 +232,18 @@ async fn policy_status(State(state): State<AppState>, _admin: AdminCaller) -> Js
 
 async fn reload(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
 ) -> Result<Json<Value>, ApiError> {
     let engine = state.policy.clone();
-    let reloaded = tokio::task::spawn_blocking(move || engine.reload())
+    let outcome = tokio::task::spawn_blocking(move || engine.reload())
         .await
-        .map_err(|error| GatewayError::Internal(format!("the reload task failed: {error}")))?
-        .map_err(GatewayError::from)?;
+        .map_err(|error| GatewayError::Internal(format!("the reload task failed: {error}")))?;
+    state
+        .gateway
+        .audit()
+        .record_policy_reload(&admin.operator, &outcome)
+        .await?;
+    let reloaded = outcome.map_err(GatewayError::from)?;
     Ok(Json(json!({
         "previous": reloaded.previous,
         "snapshot": reloaded.snapshot,

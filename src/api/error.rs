@@ -45,6 +45,12 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<AuditError> for ApiError {
+    fn from(error: AuditError) -> Self {
+        ApiError::Gateway(error.into())
+    }
+}
+
 /// What a response needs to know about an error.
 struct Disposition {
     status: StatusCode,

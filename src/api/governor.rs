@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::{AdminCaller, AppState};
+use crate::audit::operator::OperatorAction;
 use crate::error::GatewayError;
 use crate::governor::{GovernorSnapshot, KillScope};
 
@@ -45,55 +46,56 @@ struct KillRequest {
 
 async fn engage_global(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
     OpenAiJson(request): OpenAiJson<KillRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    engage(&state, KillScope::Global, request)
+    engage(&state, &admin, KillScope::Global, request).await
 }
 
 async fn engage_tenant(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
     Path(tenant): Path<String>,
     OpenAiJson(request): OpenAiJson<KillRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    engage(&state, KillScope::Tenant(tenant), request)
+    engage(&state, &admin, KillScope::Tenant(tenant), request).await
 }
 
 async fn engage_agent(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
     Path(agent): Path<String>,
     OpenAiJson(request): OpenAiJson<KillRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    engage(&state, KillScope::Agent(agent), request)
+    engage(&state, &admin, KillScope::Agent(agent), request).await
 }
 
 async fn clear_global(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
 ) -> Result<Json<Value>, ApiError> {
-    clear(&state, KillScope::Global)
+    clear(&state, &admin, KillScope::Global).await
 }
 
 async fn clear_tenant(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
     Path(tenant): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    clear(&state, KillScope::Tenant(tenant))
+    clear(&state, &admin, KillScope::Tenant(tenant)).await
 }
 
 async fn clear_agent(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
     Path(agent): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    clear(&state, KillScope::Agent(agent))
+    clear(&state, &admin, KillScope::Agent(agent)).await
 }
 
-fn engage(
+async fn engage(
     state: &AppState,
+    admin: &AdminCaller,
     scope: KillScope,
     request: KillRequest,
 ) -> Result<Json<Value>, ApiError> {
@@ -102,6 +104,16 @@ fn engage(
         return Err(GatewayError::invalid("reason", "say why traffic is stopped").into());
     }
     let refused = state.governor.engage(scope.clone(), reason)?;
+    let action = OperatorAction::KillSwitchEngaged {
+        kill_switch: &scope,
+        reason,
+        queued_refused: refused,
+    };
+    state
+        .gateway
+        .audit()
+        .record_operator(&admin.operator, &action)
+        .await?;
     Ok(Json(json!({
         "kill_switch": scope,
         "engaged": true,
@@ -110,8 +122,21 @@ fn engage(
     })))
 }
 
-fn clear(state: &AppState, scope: KillScope) -> Result<Json<Value>, ApiError> {
+async fn clear(
+    state: &AppState,
+    admin: &AdminCaller,
+    scope: KillScope,
+) -> Result<Json<Value>, ApiError> {
     let was_engaged = state.governor.clear(&scope)?;
+    let action = OperatorAction::KillSwitchCleared {
+        kill_switch: &scope,
+        was_engaged,
+    };
+    state
+        .gateway
+        .audit()
+        .record_operator(&admin.operator, &action)
+        .await?;
     Ok(Json(json!({
         "kill_switch": scope,
         "engaged": false,

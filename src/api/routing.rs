@@ -25,14 +25,16 @@ async fn show(State(state): State<AppState>, _admin: AdminCaller) -> Json<Value>
 
 async fn replace(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
     OpenAiJson(raw): OpenAiJson<RawRouting>,
 ) -> Result<Json<Value>, ApiError> {
-    let table = state
+    let outcome = state.gateway.routing().update_routing(raw);
+    state
         .gateway
-        .routing()
-        .update_routing(raw)
-        .map_err(|(key, message)| GatewayError::invalid(key, message))?;
+        .audit()
+        .record_routing_change(&admin.operator, None, outcome.as_ref())
+        .await?;
+    let table = outcome.map_err(|(key, message)| GatewayError::invalid(key, message))?;
     tracing::info!(version = table.version, routing = ?table.routing, "routing replaced through the admin API");
     Ok(Json(serde_json::to_value(table.view()).unwrap_or_default()))
 }

@@ -28,11 +28,13 @@
 //! - `outcome`: a business outcome attached to a run (`run_id`, `agent`, `tenant`,
 //!   `outcome`, `status`, `value`), from `POST /v1/outcomes`.
 //! - `audit_repaired`: start-up moved a torn tail aside ([`TornTail`]).
-//! - anything given to [`AuditLog::append_event`] (approvals, kill switches, config
-//!   changes): the kind and its object of details.
+//! - `kill_switch`, `config_change`, `approval` ([`operator::OperatorAction`]): what an
+//!   operator did, `by` whom (the approver; the admin API caller's `x-warden-operator`
+//!   header, else `admin`; `signal:SIGHUP`), the `action` and its details.
 
 pub mod chain;
 mod head;
+pub mod operator;
 pub mod query;
 pub mod record;
 pub mod recover;
@@ -215,8 +217,8 @@ impl AuditLog {
         Ok(receipt)
     }
 
-    /// Appends an operator event (an approval, a kill switch, a configuration change):
-    /// `details` is a JSON object whose fields become the record's.
+    /// Appends a record of `kind` other than a request's (an outcome, an operator's
+    /// action): `details` is a JSON object whose fields become the record's.
     pub async fn append_event(
         &self,
         kind: &str,
