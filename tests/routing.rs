@@ -874,3 +874,92 @@ async fn tune_replays_the_decisions_the_gateway_reported() {
     );
     assert_eq!(strict[5], "3", "{table}");
 }
+
+/// A server with one local slot and the mock (with `settings`) as escalation target,
+/// and a request holding that slot while it counts for hundreds of tokens.
+async fn one_local_slot_held(
+    mock: &MockUpstream,
+    settings: &[(&str, &str)],
+) -> (TestServer, tokio::task::JoinHandle<Value>) {
+    let server = TestServer::start_with(ServerOptions {
+        slots: 1,
+        extra_config: format!(
+            "providers:\n{}routing:\n  escalation_models: [mock-large]\n  \
+             min_mean_logprob: -100\n  min_token_logprob: -100\n  local_queue_fallback_ms: 300\n",
+            provider("mock", "openai", &mock.base, "mock-large", settings)
+        ),
+        ..ServerOptions::default()
+    })
+    .await;
+    let holder = server.chat_request().json(&json!({
+        "messages": user("Count from 1 to 1000, separated by commas."),
+        "temperature": 0,
+        "max_tokens": 400,
+    }));
+    let holder = tokio::spawn(async move {
+        let response = holder.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()
+    });
+    let running = common::wait_until_async(
+        || async {
+            let (_, body) = server.admin_get("/admin/governor").await;
+            let snapshot: Value = serde_json::from_str(&body).unwrap();
+            snapshot["backends"]["local"]["in_flight"] == 1
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(running, "the long request never started");
+    (server, holder)
+}
+
+#[tokio::test]
+async fn a_request_the_local_queue_holds_too_long_goes_to_the_provider() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::answer("Paris, from upstream."));
+    let (server, holder) = one_local_slot_held(&mock, &[]).await;
+    let (status, body) = server
+        .chat(json!({"messages": user("What is the capital of France?")}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content(&body), "Paris, from upstream.");
+    assert_eq!(body["warden"]["route"], "external");
+    assert_eq!(reasons(&body), vec!["local_first", "local_saturated"]);
+    assert_eq!(attempts(&body), vec![("mock".into(), "served".into())]);
+    // It left the local queue when the fallback was due, not before.
+    let queued_ms = body["warden"]["timings"]["queue_ms"].as_f64().unwrap();
+    assert!(queued_ms >= 300.0, "{queued_ms}");
+    assert_eq!(mock.received().len(), 1);
+    let held = holder.await.unwrap();
+    assert_eq!(held["warden"]["route"], "local");
+}
+
+#[tokio::test]
+async fn with_the_providers_circuit_open_a_request_waits_for_the_local_slot() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::fail(500));
+    let breaker = [(
+        "circuit_breaker",
+        "{consecutive_failures: 1, open_ms: 600000}",
+    )];
+    let (server, holder) = one_local_slot_held(&mock, &breaker).await;
+    // One failure opens the circuit.
+    let (status, _) = server
+        .chat(json!({"model": "mock-large", "messages": user("Hi")}))
+        .await;
+    assert_eq!(status, 503);
+    let (status, body) = server
+        .chat(json!({"messages": user("What is the capital of France?"), "temperature": 0}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["warden"]["route"], "local");
+    assert_eq!(reasons(&body), vec!["local_first"]);
+    assert!(content(&body).contains("Paris"), "{body}");
+    assert_eq!(
+        mock.received().len(),
+        1,
+        "only the request that opened the circuit"
+    );
+    assert_eq!(holder.await.unwrap()["warden"]["route"], "local");
+}

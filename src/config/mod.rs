@@ -260,7 +260,14 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     })?;
     let providers = routing::validate_providers(raw.providers)?;
     let agent_ids: Vec<String> = agents.iter().map(|agent| agent.id.clone()).collect();
-    let routing = routing::validate_routing(raw.routing, &providers, &agent_ids, "routing.")?;
+    let governor = governor::validate_governor(raw.governor, &agents)?;
+    let routing = routing::validate_routing(
+        raw.routing,
+        &providers,
+        &agent_ids,
+        governor.queue_timeout,
+        "routing.",
+    )?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -273,7 +280,7 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         prices,
         audit: records::validate_audit(raw.audit, base)?,
         runs: records::validate_runs(raw.runs, run_overrides)?,
-        governor: governor::validate_governor(raw.governor, &agents)?,
+        governor,
         agents,
         providers,
         routing,
@@ -528,6 +535,27 @@ agents:
         let a = routing.thresholds_for("a");
         assert_eq!((a.min_mean_logprob, a.min_token_logprob), (-0.7, -5.0));
         assert!(routing.verify_before_stream);
+        // The governor's default queue timeout leaves room for the default fallback.
+        assert_eq!(
+            routing.local_queue_fallback(),
+            Some(std::time::Duration::from_millis(
+                routing::DEFAULT_LOCAL_QUEUE_FALLBACK_MS
+            ))
+        );
+        // A shorter queue timeout: a quarter of it. 0: off.
+        let short = parse(&format!(
+            "{PROVIDERS}governor:\n  queue_timeout_ms: 1000\n  aging_ms: 100\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            short.routing.local_queue_fallback(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        let off = parse(&format!(
+            "{PROVIDERS}routing:\n  local_queue_fallback_ms: 0\n"
+        ))
+        .unwrap();
+        assert_eq!(off.routing.local_queue_fallback(), None);
     }
 
     #[test]
@@ -552,6 +580,10 @@ agents:
         assert_eq!(
             with("routing:\n  min_mean_logprb: -1\n"),
             "routing.min_mean_logprb"
+        );
+        assert_eq!(
+            with("governor:\n  queue_timeout_ms: 1000\n  aging_ms: 100\nrouting:\n  local_queue_fallback_ms: 1000\n"),
+            "routing.local_queue_fallback_ms"
         );
         let provider = |fields: &str| {
             invalid_key(&format!(

@@ -29,6 +29,9 @@ pub const DEFAULT_MIN_MEAN_LOGPROB: f32 = -1.0;
 pub const DEFAULT_MIN_TOKEN_LOGPROB: f32 = -12.0;
 /// Risk scores run from 0 to 100; above the ceiling a request skips the local model.
 pub const DEFAULT_LOCAL_RISK_CEILING: u8 = 50;
+/// How long a request may wait for a local slot before it goes to the first escalation
+/// target instead, unless the governor's queue timeout is shorter: then a quarter of it.
+pub const DEFAULT_LOCAL_QUEUE_FALLBACK_MS: u64 = 2_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -128,6 +131,9 @@ pub struct RawRouting {
     /// Hold a local answer until it is checked, so a stream never shows what an
     /// escalation then replaces. Off: local answers stream at once, unchecked.
     pub verify_before_stream: Option<bool>,
+    /// How long a request waits for a local slot before it goes to the first escalation
+    /// target (whose circuit must be closed); 0 turns this off.
+    pub local_queue_fallback_ms: Option<u64>,
     /// Per-agent threshold overrides, by agent id.
     #[serde(default)]
     pub agents: BTreeMap<String, RawThresholds>,
@@ -192,10 +198,19 @@ pub struct RoutingConfig {
     pub thresholds: Thresholds,
     pub label_risk: BTreeMap<String, u8>,
     pub verify_before_stream: bool,
+    /// 0: off.
+    pub local_queue_fallback_ms: u64,
     pub agent_thresholds: BTreeMap<String, Thresholds>,
 }
 
 impl RoutingConfig {
+    /// How long a request waits in the queue for a local slot before it is sent to the
+    /// first escalation target; `None` if it never is.
+    pub fn local_queue_fallback(&self) -> Option<Duration> {
+        (self.local_queue_fallback_ms > 0)
+            .then(|| Duration::from_millis(self.local_queue_fallback_ms))
+    }
+
     /// The thresholds that apply to one agent.
     pub fn thresholds_for(&self, agent: &str) -> Thresholds {
         self.agent_thresholds
@@ -343,14 +358,30 @@ pub fn provider_prices(raw: &[RawProvider]) -> Result<Vec<(String, ModelPrice)>,
     Ok(prices)
 }
 
-/// Checks a routing section against the providers and agents it refers to.
+/// Checks a routing section against the providers and agents it refers to, and the
+/// governor's queue timeout, which the local queue fallback must come before.
 pub fn validate_routing(
     raw: RawRouting,
     providers: &[ProviderConfig],
     agents: &[String],
+    queue_timeout: Duration,
     prefix: &str,
 ) -> Result<RoutingConfig, Invalid> {
     let key = |field: &str| format!("{prefix}{field}");
+    let timeout_ms = u64::try_from(queue_timeout.as_millis()).unwrap_or(u64::MAX);
+    let local_queue_fallback_ms = match raw.local_queue_fallback_ms {
+        Some(ms) if ms > 0 && ms >= timeout_ms => {
+            return Err((
+                key("local_queue_fallback_ms"),
+                format!(
+                    "{ms} ms is not below governor.queue_timeout_ms ({timeout_ms} ms): requests \
+                     would time out before they fall back (0 turns the fallback off)"
+                ),
+            ))
+        }
+        Some(ms) => ms,
+        None => DEFAULT_LOCAL_QUEUE_FALLBACK_MS.min(timeout_ms / 4),
+    };
     for (index, model) in raw.escalation_models.iter().enumerate() {
         if !providers.iter().any(|provider| provider.serves(model)) {
             return Err((
@@ -391,6 +422,7 @@ pub fn validate_routing(
         thresholds,
         label_risk: raw.label_risk,
         verify_before_stream: raw.verify_before_stream.unwrap_or(true),
+        local_queue_fallback_ms,
         agent_thresholds,
     })
 }

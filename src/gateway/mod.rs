@@ -25,14 +25,17 @@ use futures::{Stream, StreamExt};
 
 use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
+use crate::backend::provider::breaker::BreakerState;
 use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
 use crate::cost::outcome::Outcome as BusinessOutcome;
 use crate::error::GatewayError;
-use crate::governor::{Admission, Governor, Permit, Priority};
+use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, Screen, Screened};
-use crate::route::{assess_risk, check_local_answer, Reason, Route, RoutingState, Target};
+use crate::route::{
+    assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
+};
 use crate::runs::RunTracker;
 use trail::Trail;
 
@@ -234,7 +237,15 @@ impl Gateway {
         }
         trail.reason(Reason::LocalFirst);
 
-        let permit = self.admit(&context, self.local.name()).await?;
+        let permit = self.admit_local_first(&context, &table, &chain).await?;
+        if permit.moved() {
+            trail.route = Route::External;
+            trail.reason(Reason::LocalSaturated);
+            let escort = Escort { screen, permit };
+            return self
+                .start_external(context, request, stream, chain, trail, escort)
+                .await;
+        }
         let mut escort = Escort { screen, permit };
         let started = Instant::now();
         let local_events = match self.local.generate(request.clone()).await {
@@ -415,13 +426,31 @@ impl Gateway {
     /// Takes a governor permit for a request that starts on `backend`, waiting in the
     /// priority queue if need be.
     async fn admit(&self, context: &RequestContext, backend: &str) -> Result<Permit, GatewayError> {
-        let admission = Admission {
-            agent: &context.principal.agent_id,
-            tenant: &context.principal.tenant,
-            priority: context.metadata.priority,
-            backend,
-        };
-        Ok(self.governor.admit(admission).await?)
+        Ok(self.governor.admit(admission(context, backend)).await?)
+    }
+
+    /// A permit for the local engine; or, for a request the queue holds past
+    /// `local_queue_fallback_ms` while the first escalation target's circuit is closed,
+    /// a permit for that target ([`Permit::moved`]): better a paid answer now than a
+    /// free one after the agent has given up.
+    async fn admit_local_first(
+        &self,
+        context: &RequestContext,
+        table: &RoutingTable,
+        chain: &[Target],
+    ) -> Result<Permit, GatewayError> {
+        let local = admission(context, self.local.name());
+        let fallback = table.routing.local_queue_fallback().zip(chain.first());
+        match fallback {
+            Some((after, target)) if target.provider.breaker_state() == BreakerState::Closed => {
+                let fallback = QueueFallback {
+                    after,
+                    backend: &target.provider.config().name,
+                };
+                Ok(self.governor.admit_or_move(local, fallback).await?)
+            }
+            _ => Ok(self.governor.admit(local).await?),
+        }
     }
 
     /// Tries each target in order until one answers. A streaming client gets the first
@@ -603,6 +632,16 @@ impl From<BackendError> for Unanswered {
 struct Escort {
     screen: Screen,
     permit: Permit,
+}
+
+/// What `context` asks of the governor to run on `backend`.
+fn admission<'a>(context: &'a RequestContext, backend: &'a str) -> Admission<'a> {
+    Admission {
+        agent: &context.principal.agent_id,
+        tenant: &context.principal.tenant,
+        priority: context.metadata.priority,
+        backend,
+    }
 }
 
 fn no_provider() -> GatewayError {

@@ -31,6 +31,12 @@
 //! cost is known only at completion), so the request that crosses a cap finishes and
 //! the next one is refused with `budget_exceeded` until the UTC day or month turns.
 //!
+//! **Fallback.** A request may name a second backend for when its own keeps it waiting
+//! ([`Governor::admit_or_move`]): the gateway sends `auto` requests the local queue
+//! holds too long to the first escalation provider. The request keeps its place in
+//! the queue (its arrival and class), so waiting for one backend counts towards the
+//! other.
+//!
 //! **Cancellation.** A request whose client goes away while queued leaves the queue at
 //! once (the waiting future's drop removes it); the `Permit` of a running request
 //! frees its slot when dropped, which the gateway ties to the response stream.
@@ -121,6 +127,14 @@ pub struct Admission<'a> {
     pub backend: &'a str,
 }
 
+/// Where a queued request goes if its backend keeps it waiting: after `after` in the
+/// queue it asks for a slot on `backend` instead, keeping its place and its aging.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueFallback<'a> {
+    pub after: Duration,
+    pub backend: &'a str,
+}
+
 /// The governor; cheap to clone, every clone governs the same slots.
 #[derive(Clone)]
 pub struct Governor {
@@ -158,28 +172,50 @@ impl Governor {
     /// Admits the request now, after a wait in the queue, or refuses it. Dropping the
     /// returned future while it waits gives the place in the queue back at once.
     pub async fn admit(&self, ask: Admission<'_>) -> Result<Permit, GovernorError> {
+        self.admit_with(ask, None).await
+    }
+
+    /// As `admit`, but a request still queued after `fallback.after` waits for a slot on
+    /// `fallback.backend` instead ([`Permit::moved`] says so). It keeps its place and
+    /// the time it has waited: a request that had to wait for one backend should not go
+    /// to the back of the line for another.
+    pub async fn admit_or_move(
+        &self,
+        ask: Admission<'_>,
+        fallback: QueueFallback<'_>,
+    ) -> Result<Permit, GovernorError> {
+        self.admit_with(ask, Some(fallback)).await
+    }
+
+    async fn admit_with(
+        &self,
+        ask: Admission<'_>,
+        fallback: Option<QueueFallback<'_>>,
+    ) -> Result<Permit, GovernorError> {
         let arrived = Instant::now();
         let admitted = self.shared.lock().admit(&ask, arrived, Utc::now())?;
-        let (slot, waited) = match admitted {
-            Admitted::Now(slot) => (slot, Duration::ZERO),
+        let (slot, waited, moved) = match admitted {
+            Admitted::Now(slot) => (slot, Duration::ZERO, false),
             Admitted::Queued { slot, key, reply } => {
                 let mut waiting = Waiting {
                     shared: &self.shared,
                     slot,
                     key,
                     reply,
+                    moved: false,
                     settled: false,
                 };
                 let waited = waiting
-                    .answer(arrived, arrived + self.shared.queue_timeout)
+                    .answer(arrived, arrived + self.shared.queue_timeout, fallback)
                     .await?;
-                (slot, waited)
+                (waiting.slot, waited, waiting.moved)
             }
         };
         Ok(Permit {
             shared: self.shared.clone(),
             slot,
             waited,
+            moved,
             acquired: Instant::now(),
         })
     }
@@ -219,17 +255,39 @@ struct Waiting<'a> {
     slot: Slot,
     key: QueueKey,
     reply: oneshot::Receiver<Reply>,
+    /// Moved to its fallback backend.
+    moved: bool,
     settled: bool,
 }
 
 impl Waiting<'_> {
-    /// The grant (with the time waited) or the refusal, by `deadline` at the latest.
+    /// The grant (with the time waited) or the refusal, by `deadline` at the latest;
+    /// moved to the fallback's backend if still waiting when the fallback is due.
     async fn answer(
         &mut self,
         arrived: Instant,
         deadline: Instant,
+        fallback: Option<QueueFallback<'_>>,
     ) -> Result<Duration, GovernorError> {
-        let answer = match tokio::time::timeout_at(deadline, &mut self.reply).await {
+        let mut received = None;
+        if let Some(fallback) = fallback.filter(|f| arrived + f.after < deadline) {
+            match tokio::time::timeout_at(arrived + fallback.after, &mut self.reply).await {
+                Ok(reply) => received = Some(reply),
+                Err(_) => {
+                    self.moved = self.shared.lock().redirect(
+                        &self.key,
+                        &mut self.slot,
+                        fallback.backend,
+                        Instant::now(),
+                    );
+                }
+            }
+        }
+        let received = match received {
+            Some(reply) => Ok(reply),
+            None => tokio::time::timeout_at(deadline, &mut self.reply).await,
+        };
+        let answer = match received {
             Ok(Ok(answer)) => answer,
             // The deadline passed (or, never in practice, the queue dropped the entry
             // unanswered): leave, unless a grant arrived at the last moment.
@@ -267,10 +325,17 @@ pub struct Permit {
     shared: Arc<Shared>,
     slot: Slot,
     waited: Duration,
+    moved: bool,
     acquired: Instant,
 }
 
 impl Permit {
+    /// Whether the queue moved the request to its fallback backend
+    /// ([`Governor::admit_or_move`]): the permit is for that backend.
+    pub fn moved(&self) -> bool {
+        self.moved
+    }
+
     /// The class the request ran in, after the agent's default and ceiling.
     pub fn priority(&self) -> Priority {
         self.slot.class

@@ -490,6 +490,26 @@ impl State {
         }
     }
 
+    /// Points a queued request at `backend` instead of the one it waits for, in the
+    /// same place in the queue, and grants it at once if it fits there. False if it is
+    /// no longer queued (granted, or refused, at the last moment): it stays as it is.
+    pub fn redirect(
+        &mut self,
+        key: &QueueKey,
+        slot: &mut Slot,
+        backend: &str,
+        now: Instant,
+    ) -> bool {
+        let to = self.backend(backend, None);
+        let Some(waiter) = self.queue.waiting.get_mut(key) else {
+            return false;
+        };
+        waiter.slot.backend = to;
+        slot.backend = to;
+        self.dispatch(now);
+        true
+    }
+
     /// A time-out, with when to try again.
     pub fn timed_out(&mut self, slot: Slot, waited: Duration) -> GovernorError {
         let error = GovernorError::QueueTimeout {

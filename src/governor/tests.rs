@@ -228,6 +228,84 @@ async fn a_request_moving_on_frees_its_backend_slot_but_keeps_its_place() {
     assert_eq!(snapshot.backends[REMOTE].in_flight, 0);
 }
 
+/// Waits for the local backend, or for `REMOTE` once it has waited `after`.
+fn local_or_remote<'a>(governor: &'a Governor, agent: &'a str, after: Duration) -> Waiter<'a> {
+    let fallback = QueueFallback {
+        after,
+        backend: REMOTE,
+    };
+    Box::pin(governor.admit_or_move(ask(agent, Priority::P1), fallback))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_still_queued_at_its_fallback_moves_to_that_backend() {
+    let (governor, _) = governor(settings(8).backend(LOCAL, 1).backend(REMOTE, 1));
+    let local = now(&governor, ask("a", Priority::P1)).await;
+    let mut waiter = local_or_remote(&governor, "b", Duration::from_secs(2));
+    assert!(answer(&mut waiter).await.is_none());
+    tokio::time::advance(Duration::from_millis(1999)).await;
+    assert!(answer(&mut waiter).await.is_none());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let moved = answer(&mut waiter).await.unwrap().unwrap();
+    assert!(moved.moved());
+    assert_eq!(moved.waited(), Duration::from_secs(2));
+    let snapshot = governor.snapshot();
+    assert_eq!(snapshot.backends[LOCAL].in_flight, 1);
+    assert_eq!(snapshot.backends[REMOTE].in_flight, 1);
+    drop((local, moved));
+    assert_eq!(governor.snapshot().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_moved_request_keeps_its_place_in_line_for_the_new_backend() {
+    let (governor, _) = governor(settings(8).backend(LOCAL, 1).backend(REMOTE, 1));
+    let local = now(&governor, ask("a", Priority::P1)).await;
+    let remote = now(&governor, on(REMOTE, ask("c", Priority::P1))).await;
+    let mut waiter = local_or_remote(&governor, "b", Duration::from_secs(2));
+    assert!(answer(&mut waiter).await.is_none());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // Arrives after the waiter, before it moves: it stays behind.
+    let mut later = queued(&governor, on(REMOTE, ask("d", Priority::P1))).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(answer(&mut waiter).await.is_none());
+    // Moved, it waits for the remote backend only: a free local slot is not its own.
+    drop(local);
+    assert!(answer(&mut waiter).await.is_none());
+    drop(remote);
+    let moved = answer(&mut waiter).await.unwrap().unwrap();
+    assert!(moved.moved());
+    assert_eq!(moved.waited(), Duration::from_secs(3));
+    assert!(answer(&mut later).await.is_none());
+    drop(moved);
+    assert!(answer(&mut later).await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_granted_before_its_fallback_stays_where_it_asked() {
+    let (governor, _) = governor(settings(8).backend(LOCAL, 1).backend(REMOTE, 1));
+    let local = now(&governor, ask("a", Priority::P1)).await;
+    let mut waiter = local_or_remote(&governor, "b", Duration::from_secs(2));
+    assert!(answer(&mut waiter).await.is_none());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    drop(local);
+    let stayed = answer(&mut waiter).await.unwrap().unwrap();
+    assert!(!stayed.moved());
+    assert_eq!(governor.snapshot().backends[LOCAL].in_flight, 1);
+    assert_eq!(governor.snapshot().backends[REMOTE].in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_due_after_the_queue_timeout_never_moves() {
+    let (governor, _) = governor(settings(8).backend(LOCAL, 1).backend(REMOTE, 1));
+    let _local = now(&governor, ask("a", Priority::P1)).await;
+    let mut waiter = local_or_remote(&governor, "b", TIMEOUT);
+    assert!(answer(&mut waiter).await.is_none());
+    tokio::time::advance(TIMEOUT).await;
+    let error = answer(&mut waiter).await.unwrap().unwrap_err();
+    assert!(matches!(error, GovernorError::QueueTimeout { .. }));
+    assert_eq!(governor.snapshot().backends[REMOTE].in_flight, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_waiter_blocked_by_its_own_cap_does_not_hold_up_others() {
     let limits = AgentLimits {

@@ -51,6 +51,7 @@ mod tests {
     use super::*;
     use crate::chat::{Message, Role, Sampling, ToolChoice, ToolSpec};
     use crate::config::routing::{validate_routing, RawRouting};
+    use std::time::Duration;
 
     fn request(messages: Vec<Message>, tools: &[&str]) -> ChatRequest {
         ChatRequest {
@@ -85,7 +86,7 @@ mod tests {
             .into(),
             ..RawRouting::default()
         };
-        let routing = validate_routing(raw, &[], &[], "routing.").unwrap();
+        let routing = validate_routing(raw, &[], &[], Duration::from_secs(60), "routing.").unwrap();
         let metadata = RequestMetadata {
             labels: [
                 ("env".to_string(), "prod".to_string()),
@@ -116,6 +117,7 @@ mod tests {
             },
             &[],
             &[],
+            Duration::from_secs(60),
             "routing.",
         )
         .unwrap();

@@ -3,6 +3,7 @@
 //! reload never changes the rules under a request in flight.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -27,6 +28,8 @@ pub struct RoutingTable {
     pub prices: PriceTable,
     /// Agents the routing may name in per-agent overrides.
     agents: Vec<String>,
+    /// The governor's, fixed at start: the local queue fallback must come before it.
+    queue_timeout: Duration,
 }
 
 /// What the admin API shows of a table.
@@ -81,6 +84,9 @@ impl RoutingTable {
             providers,
             prices: config.prices.clone(),
             agents: config.agents.iter().map(|agent| agent.id.clone()).collect(),
+            // The governor reads its settings at start only; a reload keeps them.
+            queue_timeout: previous
+                .map_or(config.governor.queue_timeout, |table| table.queue_timeout),
         })
     }
 
@@ -181,13 +187,20 @@ impl RoutingState {
                 .iter()
                 .map(|p| p.config().clone())
                 .collect();
-            let routing = validate_routing(raw, &provider_configs, &current.agents, "")?;
+            let routing = validate_routing(
+                raw,
+                &provider_configs,
+                &current.agents,
+                current.queue_timeout,
+                "",
+            )?;
             Ok(RoutingTable {
                 version: current.version + 1,
                 routing,
                 providers: current.providers.clone(),
                 prices: current.prices.clone(),
                 agents: current.agents.clone(),
+                queue_timeout: current.queue_timeout,
             })
         })
     }
