@@ -57,11 +57,14 @@ pub fn for_each_chunk<T: Send>(
     chunk_len: usize,
     work: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    let chunks: Vec<Mutex<&mut [T]>> = data.chunks_mut(chunk_len.max(1)).map(Mutex::new).collect();
+    let chunks: Vec<OwnLine<Mutex<&mut [T]>>> = data
+        .chunks_mut(chunk_len.max(1))
+        .map(|chunk| OwnLine(Mutex::new(chunk)))
+        .collect();
     let panicked = Mutex::new(None);
     let run = |index: usize| {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            work(index, &mut lock(&chunks[index]))
+            work(index, &mut lock(&chunks[index].0))
         }));
         if let Err(payload) = outcome {
             if let Ok(mut first) = panicked.lock() {
@@ -78,6 +81,11 @@ pub fn for_each_chunk<T: Send>(
         std::panic::resume_unwind(payload);
     }
 }
+
+/// A value on cache lines of its own. Neighbouring chunks' locks are taken by different
+/// workers; sharing a line, every lock would pull the line from the other core.
+#[repr(align(128))]
+struct OwnLine<T>(T);
 
 /// Each chunk is locked by exactly one worker, so the lock is never contended; a
 /// poisoned one only means another piece panicked, which the pool reports anyway.

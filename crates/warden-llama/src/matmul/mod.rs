@@ -5,6 +5,11 @@
 //! are, in f32: no rounding of the activations to 8 bits (ggml's and candle's quantized
 //! paths do round them, which makes their results jump on the slightest float noise).
 //!
+//! Why f32 and not 8-bit activations with integer dot products, as ggml does: without
+//! AVX-512 VNNI (which no safe wrapper exposes) an 8-bit product costs as many vector
+//! instructions per multiply-add as an f32 one, and this layout already keeps the
+//! multiply-add units busy (`avx512` holds the kernels that do so).
+//!
 //! A row's arithmetic does not depend on the other rows in the pass, on how rows are
 //! grouped or on how tiles are spread over threads: a sequence gets the same bits alone
 //! or in any batch.
@@ -13,6 +18,16 @@ use candle_core::quantized::{GgmlDType, QTensor};
 
 use crate::cpu::{f16_to_f32, for_each_chunk, madd, vectorized, Kernel};
 use crate::LoadError;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+use avx512::Avx512Tile as Simd512;
+/// Elsewhere tile formats need no vector kernels of their own.
+#[cfg(not(target_arch = "x86_64"))]
+trait Simd512 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T> Simd512 for T {}
 
 /// Output rows per tile: one 512-bit vector of f32.
 pub const TILE: usize = 16;
@@ -163,6 +178,17 @@ fn half_bits(bytes: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 
+/// A tile's half-precision scales as singles. (Widened in the product rather than at
+/// load: decoding streams every weight from memory, and halves keep the stream short.)
+#[inline(always)]
+fn widen(halves: &[u16; TILE]) -> [f32; TILE] {
+    let mut singles = [0.0; TILE];
+    for (single, half) in singles.iter_mut().zip(halves) {
+        *single = f16_to_f32(*half);
+    }
+    singles
+}
+
 /// ggml's `block_q4_1`: half `d`, half `m`, 16 bytes of nibbles.
 fn q4_1_tile(lanes: &[&[u8]]) -> Q4_1Tile {
     let mut tile = Q4_1Tile {
@@ -233,6 +259,25 @@ pub struct MatmulScratch {
 
 /// `out[row] = w · x[row]` for every row of `x`; `out` is `x.rows() * w.rows()`.
 pub fn matmul(w: &PackedMatrix, x: &Activations, out: &mut [f32], scratch: &mut MatmulScratch) {
+    product(w, x, out, scratch, Kernels::Fastest);
+}
+
+/// Which tile kernels a product runs: the CPU's fastest, or the portable loops (which
+/// the tests also run on CPUs that have faster ones).
+#[derive(Clone, Copy, Debug)]
+enum Kernels {
+    Fastest,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+}
+
+fn product(
+    w: &PackedMatrix,
+    x: &Activations,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+    kernels: Kernels,
+) {
     let rows = x.rows;
     let blocks = w.cols / BLOCK;
     debug_assert_eq!(x.blocks_per_row, blocks);
@@ -248,16 +293,18 @@ pub fn matmul(w: &PackedMatrix, x: &Activations, out: &mut [f32], scratch: &mut 
         let (part, tile) = tile_parts[index];
         let tiles = tile..tile + 1;
         match &w.parts[part].tiles {
-            Tiles::Q4_1(all) => vectorized(TileProduct {
-                tiles: &all[tiles.start * blocks..tiles.end * blocks],
+            Tiles::Q4_1(all) => tile_product(
+                kernels,
+                &all[tiles.start * blocks..tiles.end * blocks],
                 x,
                 out,
-            }),
-            Tiles::Q8_0(all) => vectorized(TileProduct {
-                tiles: &all[tiles.start * blocks..tiles.end * blocks],
+            ),
+            Tiles::Q8_0(all) => tile_product(
+                kernels,
+                &all[tiles.start * blocks..tiles.end * blocks],
                 x,
                 out,
-            }),
+            ),
         }
     });
     // Lay the tiles' results out by row, skipping the padding of each part's last tile.
@@ -282,8 +329,23 @@ pub fn matmul(w: &PackedMatrix, x: &Activations, out: &mut [f32], scratch: &mut 
     });
 }
 
+/// One row tile against every activation row, with AVX-512 when the CPU has it.
+fn tile_product<T: TileFormat>(kernels: Kernels, tiles: &[T], x: &Activations, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Kernels::Fastest, Some(simd)) = (kernels, avx512::available()) {
+        return avx512::Product {
+            simd,
+            tiles,
+            x,
+            out,
+        }
+        .run();
+    }
+    vectorized(TileProduct { tiles, x, out })
+}
+
 /// A tile format's arithmetic on a group of `MB` activation rows.
-trait TileFormat: Copy + Sync {
+trait TileFormat: Copy + Sync + Simd512 {
     /// Adds the block's products with each row (`x`, block sums `sums`) into `acc`.
     fn accumulate<const MB: usize, const FMA: bool>(
         &self,
@@ -316,8 +378,7 @@ impl TileFormat for Q4_1Tile {
                 }
             }
         }
-        let d: [f32; TILE] = std::array::from_fn(|r| f16_to_f32(self.d[r]));
-        let offset: [f32; TILE] = std::array::from_fn(|r| f16_to_f32(self.m[r]));
+        let (d, offset) = (widen(&self.d), widen(&self.m));
         for m in 0..MB {
             for r in 0..TILE {
                 let scaled = madd::<FMA>(offset[r], sums[m], acc[m][r]);
@@ -348,7 +409,7 @@ impl TileFormat for Q8_0Tile {
                 }
             }
         }
-        let d: [f32; TILE] = std::array::from_fn(|r| f16_to_f32(self.d[r]));
+        let d = widen(&self.d);
         for m in 0..MB {
             for r in 0..TILE {
                 acc[m][r] = madd::<FMA>(d[r], even[m][r] + odd[m][r], acc[m][r]);
@@ -469,7 +530,15 @@ mod tests {
             .collect()
     }
 
-    fn ours(parts: &[(usize, GgmlDType, u32)], cols: usize, x: &[f32], rows: usize) -> Vec<f32> {
+    const BOTH: [Kernels; 2] = [Kernels::Fastest, Kernels::Portable];
+
+    fn ours(
+        kernels: Kernels,
+        parts: &[(usize, GgmlDType, u32)],
+        cols: usize,
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<f32> {
         let tensors: Vec<QTensor> = parts
             .iter()
             .map(|&(n, dtype, seed)| quantized(n, cols, dtype, seed))
@@ -478,11 +547,12 @@ mod tests {
         let mut activations = Activations::default();
         activations.load(x, rows, cols);
         let mut out = vec![f32::NAN; rows * matrix.rows()];
-        matmul(
+        product(
             &matrix,
             &activations,
             &mut out,
             &mut MatmulScratch::default(),
+            kernels,
         );
         out
     }
@@ -497,27 +567,36 @@ mod tests {
         ];
         let x = values(rows * cols, 5);
         let expected = reference(&parts, cols, &x, rows);
-        let got = ours(&parts, cols, &x, rows);
-        for (row, expected) in expected.iter().enumerate() {
-            for (column, value) in expected.iter().enumerate() {
-                let ours = f64::from(got[row * 77 + column]);
-                assert!(
-                    (ours - value).abs() <= 1e-5 * value.abs().max(1.0),
-                    "{row},{column}: {ours} vs {value}"
-                );
+        for kernels in BOTH {
+            let got = ours(kernels, &parts, cols, &x, rows);
+            for (row, expected) in expected.iter().enumerate() {
+                for (column, value) in expected.iter().enumerate() {
+                    let ours = f64::from(got[row * 77 + column]);
+                    assert!(
+                        (ours - value).abs() <= 1e-5 * value.abs().max(1.0),
+                        "{kernels:?} {row},{column}: {ours} vs {value}"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn a_row_gives_the_same_bits_alone_or_in_any_batch() {
-        let cols = 128;
-        let parts = [(48, GgmlDType::Q4_1, 6)];
-        let x = values(13 * cols, 7);
-        let batched = ours(&parts, cols, &x, 13);
-        for row in 0..13 {
-            let alone = ours(&parts, cols, &x[row * cols..(row + 1) * cols], 1);
-            assert_eq!(alone, batched[row * 48..(row + 1) * 48]);
+        // 15 rows run in groups of 8, 4, 2 and 1.
+        let (cols, rows) = (128, 15);
+        let parts = [(48, GgmlDType::Q4_1, 6), (16, GgmlDType::Q8_0, 9)];
+        let x = values(rows * cols, 7);
+        for kernels in BOTH {
+            let batched = ours(kernels, &parts, cols, &x, rows);
+            for row in 0..rows {
+                let alone = ours(kernels, &parts, cols, &x[row * cols..(row + 1) * cols], 1);
+                assert_eq!(
+                    alone,
+                    batched[row * 64..(row + 1) * 64],
+                    "{kernels:?} row {row}"
+                );
+            }
         }
     }
 
