@@ -1,12 +1,13 @@
 //! How the model's numeric loops use the CPU: the widest vector instructions it has,
-//! chosen at run time so one binary runs everywhere, and candle's worker pool for
+//! chosen at run time so one binary runs everywhere, and a work-stealing pool for
 //! spreading a loop over cores.
 //!
 //! Kernels are plain loops over fixed-size arrays. Compiled inside `vectorized`, they
 //! run with the CPU's vector extensions enabled (AVX-512 or AVX2 with FMA on x86), and
-//! the compiler turns the inner loops into vector code; no intrinsics, no `unsafe`.
+//! the compiler turns the inner loops into vector code; no `unsafe`. (The matrix
+//! products also have kernels written with AVX-512 vectors, in `matmul::avx512`.)
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 
 /// A loop body to run under the CPU's vector extensions. Implementations mark `run`
 /// `#[inline(always)]` so it is compiled with those extensions, not without them.
@@ -45,55 +46,57 @@ pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// Runs `work(index, chunk)` for each `chunk_len`-long piece of `data` on candle's
-/// worker pool, the calling thread included. Pieces are handed out from a shared
-/// cursor, so a worker the OS preempts delays only the piece it holds instead of a
-/// fixed share of the loop: a busy machine slows the engine down, it does not stall it.
-///
-/// A panic in `work` is caught inside the pool and resumed here, after the pool is done:
-/// unwinding through candle's pool would poison its lock and break it for good.
+/// The engine's worker threads: `CANDLE_NUM_THREADS` of them (the variable warden's
+/// `local.threads` sets), else one per core. `None` if they could not be started.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::env::var("CANDLE_NUM_THREADS")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|index| format!("warden-llama-{index}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `pass` on the engine's workers, so that the loops inside it split their work
+/// among those workers with no hand-off from outside the pool each time. (Should the
+/// workers have failed to start, rayon's shared pool stands in.)
+pub fn on_workers<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(pool) => pool.install(pass),
+        None => pass(),
+    }
+}
+
+/// Runs `work(index, chunk)` for each `chunk_len`-long piece of `data` on the engine's
+/// workers. Pieces are split off as workers come for them (work stealing): a worker the
+/// OS has preempted holds up only a piece it already took, and a worker that never
+/// wakes up in time takes none; the others do its share. A fixed split, or a barrier
+/// that waits for every worker to check in, would run at the pace of the preempted one.
 pub fn for_each_chunk<T: Send>(
     data: &mut [T],
     chunk_len: usize,
     work: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    let chunks: Vec<OwnLine<Mutex<&mut [T]>>> = data
-        .chunks_mut(chunk_len.max(1))
-        .map(|chunk| OwnLine(Mutex::new(chunk)))
-        .collect();
-    let panicked = Mutex::new(None);
-    let run = |index: usize| {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            work(index, &mut lock(&chunks[index].0))
-        }));
-        if let Err(payload) = outcome {
-            if let Ok(mut first) = panicked.lock() {
-                first.get_or_insert(payload);
-            }
+    use rayon::prelude::*;
+    let chunk_len = chunk_len.max(1);
+    if data.len() <= chunk_len {
+        if !data.is_empty() {
+            work(0, data);
         }
-    };
-    match chunks.len() {
-        0 => {}
-        1 => run(0),
-        n => candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(run)),
+        return;
     }
-    if let Some(payload) = panicked.into_inner().ok().flatten() {
-        std::panic::resume_unwind(payload);
-    }
-}
-
-/// A value on cache lines of its own. Neighbouring chunks' locks are taken by different
-/// workers; sharing a line, every lock would pull the line from the other core.
-#[repr(align(128))]
-struct OwnLine<T>(T);
-
-/// Each chunk is locked by exactly one worker, so the lock is never contended; a
-/// poisoned one only means another piece panicked, which the pool reports anyway.
-fn lock<'a, 'b, T>(mutex: &'a Mutex<&'b mut [T]>) -> MutexGuard<'a, &'b mut [T]> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    data.par_chunks_mut(chunk_len)
+        .enumerate()
+        .with_max_len(1)
+        .for_each(|(index, chunk)| work(index, chunk));
 }
 
 /// Exact IEEE half to single precision for finite values, in plain arithmetic so that a
@@ -123,6 +126,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_panicking_piece_reaches_the_caller_and_the_pool_keeps_working() {
+        let mut data = vec![0u8; 64];
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            on_workers(|| {
+                for_each_chunk(&mut data, 8, |index, _| assert_ne!(index, 3, "piece 3"));
+            })
+        }));
+        assert!(outcome.is_err());
+        on_workers(|| for_each_chunk(&mut data, 8, |_, chunk| chunk.fill(1)));
+        assert!(data.iter().all(|&value| value == 1));
     }
 
     #[test]

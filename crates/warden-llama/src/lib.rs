@@ -131,6 +131,15 @@ impl Llama {
         cache: &mut KvCache,
         work: &'w mut Workspace,
     ) -> Result<&'w [f32], ForwardError> {
+        cpu::on_workers(|| self.forward_here(inputs, cache, work))
+    }
+
+    fn forward_here<'w>(
+        &self,
+        inputs: &[SequenceInput],
+        cache: &mut KvCache,
+        work: &'w mut Workspace,
+    ) -> Result<&'w [f32], ForwardError> {
         let c = &self.config;
         let rows = self.rows(inputs)?;
         let n = rows.len();
