@@ -4,10 +4,14 @@
 //! then the aggregate rate of 1, 2 and 4 streams decoding at once through the real
 //! scheduler. `cargo bench --bench engine`.
 //!
-//! With `LLAMA_BENCH=/path/to/llama-bench` in the environment, llama.cpp runs in the same
-//! process run on the same GGUF file (the one the engine loads) with the same thread
-//! count, and the ratios are printed: figures from one run on one machine state, which
-//! is the only comparison a shared, noisy machine allows.
+//! Single-stream figures are taken on the file the engine serves and, should the
+//! manifest convert it, on the file as shipped too.
+//!
+//! With `LLAMA_BENCH=/path/to/llama-bench`, llama.cpp runs on each file with the same
+//! thread count and the ratios are printed. With `LLAMA_SERVER=/path/to/llama-server`,
+//! a llama.cpp server with 4 parallel slots answers 1, 2 and 4 concurrent requests like
+//! the engine's, for the same aggregate decode rate. Figures from one run on one machine
+//! state: the only comparison a shared, noisy machine allows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -43,63 +47,91 @@ fn main() {
     let ModelRef::Manifest(manifest) = &model else {
         panic!("the bench expects the shipped manifest");
     };
-    // The file the engine runs (the manifest's conversion, when it asks for one).
-    let file = config.local.models_dir.join(
-        manifest
-            .converted_file()
-            .unwrap_or_else(|| manifest.file.clone()),
+    let shipped = config.local.models_dir.join(&manifest.file);
+    let served = manifest.converted_file().map_or_else(
+        || shipped.clone(),
+        |file| config.local.models_dir.join(file),
     );
+    let mut files = vec![("served", served.clone())];
+    if shipped != served {
+        files.push(("shipped", shipped));
+    }
+    let llama_bench_binary = std::env::var_os("LLAMA_BENCH");
+    let llama_server_binary = std::env::var_os("LLAMA_SERVER");
 
     println!(
-        "local engine on {} with {threads} threads (load average before: {})",
-        file.display(),
+        "local engine with {threads} threads (load average before: {})",
         load_average()
     );
-    let (prefill, decode) = single_stream(&file);
-    let streams = aggregate(&model, &config);
-    let llama_cpp = match std::env::var_os("LLAMA_BENCH") {
-        Some(binary) => Some(llama_bench(Path::new(&binary), &file, threads)),
-        None => None,
-    };
-
     println!();
     println!(
-        "{:<34} {:>15} {:>15} {:>8}",
-        "tok/s", "warden", "llama.cpp", "ratio"
+        "{:<44} {:>15} {:>15} {:>8}",
+        "single stream, tok/s", "warden", "llama.cpp", "ratio"
     );
-    let rows = [
-        (format!("prefill, {PROMPT_TOKENS}-token prompt"), prefill, 0),
-        (format!("decode, {DECODE_TOKENS} tokens"), decode, 1),
-    ];
-    for (name, ours, index) in rows {
-        match &llama_cpp {
-            Some(Ok(theirs)) => println!(
-                "{name:<34} {:>15} {:>15} {:>7.2}x",
-                ours.to_string(),
-                theirs[index].to_string(),
-                ours.mean / theirs[index].mean
+    for (role, file) in &files {
+        let (prefill, decode) = single_stream(file);
+        let theirs = llama_bench_binary
+            .as_ref()
+            .map(|binary| llama_bench(Path::new(binary), file, threads));
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        println!("{role} file {name}");
+        let rows = [
+            (
+                format!("  prefill, {PROMPT_TOKENS}-token prompt"),
+                prefill,
+                0,
             ),
-            _ => println!("{name:<34} {:>15}", ours.to_string()),
+            (format!("  decode, {DECODE_TOKENS} tokens"), decode, 1),
+        ];
+        for (row, ours, index) in rows {
+            match &theirs {
+                Some(Ok(theirs)) => println!(
+                    "{row:<44} {:>15} {:>15} {:>7.2}x",
+                    ours.to_string(),
+                    theirs[index].to_string(),
+                    ours.mean / theirs[index].mean
+                ),
+                _ => println!("{row:<44} {:>15}", ours.to_string()),
+            }
+        }
+        if let Some(Err(why)) = &theirs {
+            println!("  llama.cpp: {why}");
         }
     }
-    match &llama_cpp {
-        None => println!(
-            "llama.cpp: not run; set LLAMA_BENCH to a llama-bench binary to compare on the same file"
-        ),
-        Some(Err(why)) => println!("llama.cpp: {why}"),
-        Some(Ok(_)) => {}
+    if llama_bench_binary.is_none() {
+        println!("llama.cpp: not run; set LLAMA_BENCH to a llama-bench binary to compare");
     }
+
+    let ours = aggregate(&model, &config);
+    let theirs = llama_server_binary
+        .as_ref()
+        .map(|binary| llama_server(Path::new(binary), &served, threads));
     println!();
     println!(
-        "streams decoding at once through the scheduler (up to {DECODE_TOKENS} tokens each, sampled):"
+        "streams decoding at once (up to {DECODE_TOKENS} tokens each, sampled), aggregate tok/s:"
     );
-    let single = streams[0].1;
-    for (count, rate) in &streams {
+    let single = ours[0].1;
+    for (index, (count, rate)) in ours.iter().enumerate() {
+        let versus = match &theirs {
+            Some(Ok(server)) => format!(
+                "; llama.cpp server (4 slots) {:.1}, {:.2}x",
+                server[index],
+                rate / server[index]
+            ),
+            _ => String::new(),
+        };
         println!(
-            "  {count} stream{}: {rate:>7.1} tok/s aggregate decode, {:.2}x one stream",
+            "  {count} stream{}: {rate:>7.1}, {:.2}x one stream{versus}",
             if *count == 1 { " " } else { "s" },
             rate / single
         );
+    }
+    match &theirs {
+        None => println!(
+            "llama.cpp server: not run; set LLAMA_SERVER to a llama-server binary to compare"
+        ),
+        Some(Err(why)) => println!("llama.cpp server: {why}"),
+        Some(Ok(_)) => {}
     }
     println!("load average after: {}", load_average());
 }
@@ -265,16 +297,7 @@ async fn generate(backend: &LocalBackend, n: usize, max_tokens: u32) -> Vec<(u32
 
 /// llama.cpp's `pp200` and `tg128` on `file`, or why they could not be had.
 fn llama_bench(binary: &Path, file: &Path, threads: usize) -> Result<[Rate; 2], String> {
-    // A llama.cpp build keeps its shared libraries beside its binaries.
-    let library_path = binary.parent().map(Path::to_path_buf).unwrap_or_default();
-    let library_path = match std::env::var_os("LD_LIBRARY_PATH") {
-        Some(existing) => {
-            let mut paths = vec![library_path];
-            paths.extend(std::env::split_paths(&existing));
-            std::env::join_paths(paths).map_err(|e| e.to_string())?
-        }
-        None => library_path.into_os_string(),
-    };
+    let library_path = library_path(binary)?;
     let output = Command::new(binary)
         .args(["-m".as_ref(), file.as_os_str()])
         .args(["-t", &threads.to_string()])
@@ -309,6 +332,101 @@ fn llama_bench(binary: &Path, file: &Path, threads: usize) -> Result<[Rate; 2], 
             })
     };
     Ok([find(PROMPT_TOKENS, 0)?, find(0, DECODE_TOKENS)?])
+}
+
+/// `LD_LIBRARY_PATH` with the binary's own folder first: a llama.cpp build keeps its
+/// shared libraries beside its binaries.
+fn library_path(binary: &Path) -> Result<std::ffi::OsString, String> {
+    let own = binary.parent().map(Path::to_path_buf).unwrap_or_default();
+    match std::env::var_os("LD_LIBRARY_PATH") {
+        Some(existing) => {
+            let mut paths = vec![own];
+            paths.extend(std::env::split_paths(&existing));
+            std::env::join_paths(paths).map_err(|e| e.to_string())
+        }
+        None => Ok(own.into_os_string()),
+    }
+}
+
+/// A llama.cpp server on `file` with 4 parallel slots, asked for 1, 2 and 4 completions
+/// at once of the prompt the engine's streams get: the aggregate decode rate of each
+/// (tokens generated over the longest request's decode time, from the server's own
+/// timings), or why it could not be had.
+fn llama_server(binary: &Path, file: &Path, threads: usize) -> Result<Vec<f64>, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let slots = STREAMS.iter().copied().max().unwrap_or(1);
+    let mut child = Command::new(binary)
+        .args(["-m".as_ref(), file.as_os_str()])
+        .args(["-t", &threads.to_string(), "-np", &slots.to_string()])
+        .args([
+            "-c",
+            &(slots * 512).to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+        .env("LD_LIBRARY_PATH", library_path(binary)?)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("could not run {}: {e}", binary.display()))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let rates = runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let health = http.get(format!("{base}/health")).send().await;
+            if matches!(&health, Ok(response) if response.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the server never became healthy".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let completion = |seed: usize| {
+            let request = http.post(format!("{base}/completion")).json(&serde_json::json!({
+                // The engine's prompt: its system prompt and ChatML.
+                "prompt": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
+                           <|im_start|>user\nWrite a long story about a lighthouse keeper.<|im_end|>\n\
+                           <|im_start|>assistant\n",
+                "n_predict": DECODE_TOKENS,
+                "temperature": 0.8,
+                "seed": seed,
+                "cache_prompt": false,
+            }));
+            async move {
+                let answer: serde_json::Value = request
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let timings = &answer["timings"];
+                match (timings["predicted_n"].as_f64(), timings["predicted_ms"].as_f64()) {
+                    (Some(tokens), Some(ms)) => Ok((tokens, ms)),
+                    _ => Err(format!("no timings in the server's answer: {answer}")),
+                }
+            }
+        };
+        completion(0).await?; // warm-up
+        let mut rates = Vec::new();
+        for n in STREAMS {
+            let answers = futures::future::join_all((1..=n).map(completion)).await;
+            let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+            let tokens: f64 = answers.iter().map(|(tokens, _)| tokens).sum();
+            let longest_ms = answers.iter().map(|(_, ms)| *ms).fold(0.0, f64::max);
+            rates.push(tokens / (longest_ms / 1000.0));
+        }
+        Ok(rates)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    rates
 }
 
 /// The one-minute load average, where the system reports one.

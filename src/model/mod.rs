@@ -267,10 +267,8 @@ mod tests {
             panic!("expected a manifest");
         };
         assert_eq!(manifest.chat_template, TemplateKind::Chatml);
-        assert_eq!(
-            manifest.converted_file().as_deref(),
-            Some("SmolLM2-135M-Instruct.Q4_1.q8_0.gguf")
-        );
+        assert_eq!(manifest.file, "SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_eq!(manifest.converted_file(), None);
         assert!(matches!(
             ModelRef::resolve("no-such-model", &dir),
             Err(ModelError::Unknown { .. })
