@@ -32,6 +32,7 @@ const PROMPT_TOKENS: usize = 200;
 const DECODE_TOKENS: usize = 128;
 /// Repetitions of each single-stream test, as `llama-bench -r 3`.
 const ROUNDS: usize = 3;
+const WARM_UP_ROUNDS: usize = 2;
 const STREAMS: [usize; 3] = [1, 2, 4];
 
 fn main() {
@@ -111,7 +112,7 @@ fn main() {
         "streams decoding at once (up to {DECODE_TOKENS} tokens each, sampled), aggregate tok/s:"
     );
     let single = ours[0].1;
-    for (index, (count, rate)) in ours.iter().enumerate() {
+    for (index, (count, rate, fewest)) in ours.iter().enumerate() {
         let versus = match &theirs {
             Some(Ok(server)) => format!(
                 "; llama.cpp server (4 slots) {:.1}, {:.2}x",
@@ -121,7 +122,7 @@ fn main() {
             _ => String::new(),
         };
         println!(
-            "  {count} stream{}: {rate:>7.1}, {:.2}x one stream{versus}",
+            "  {count} stream{}: {rate:>7.1}, {:.2}x one stream (shortest {fewest} tokens){versus}",
             if *count == 1 { " " } else { "s" },
             rate / single
         );
@@ -181,8 +182,10 @@ fn single_stream(file: &Path) -> (Rate, Rate) {
     };
 
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
-    // One warm-up round, as llama-bench does, then the measured ones.
-    for round in 0..=ROUNDS {
+    // Warm-up rounds (llama-bench has one), then the measured ones. The engine's first
+    // passes of each size try each of its worker pools once (1 and 2 workers here), so
+    // it gets two.
+    for round in 0..WARM_UP_ROUNDS + ROUNDS {
         let prompt: Vec<u32> = (0..PROMPT_TOKENS).map(|_| random_token()).collect();
         let table = cache.allocate(PROMPT_TOKENS).unwrap();
         let started = Instant::now();
@@ -211,7 +214,7 @@ fn single_stream(file: &Path) -> (Rate, Rate) {
         }
         let decode_rate = DECODE_TOKENS as f64 / started.elapsed().as_secs_f64();
         cache.release(table);
-        if round > 0 {
+        if round >= WARM_UP_ROUNDS {
             prefill.push(prefill_rate);
             decode.push(decode_rate);
         }
@@ -229,8 +232,10 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// Aggregate decode tokens per second of `n` requests generating at once through the
-/// local backend (continuous batching), for each `n` in `STREAMS`.
-fn aggregate(model: &ModelRef, config: &Config) -> Vec<(usize, f64)> {
+/// local backend (continuous batching), for each `n` in `STREAMS`; and the fewest tokens
+/// a stream generated (a stream that stops early leaves the others decoding in a
+/// smaller batch).
+fn aggregate(model: &ModelRef, config: &Config) -> Vec<(usize, f64, u32)> {
     let engine = Arc::new(warden::server::load_engine(model, &config.local).unwrap());
     let slots = STREAMS.iter().copied().max().unwrap_or(1);
     let backend = LocalBackend::loading(model.name(), slots, Duration::from_secs(600));
@@ -254,7 +259,8 @@ fn aggregate(model: &ModelRef, config: &Config) -> Vec<(usize, f64)> {
                 .iter()
                 .map(|(tokens, _)| tokens.saturating_sub(1))
                 .sum();
-            rates.push((n, f64::from(decoded) / (elapsed - last_first_token)));
+            let fewest = streams.iter().map(|(tokens, _)| *tokens).min().unwrap_or(0);
+            rates.push((n, f64::from(decoded) / (elapsed - last_first_token), fewest));
         }
         rates
     })

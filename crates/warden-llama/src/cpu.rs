@@ -1,6 +1,6 @@
 //! How the model's numeric loops use the CPU: the widest vector instructions it has,
-//! chosen at run time so one binary runs everywhere, and a work-stealing pool for
-//! spreading a loop over cores.
+//! chosen at run time so one binary runs everywhere, and work stealing for spreading a
+//! loop over the workers of the pass it is in (see `workers`).
 //!
 //! Kernels are plain loops over fixed-size arrays. Compiled inside `vectorized`, they
 //! run with the CPU's vector extensions enabled (AVX-512 or AVX2 with FMA on x86), and
@@ -46,37 +46,8 @@ pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// The engine's worker threads: `CANDLE_NUM_THREADS` of them (the variable warden's
-/// `local.threads` sets), else one per core. `None` if they could not be started.
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let threads = std::env::var("CANDLE_NUM_THREADS")
-            .ok()
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|index| format!("warden-llama-{index}"))
-            .build()
-            .ok()
-    })
-    .as_ref()
-}
-
-/// Runs `pass` on the engine's workers, so that the loops inside it split their work
-/// among those workers with no hand-off from outside the pool each time. (Should the
-/// workers have failed to start, rayon's shared pool stands in.)
-pub fn on_workers<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
-    match pool() {
-        Some(pool) => pool.install(pass),
-        None => pass(),
-    }
-}
-
-/// Runs `work(index, chunk)` for each `chunk_len`-long piece of `data` on the engine's
-/// workers. Pieces are split off as workers come for them (work stealing): a worker the
+/// Runs `work(index, chunk)` for each `chunk_len`-long piece of `data` on the workers
+/// of the current pass. Pieces are split off as workers come for them (work stealing): a worker the
 /// OS has preempted holds up only a piece it already took, and a worker that never
 /// wakes up in time takes none; the others do its share. A fixed split, or a barrier
 /// that waits for every worker to check in, would run at the pace of the preempted one.
@@ -113,6 +84,7 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workers::on_workers;
 
     #[test]
     fn half_conversion_is_exact_for_every_finite_half() {
@@ -132,12 +104,14 @@ mod tests {
     fn a_panicking_piece_reaches_the_caller_and_the_pool_keeps_working() {
         let mut data = vec![0u8; 64];
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            on_workers(|| {
+            on_workers(64, || {
                 for_each_chunk(&mut data, 8, |index, _| assert_ne!(index, 3, "piece 3"));
             })
         }));
         assert!(outcome.is_err());
-        on_workers(|| for_each_chunk(&mut data, 8, |_, chunk| chunk.fill(1)));
+        on_workers(64, || {
+            for_each_chunk(&mut data, 8, |_, chunk| chunk.fill(1))
+        });
         assert!(data.iter().all(|&value| value == 1));
     }
 

@@ -23,6 +23,7 @@ pub mod kv_cache;
 mod load;
 pub mod matmul;
 mod ops;
+mod workers;
 
 use attention::{Heads, QueryRow};
 use kv_cache::KvCache;
@@ -131,7 +132,8 @@ impl Llama {
         cache: &mut KvCache,
         work: &'w mut Workspace,
     ) -> Result<&'w [f32], ForwardError> {
-        cpu::on_workers(|| self.forward_here(inputs, cache, work))
+        let rows = inputs.iter().map(|input| input.tokens.len()).sum();
+        workers::on_workers(rows, || self.forward_here(inputs, cache, work))
     }
 
     fn forward_here<'w>(
