@@ -4,6 +4,10 @@
 
 pub mod instant;
 
+/// The allocator `warden serve` runs with (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use axum::Router;
