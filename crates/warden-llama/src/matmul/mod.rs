@@ -31,7 +31,7 @@ impl<T> Simd512 for T {}
 
 /// Output rows per tile: one 512-bit vector of f32.
 pub const TILE: usize = 16;
-/// Values per quantization block (Q4_1, Q8_0 and the activations' Q8_1).
+/// Values per quantization block (Q4_1 and Q8_0).
 pub const BLOCK: usize = 32;
 
 /// Q4_1: `value = d * q + m` with `q` in 0..16. Byte `j` of a row holds value `j` in its
