@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,19 +71,6 @@ async fn client(base: String, body: Value, local: bool, seen: Arc<Seen>) {
         }
     }
     seen.cut.fetch_add(1, Ordering::SeqCst);
-}
-
-/// The newest segment of the log in `dir`.
-fn newest_segment(dir: &Path) -> PathBuf {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            let name = path.file_name().unwrap().to_string_lossy();
-            name.starts_with("audit-") && name.ends_with(".jsonl")
-        })
-        .max()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +144,11 @@ async fn a_server_killed_under_load_restarts_with_a_valid_chain_holding_every_an
 
     // SIGKILL cannot cut a write(2) to a file short, a power cut can: tear the last line
     // as one would, to check that start-up moves it aside and carries on.
-    let segment = newest_segment(audit.path());
+    let segment = warden::audit::segment::list(audit.path())
+        .unwrap()
+        .pop()
+        .unwrap()
+        .path;
     let mut bytes = std::fs::read(&segment).unwrap();
     let last_line = bytes[..bytes.len() - 1]
         .rsplit(|b| *b == b'\n')
@@ -209,5 +200,5 @@ async fn a_server_killed_under_load_restarts_with_a_valid_chain_holding_every_an
         .filter(|record| record["kind"] == "audit_repaired")
         .collect();
     assert_eq!(repairs.len(), 1, "{repairs:?}");
-    assert!(std::path::Path::new(repairs[0]["moved_to"].as_str().unwrap()).exists());
+    assert!(Path::new(repairs[0]["moved_to"].as_str().unwrap()).exists());
 }

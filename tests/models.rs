@@ -154,17 +154,7 @@ async fn serve_fetches_on_first_start_then_answers() {
     let base = server.base.clone();
 
     let client = reqwest::Client::new();
-    let ready = common::wait_until_async(
-        || async {
-            client
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
-        Duration::from_secs(120),
-    )
-    .await;
+    let ready = server.wait_ready(Duration::from_secs(120)).await;
     assert!(ready, "the model never became ready");
     assert!(models.join("smol.q8_0.gguf").is_file());
 

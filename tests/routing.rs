@@ -729,9 +729,11 @@ async fn a_request_in_flight_keeps_the_routing_it_started_with() {
 async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
+    let audit = common::scratch_dir();
     let path = dir.path().join("warden.yaml");
     let write = |routing: &str| {
         let options = ServerOptions {
+            audit_dir: Some(audit.path().to_path_buf()),
             extra_config: format!(
                 "providers:\n{}routing:\n{routing}",
                 provider("mock", "openai", &mock.base, "mock-large", &[])
@@ -775,6 +777,27 @@ async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
         .unwrap();
     assert!(refusal.contains("escalation_models[0]"), "{refusal}");
     assert_eq!(table().await["version"], 2);
+
+    // Both reloads are on the audit chain, by the signal, naming the file.
+    drop(server);
+    let records = warden::audit::query::read_all(audit.path()).unwrap();
+    let routing: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "routing_changed" || r["target"] == "routing")
+        .collect();
+    assert_eq!(routing.len(), 2, "{routing:?}");
+    assert_eq!(routing[0]["action"], "routing_changed");
+    assert_eq!(routing[0]["version"], 2);
+    assert_eq!(
+        routing[0]["routing"]["thresholds"]["min_mean_logprob"],
+        -0.5
+    );
+    assert_eq!(routing[1]["action"], "change_refused");
+    assert_eq!(routing[1]["target"], "routing");
+    for record in routing {
+        assert_eq!(record["by"], "signal:SIGHUP");
+        assert_eq!(record["file"], path.display().to_string());
+    }
 }
 
 #[tokio::test]
