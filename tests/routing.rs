@@ -778,13 +778,18 @@ async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
     assert!(refusal.contains("escalation_models[0]"), "{refusal}");
     assert_eq!(table().await["version"], 2);
 
-    // Both reloads are on the audit chain, by the signal, naming the file.
+    // Both reloads are on the audit chain, by the signal, naming the file. The log line
+    // comes before the record is durable, so the chain is polled rather than read once.
+    let routing_records = || {
+        warden::audit::query::read_all(audit.path())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["action"] == "routing_changed" || r["target"] == "routing")
+            .collect::<Vec<Value>>()
+    };
+    common::wait_until(|| routing_records().len() >= 2, Duration::from_secs(20)).await;
     drop(server);
-    let records = warden::audit::query::read_all(audit.path()).unwrap();
-    let routing: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["action"] == "routing_changed" || r["target"] == "routing")
-        .collect();
+    let routing = routing_records();
     assert_eq!(routing.len(), 2, "{routing:?}");
     assert_eq!(routing[0]["action"], "routing_changed");
     assert_eq!(routing[0]["version"], 2);
