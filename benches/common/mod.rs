@@ -13,12 +13,28 @@ use std::time::{Duration, Instant};
 use axum::Router;
 
 const WARM_UP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(3);
+const WINDOW: Duration = Duration::from_secs(2);
+/// Windows per side, alternating direct and through: drift in the machine's load (it is
+/// shared) then falls on both sides alike instead of on whichever ran second.
+const ROUNDS: usize = 3;
 
-pub struct Figures {
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub rps: f64,
+/// Latencies (µs) of every answer received in the measuring windows so far.
+#[derive(Default)]
+pub struct Samples {
+    latencies_us: Vec<f64>,
+    measured: Duration,
+}
+
+impl Samples {
+    fn percentile(&mut self, q: f64) -> f64 {
+        self.latencies_us.sort_by(f64::total_cmp);
+        let last = self.latencies_us.len() - 1;
+        self.latencies_us[((self.latencies_us.len() as f64 * q) as usize).min(last)]
+    }
+
+    fn per_second(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.measured.as_secs_f64()
+    }
 }
 
 pub async fn serve(app: Router) -> String {
@@ -28,9 +44,16 @@ pub async fn serve(app: Router) -> String {
     format!("http://{address}")
 }
 
-/// POSTs `body` to `url` from `connections` concurrent clients for the measuring window
-/// (after a warm-up), each waiting for the whole answer before sending again.
-pub async fn load(url: &str, key: &str, body: &serde_json::Value, connections: usize) -> Figures {
+/// POSTs `body` to `url` from `connections` concurrent clients for one measuring window
+/// (after a warm-up), each waiting for the whole answer before sending again, and adds
+/// what it saw to `samples`.
+pub async fn load(
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+    connections: usize,
+    samples: &mut Samples,
+) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()
@@ -59,7 +82,7 @@ pub async fn load(url: &str, key: &str, body: &serde_json::Value, connections: u
                 assert_eq!(response.status(), 200);
                 response.bytes().await.unwrap();
                 let since_start = started.elapsed();
-                if since_start > WARM_UP + MEASURE {
+                if since_start > WARM_UP + WINDOW {
                     return latencies;
                 }
                 if since_start > WARM_UP {
@@ -68,18 +91,10 @@ pub async fn load(url: &str, key: &str, body: &serde_json::Value, connections: u
             }
         })
     });
-    let mut latencies: Vec<f64> = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(Result::unwrap)
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Figures {
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-        rps: latencies.len() as f64 / MEASURE.as_secs_f64(),
+    for latencies in futures::future::join_all(tasks).await {
+        samples.latencies_us.extend(latencies.unwrap());
     }
+    samples.measured += WINDOW;
 }
 
 /// Measures `direct` and `through` side by side at each connection count and prints
@@ -105,19 +120,20 @@ pub async fn compare(
         "ratio"
     );
     for connections in [1, 8, 64] {
-        let base = load(direct.0, direct.1, body, connections).await;
-        let warden = load(through.0, through.1, body, connections).await;
+        let (mut base, mut warden) = (Samples::default(), Samples::default());
+        for _ in 0..ROUNDS {
+            load(direct.0, direct.1, body, connections, &mut base).await;
+            load(through.0, through.1, body, connections, &mut warden).await;
+        }
+        let (base_p50, base_p99) = (base.percentile(0.50), base.percentile(0.99));
+        let (warden_p50, warden_p99) = (warden.percentile(0.50), warden.percentile(0.99));
         println!(
-            "{connections:>5} | {:>10.0} {:>9.0} {:>8.0} | {:>10.0} {:>9.0} {:>8.0} | {:>9.0} {:>9.0} {:>6.2}",
-            base.p50_us,
-            base.p99_us,
-            base.rps,
-            warden.p50_us,
-            warden.p99_us,
-            warden.rps,
-            warden.p50_us - base.p50_us,
-            warden.p99_us - base.p99_us,
-            warden.rps / base.rps
+            "{connections:>5} | {base_p50:>10.0} {base_p99:>9.0} {:>8.0} | {warden_p50:>10.0} {warden_p99:>9.0} {:>8.0} | {:>9.0} {:>9.0} {:>6.2}",
+            base.per_second(),
+            warden.per_second(),
+            warden_p50 - base_p50,
+            warden_p99 - base_p99,
+            warden.per_second() / base.per_second()
         );
     }
 }

@@ -42,12 +42,13 @@ pub mod segment;
 pub mod verify;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use serde::de::IgnoredAny;
 use serde::Serialize;
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 pub use head::HEAD_FILE;
@@ -126,7 +127,9 @@ pub struct Receipt {
 #[derive(Debug, Clone)]
 pub struct Entry {
     kind: String,
-    body: Map<String, Value>,
+    /// The fields as JSON object members, without the braces: serialised once, here,
+    /// off the writer thread, and copied into the line as they are.
+    members: String,
 }
 
 impl Entry {
@@ -141,23 +144,18 @@ impl Entry {
                 "kind `{kind}` must be lower-case letters, digits and `_`"
             )));
         }
-        let body = match serde_json::to_value(body) {
-            Ok(Value::Object(body)) => body,
-            Ok(_) => {
-                return Err(AuditError::InvalidEntry(
-                    "its body must be a JSON object".into(),
-                ))
-            }
-            Err(error) => return Err(AuditError::InvalidEntry(error.to_string())),
-        };
-        if let Some(field) = RESERVED_FIELDS.iter().find(|f| body.contains_key(**f)) {
+        let text = serde_json::to_string(body)
+            .map_err(|error| AuditError::InvalidEntry(error.to_string()))?;
+        let fields = serde_json::from_str::<HashMap<String, IgnoredAny>>(&text)
+            .map_err(|_| AuditError::InvalidEntry("its body must be a JSON object".into()))?;
+        if let Some(field) = RESERVED_FIELDS.iter().find(|f| fields.contains_key(**f)) {
             return Err(AuditError::InvalidEntry(format!(
                 "`{field}` is a field of every record and cannot be set"
             )));
         }
         Ok(Self {
             kind: kind.to_string(),
-            body,
+            members: text[1..text.len() - 1].to_string(),
         })
     }
 

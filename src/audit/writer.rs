@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::chain::{seal, Link};
@@ -55,15 +54,13 @@ pub struct Writer {
     metrics: AuditMetrics,
 }
 
-/// The fields every record starts with, then the entry's own.
+/// The fields every record starts with; the entry's own follow them.
 #[derive(Serialize)]
-struct Unsealed<'a> {
+struct Header<'a> {
     seq: u64,
     prev: &'a str,
     time: String,
     kind: &'a str,
-    #[serde(flatten)]
-    body: &'a Map<String, Value>,
 }
 
 impl Writer {
@@ -170,14 +167,19 @@ impl Writer {
     }
 
     fn seal(&mut self, entry: &Entry, text: &mut String) -> Result<Receipt, AuditError> {
-        let unsealed = serde_json::to_string(&Unsealed {
+        let mut unsealed = serde_json::to_string(&Header {
             seq: self.last.seq + 1,
             prev: &self.last.hash,
             time: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
             kind: &entry.kind,
-            body: &entry.body,
         })
         .map_err(|error| AuditError::InvalidEntry(error.to_string()))?;
+        if !entry.members.is_empty() {
+            unsealed.pop();
+            unsealed.push(',');
+            unsealed.push_str(&entry.members);
+            unsealed.push('}');
+        }
         let (line, hash) = seal(unsealed);
         text.push_str(&line);
         text.push('\n');

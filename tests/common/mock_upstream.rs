@@ -149,6 +149,23 @@ async fn anthropic(
     respond(behaviour, anthropic_stream).await
 }
 
+/// Sleeps `wait` to within the OS timer's slack. tokio's timer rounds deadlines up to
+/// whole milliseconds, which would hide up to a millisecond of whatever a caller adds in
+/// front of this upstream (the routing bench measures exactly that). The last stretch
+/// runs on a blocking thread, kept short so that a runtime shutting down never waits
+/// long for it.
+async fn precise_sleep(wait: Duration) {
+    const COARSE_MARGIN: Duration = Duration::from_millis(2);
+    let deadline = Instant::now() + wait;
+    if let Some(coarse) = wait.checked_sub(COARSE_MARGIN) {
+        tokio::time::sleep(coarse).await;
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    tokio::task::spawn_blocking(move || std::thread::sleep(rest))
+        .await
+        .unwrap();
+}
+
 async fn respond(
     mut behaviour: Behaviour,
     stream: impl Fn(&str, Option<&(String, String)>) -> String,
@@ -156,7 +173,7 @@ async fn respond(
     loop {
         match behaviour {
             Behaviour::Delay(wait, then) => {
-                tokio::time::sleep(wait).await;
+                precise_sleep(wait).await;
                 behaviour = *then;
             }
             Behaviour::Fail {
