@@ -42,13 +42,13 @@ pub mod segment;
 pub mod verify;
 mod writer;
 
-use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use serde::de::IgnoredAny;
-use serde::Serialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use head::HEAD_FILE;
@@ -146,11 +146,22 @@ impl Entry {
         }
         let text = serde_json::to_string(body)
             .map_err(|error| AuditError::InvalidEntry(error.to_string()))?;
-        let fields = serde_json::from_str::<HashMap<String, IgnoredAny>>(&text)
+        let MemberNames(mut names) = serde_json::from_str(&text)
             .map_err(|_| AuditError::InvalidEntry("its body must be a JSON object".into()))?;
-        if let Some(field) = RESERVED_FIELDS.iter().find(|f| fields.contains_key(**f)) {
+        if let Some(field) = RESERVED_FIELDS
+            .iter()
+            .find(|f| names.iter().any(|name| name == *f))
+        {
             return Err(AuditError::InvalidEntry(format!(
                 "`{field}` is a field of every record and cannot be set"
+            )));
+        }
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            // Readers disagree on which of two equal names counts; the log must not.
+            return Err(AuditError::InvalidEntry(format!(
+                "`{}` appears twice",
+                pair[0]
             )));
         }
         Ok(Self {
@@ -161,6 +172,31 @@ impl Entry {
 
     pub fn kind(&self) -> &str {
         &self.kind
+    }
+}
+
+/// The names of a JSON object's members, read without building their values.
+struct MemberNames(Vec<String>);
+
+impl<'de> Deserialize<'de> for MemberNames {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> Visitor<'de> for Names {
+            type Value = MemberNames;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<MemberNames, A::Error> {
+                let mut names = Vec::new();
+                while let Some((name, IgnoredAny)) = members.next_entry::<String, IgnoredAny>()? {
+                    names.push(name);
+                }
+                Ok(MemberNames(names))
+            }
+        }
+        deserializer.deserialize_map(Names)
     }
 }
 
@@ -345,6 +381,17 @@ mod tests {
         assert!(Entry::new("x", &json!({"seq": 1})).is_err());
         assert!(Entry::new("x", &json!({"hash": "0"})).is_err());
         assert!(Entry::new("x", &json!([1])).is_err());
+        #[derive(Serialize)]
+        struct Twice {
+            a: u8,
+            #[serde(flatten)]
+            more: std::collections::BTreeMap<&'static str, u8>,
+        }
+        let twice = Twice {
+            a: 1,
+            more: [("a", 2)].into(),
+        };
+        assert!(Entry::new("x", &twice).is_err());
         assert!(Entry::new("Bad Kind", &json!({})).is_err());
         assert_eq!(Entry::new("ok_1", &json!({"a": 1})).unwrap().kind(), "ok_1");
     }
