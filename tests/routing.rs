@@ -317,6 +317,32 @@ async fn a_provider_error_then_success_is_retried() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_reported_and_the_key_never_follows_it() {
+    let (mock, elsewhere) = (MockUpstream::start().await, MockUpstream::start().await);
+    mock.script([Behaviour::Redirect(format!(
+        "{}/chat/completions",
+        elsewhere.base
+    ))]);
+    let server = server_with(
+        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
+        "  escalation_models: [mock-large]\n",
+    )
+    .await;
+    let (status, body) = server
+        .chat(json!({"model": "mock-large", "messages": user("Hi")}))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 307"),
+        "{body}"
+    );
+    assert!(elsewhere.received().is_empty());
+}
+
+#[tokio::test]
 async fn retry_after_is_honoured() {
     let mock = MockUpstream::start().await;
     mock.script([Behaviour::Fail {

@@ -28,8 +28,13 @@ pub enum Behaviour {
         status: u16,
         retry_after: Option<u64>,
     },
+    /// Answer 307, pointing elsewhere.
+    Redirect(String),
     /// Wait this long before answering.
     Delay(Duration, Box<Behaviour>),
+    /// Wait as long as the request's last message asks (`delay_us=N` in its text), so
+    /// a load generator sets each request's latency and knows it exactly.
+    DelayAsked(Box<Behaviour>),
 }
 
 impl Behaviour {
@@ -133,8 +138,9 @@ async fn openai(
     Json(body): Json<Value>,
 ) -> Response {
     let model = body["model"].as_str().unwrap_or("mock").to_string();
+    let asked = asked_delay(&body);
     let behaviour = next(&inner, "/v1/chat/completions", headers, body);
-    respond(behaviour, |content, tool_call| {
+    respond(behaviour, asked, |content, tool_call| {
         openai_stream(&model, content, tool_call)
     })
     .await
@@ -145,8 +151,9 @@ async fn anthropic(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
+    let asked = asked_delay(&body);
     let behaviour = next(&inner, "/v1/messages", headers, body);
-    respond(behaviour, anthropic_stream).await
+    respond(behaviour, asked, anthropic_stream).await
 }
 
 /// Sleeps `wait` to within the OS timer's slack. tokio's timer rounds deadlines up to
@@ -166,14 +173,27 @@ async fn precise_sleep(wait: Duration) {
         .unwrap();
 }
 
+/// The `delay_us=N` the last message's text asks for.
+fn asked_delay(body: &Value) -> Option<Duration> {
+    let text = body["messages"].as_array()?.last()?["content"].as_str()?;
+    let (_, rest) = text.split_once("delay_us=")?;
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    Some(Duration::from_micros(digits.parse().ok()?))
+}
+
 async fn respond(
     mut behaviour: Behaviour,
+    asked: Option<Duration>,
     stream: impl Fn(&str, Option<&(String, String)>) -> String,
 ) -> Response {
     loop {
         match behaviour {
             Behaviour::Delay(wait, then) => {
                 precise_sleep(wait).await;
+                behaviour = *then;
+            }
+            Behaviour::DelayAsked(then) => {
+                precise_sleep(asked.unwrap_or_default()).await;
                 behaviour = *then;
             }
             Behaviour::Fail {
@@ -191,6 +211,14 @@ async fn respond(
                         .insert("retry-after", seconds.to_string().parse().unwrap());
                 }
                 return response;
+            }
+            Behaviour::Redirect(location) => {
+                return (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [("location", location)],
+                    "moved",
+                )
+                    .into_response();
             }
             Behaviour::Answer { content, tool_call } => {
                 return (

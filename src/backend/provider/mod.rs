@@ -12,12 +12,14 @@ mod openai;
 pub mod retry;
 mod sse;
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use bytes::Bytes;
+use futures::{stream, Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::breaker::{BreakerState, CircuitBreaker};
 use self::dialect::{error_message, Dialect, StreamDecoder};
@@ -31,10 +33,11 @@ use crate::config::{ProviderConfig, ProviderKind};
 
 /// Connecting never takes longer than this, whatever the response deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const EVENT_BUFFER: usize = 64;
 
 pub struct Provider {
     config: ProviderConfig,
+    /// Parsed once: reqwest would otherwise parse the URL text on every request.
+    endpoint: reqwest::Url,
     api_key: Option<String>,
     http: reqwest::Client,
     dialect: Box<dyn Dialect>,
@@ -52,15 +55,23 @@ struct Failure {
 
 impl Provider {
     pub fn new(config: ProviderConfig, api_key: Option<String>) -> Result<Self, BackendError> {
+        let unavailable =
+            |e: &dyn std::fmt::Display| BackendError::Unavailable(format!("{}: {e}", config.name));
         let http = reqwest::Client::builder()
             .connect_timeout(config.timeout.min(CONNECT_TIMEOUT))
+            // An API answers where it was asked; a redirect is reported, not followed
+            // with the key to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| BackendError::Unavailable(format!("{}: {e}", config.name)))?;
+            .map_err(|e| unavailable(&e))?;
         let dialect: Box<dyn Dialect> = match config.kind {
             ProviderKind::Openai => Box::new(openai::OpenAi),
             ProviderKind::Anthropic => Box::new(anthropic::Anthropic),
         };
+        let endpoint = reqwest::Url::parse(&format!("{}{}", config.base_url, dialect.path()))
+            .map_err(|e| unavailable(&e))?;
         Ok(Self {
+            endpoint,
             breaker: Arc::new(CircuitBreaker::new(config.breaker.clone())),
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             api_key,
@@ -94,11 +105,10 @@ impl Provider {
         request: &ChatRequest,
         upstream_model: &str,
     ) -> Result<reqwest::Response, Failure> {
-        let url = format!("{}{}", self.config.base_url, self.dialect.path());
         let body = self
             .dialect
             .body(request, upstream_model, self.config.default_max_tokens);
-        let mut builder = self.http.post(&url).json(&body);
+        let mut builder = self.http.post(self.endpoint.clone()).json(&body);
         for (name, value) in self.dialect.headers(self.api_key.as_deref()) {
             builder = builder.header(name, value);
         }
@@ -218,7 +228,7 @@ impl Backend for Provider {
                         started,
                         queue_ms,
                     };
-                    return Ok(stream.spawn(response, permit, slot));
+                    return Ok(stream.read(response, permit, slot));
                 }
                 Err(failure) => {
                     drop(slot);
@@ -253,9 +263,10 @@ impl Backend for Provider {
     }
 }
 
-/// Reads one upstream answer on its own task and forwards it as events. The circuit
-/// breaker hears how it ended; a client that leaves stops the reading (and closes the
-/// upstream connection) at once.
+/// One upstream answer, read as the caller polls for it: no task of its own and no
+/// channel between, so each chunk costs no thread wake-up. The circuit breaker hears how
+/// the answer ended; a caller that drops the stream closes the upstream connection with
+/// it and says nothing about the provider.
 struct Streaming {
     provider: String,
     model: String,
@@ -266,98 +277,132 @@ struct Streaming {
 }
 
 impl Streaming {
-    fn spawn(
+    fn read(
         self,
         response: reqwest::Response,
         permit: breaker::Permit,
         slot: OwnedSemaphorePermit,
     ) -> EventStream {
-        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
-        tokio::spawn(async move {
-            let provider = self.provider.clone();
-            let _slot = slot;
-            match self.forward(response, &sender).await {
-                Ok(Some(summary)) => {
-                    permit.success();
-                    let _ = sender
-                        .send(Ok(StreamEvent::Finished(Box::new(summary))))
-                        .await;
+        let reading = Reading {
+            body: Box::pin(response.bytes_stream()),
+            sse: SseDecoder::default(),
+            ready: VecDeque::new(),
+            first_token_ms: None,
+            logprobs: Vec::new(),
+            summary: None,
+            breaker: Some(permit),
+            _slot: slot,
+            answer: self,
+        };
+        Box::pin(stream::unfold(reading, |mut reading| async move {
+            let event = reading.next_event().await?;
+            Some((event, reading))
+        }))
+    }
+}
+
+type BodyStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+struct Reading {
+    answer: Streaming,
+    body: BodyStream,
+    sse: SseDecoder,
+    /// Content decoded from the last chunk, not yet taken.
+    ready: VecDeque<GenerationEvent>,
+    first_token_ms: Option<f64>,
+    logprobs: Vec<f32>,
+    /// Set once the upstream said the answer is complete.
+    summary: Option<GenerationSummary>,
+    /// Until the end is reported: `None` once the stream has ended.
+    breaker: Option<breaker::Permit>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Reading {
+    async fn next_event(&mut self) -> Option<Result<GenerationEvent, BackendError>> {
+        loop {
+            if let Some(content) = self.ready.pop_front() {
+                return Some(Ok(content));
+            }
+            self.breaker.as_ref()?;
+            let ended = match self.summary.take() {
+                Some(summary) => Ok(summary),
+                None => match self.read_chunk().await {
+                    Ok(()) => continue,
+                    Err(message) => Err(message),
+                },
+            };
+            let breaker = self.breaker.take()?;
+            return Some(match ended {
+                Ok(summary) => {
+                    breaker.success();
+                    Ok(StreamEvent::Finished(Box::new(summary)))
                 }
-                // The client left: nothing to say about the provider.
-                Ok(None) => {}
                 Err(message) => {
-                    permit.failure();
-                    let error = BackendError::Upstream {
-                        provider,
+                    breaker.failure();
+                    Err(BackendError::Upstream {
+                        provider: self.answer.provider.clone(),
                         status: None,
                         message,
                         retryable: true,
                         retry_after: None,
-                    };
-                    let _ = sender.send(Err(error)).await;
+                    })
                 }
-            }
-        });
-        Box::pin(ReceiverStream::new(receiver))
+            });
+        }
     }
 
-    /// `Ok(None)` when the receiver went away.
-    async fn forward(
-        mut self,
-        response: reqwest::Response,
-        sender: &mpsc::Sender<Result<GenerationEvent, BackendError>>,
-    ) -> Result<Option<GenerationSummary>, String> {
-        let mut body = response.bytes_stream();
-        let mut sse = SseDecoder::default();
-        let mut first_token_ms = None;
-        let mut logprobs = Vec::new();
-        loop {
-            let (events, body_ended) = match tokio::time::timeout(self.idle_timeout, body.next())
-                .await
-            {
-                Err(_) => return Err(format!("the stream stalled for {:?}", self.idle_timeout)),
-                Ok(Some(Err(error))) => return Err(format!("the stream broke: {error}")),
-                Ok(Some(Ok(bytes))) => (sse.push(&bytes), false),
-                Ok(None) => (sse.finish().into_iter().collect::<Vec<_>>(), true),
-            };
-            for event in &events {
-                if let Some(delta) = self.decoder.event(event)? {
-                    first_token_ms.get_or_insert_with(|| ms_since(self.started));
-                    logprobs.extend(delta.logprobs.iter().map(|l| l.logprob));
-                    let content = StreamEvent::Content {
-                        text: delta.text,
-                        logprobs: delta.logprobs,
-                    };
-                    if sender.send(Ok(content)).await.is_err() {
-                        return Ok(None);
-                    }
-                }
-            }
-            if self.decoder.complete() {
-                break;
-            }
-            if body_ended {
-                return Err("the stream ended before the answer did".into());
+    /// Reads the next chunk of the body into `ready`, and `summary` once it completes
+    /// the answer.
+    async fn read_chunk(&mut self) -> Result<(), String> {
+        let idle_timeout = self.answer.idle_timeout;
+        let (events, body_ended) = match tokio::time::timeout(idle_timeout, self.body.next()).await
+        {
+            Err(_) => return Err(format!("the stream stalled for {idle_timeout:?}")),
+            Ok(Some(Err(error))) => return Err(format!("the stream broke: {error}")),
+            Ok(Some(Ok(bytes))) => (self.sse.push(&bytes), false),
+            Ok(None) => (self.sse.finish().into_iter().collect::<Vec<_>>(), true),
+        };
+        for event in &events {
+            if let Some(delta) = self.answer.decoder.event(event)? {
+                let started = self.answer.started;
+                self.first_token_ms.get_or_insert_with(|| ms_since(started));
+                self.logprobs
+                    .extend(delta.logprobs.iter().map(|l| l.logprob));
+                self.ready.push_back(StreamEvent::Content {
+                    text: delta.text,
+                    logprobs: delta.logprobs,
+                });
             }
         }
-        let ending = self.decoder.ending();
-        let total_ms = ms_since(self.started);
-        let first = first_token_ms.unwrap_or(total_ms);
-        Ok(Some(GenerationSummary {
-            backend: self.provider,
-            model: self.model,
+        if self.answer.decoder.complete() {
+            self.summary = Some(self.summarise());
+        } else if body_ended {
+            return Err("the stream ended before the answer did".into());
+        }
+        Ok(())
+    }
+
+    fn summarise(&mut self) -> GenerationSummary {
+        let answer = &mut self.answer;
+        let ending = answer.decoder.ending();
+        let total_ms = ms_since(answer.started);
+        let first = self.first_token_ms.unwrap_or(total_ms);
+        GenerationSummary {
+            backend: answer.provider.clone(),
+            model: answer.model.clone(),
             finish_reason: ending.finish_reason,
             tool_calls: ending.tool_calls,
             malformed_tool_call: ending.malformed_tool_call,
             usage: ending.usage,
-            confidence: Confidence::from_logprobs(logprobs),
+            confidence: Confidence::from_logprobs(std::mem::take(&mut self.logprobs)),
             timings: Timings {
-                queue_ms: self.queue_ms,
-                prefill_ms: first - self.queue_ms,
+                queue_ms: answer.queue_ms,
+                prefill_ms: first - answer.queue_ms,
                 decode_ms: total_ms - first,
                 first_token_ms: first,
             },
-        }))
+        }
     }
 }
 

@@ -10,52 +10,76 @@ pub struct SseEvent {
 #[derive(Default)]
 pub struct SseDecoder {
     buffer: Vec<u8>,
+    /// How far `buffer` is known to hold no event end.
+    scanned: usize,
 }
 
 impl SseDecoder {
     /// Feeds bytes; returns the events completed by them.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         // Carriage returns only ever separate lines in SSE (JSON escapes its own).
-        self.buffer
-            .extend(bytes.iter().copied().filter(|&b| b != b'\r'));
+        if bytes.contains(&b'\r') {
+            self.buffer
+                .extend(bytes.iter().copied().filter(|&b| b != b'\r'));
+        } else {
+            self.buffer.extend_from_slice(bytes);
+        }
         let mut events = Vec::new();
-        while let Some(end) = find(&self.buffer, b"\n\n") {
-            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-            if let Some(event) = parse_block(&block[..end]) {
+        let mut consumed = 0;
+        // An event ends at a blank line: "\n\n", which may straddle the last push.
+        let mut from = self.scanned.saturating_sub(1);
+        while let Some(at) = find_blank_line(&self.buffer[from..]) {
+            let end = from + at;
+            if let Some(event) = parse_block(&self.buffer[consumed..end]) {
                 events.push(event);
             }
+            consumed = end + 2;
+            from = consumed;
         }
+        self.buffer.drain(..consumed);
+        self.scanned = self.buffer.len();
         events
     }
 
     /// The stream ended: a last event without its blank line still counts.
     pub fn finish(&mut self) -> Option<SseEvent> {
+        self.scanned = 0;
         let block = std::mem::take(&mut self.buffer);
         parse_block(&block)
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
+fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = bytes[from..].iter().position(|&b| b == b'\n') {
+        let newline = from + at;
+        if bytes.get(newline + 1) == Some(&b'\n') {
+            return Some(newline);
+        }
+        from = newline + 1;
+    }
+    None
 }
 
 fn parse_block(block: &[u8]) -> Option<SseEvent> {
     let text = String::from_utf8_lossy(block);
     let mut name = None;
-    let mut data: Vec<&str> = Vec::new();
-    for line in text.lines() {
+    let mut data: Option<String> = None;
+    for line in text.split('\n') {
         if let Some(value) = line.strip_prefix("data:") {
-            data.push(value.strip_prefix(' ').unwrap_or(value));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match &mut data {
+                None => data = Some(value.to_string()),
+                Some(joined) => {
+                    joined.push('\n');
+                    joined.push_str(value);
+                }
+            }
         } else if let Some(value) = line.strip_prefix("event:") {
             name = Some(value.trim().to_string());
         }
     }
-    (!data.is_empty()).then(|| SseEvent {
-        name,
-        data: data.join("\n"),
-    })
+    data.map(|data| SseEvent { name, data })
 }
 
 #[cfg(test)]
@@ -82,6 +106,17 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_blank_line_split_between_pushes_still_ends_the_event() {
+        let mut decoder = SseDecoder::default();
+        assert!(decoder.push(b"data: a\n").is_empty());
+        let events = decoder.push(b"\ndata: b\n\ndata: c");
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data, ["a", "b"]);
+        assert_eq!(decoder.push(b"\n\n")[0].data, "c");
+        assert!(decoder.finish().is_none());
     }
 
     #[test]
