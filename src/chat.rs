@@ -78,8 +78,14 @@ pub struct ToolCall {
 impl ToolCall {
     /// A fresh id in OpenAI's style, for calls whose backend gave none.
     pub fn new_id() -> String {
-        format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
+        format!("call_{}", &random_uuid().simple().to_string()[..24])
     }
+}
+
+/// A version-4 UUID from the thread's generator: `Uuid::new_v4` asks the kernel for
+/// its bytes, a system call per request id.
+pub fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

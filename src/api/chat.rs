@@ -20,7 +20,7 @@ use super::openai::types::ChatCompletionRequest;
 use super::AppState;
 use crate::chat::StreamEvent;
 use crate::error::GatewayError;
-use crate::gateway::{self, Completed, RequestContext, ResponseStream};
+use crate::gateway::{self, Recorded, RequestContext, ResponseStream};
 use crate::governor::UnknownPriority;
 
 pub async fn chat_completions(
@@ -89,7 +89,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
     }
 }
 
-fn log_completed(completed: &Completed) {
+fn log_completed(completed: &Recorded) {
     let report = &completed.report;
     tracing::info!(
         request_id = %report.request_id,

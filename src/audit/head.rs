@@ -7,7 +7,6 @@
 //! power loss, never lead it, since it is written after the records it names are durable.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::chain::Link;
@@ -62,11 +61,22 @@ impl HeadWriter {
 
     pub fn write(&mut self, head: &Link) -> Result<(), AuditError> {
         let text = format!("{:020} {}\n", head.seq, head.hash);
-        self.file
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| self.file.write_all(text.as_bytes()))
+        write_at_start(&self.file, text.as_bytes())
             .map_err(|source| AuditError::io(&self.path, source))
     }
+}
+
+/// One `pwrite` where there is one: this runs after every commit.
+#[cfg(unix)]
+fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, 0)
+}
+
+#[cfg(not(unix))]
+fn write_at_start(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(bytes)
 }
 
 #[cfg(test)]

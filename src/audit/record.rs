@@ -135,8 +135,10 @@ pub struct Tokens {
     pub completion_tokens: u32,
 }
 
+/// `R` is the report as read back (a JSON value), or as the gateway writes it (the
+/// response's own serialised bytes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestRecord {
+pub struct RequestRecord<R = Value> {
     pub request_id: String,
     pub agent: String,
     pub tenant: String,
@@ -163,14 +165,16 @@ pub struct RequestRecord {
     pub attempts: Vec<Value>,
     /// The response's `warden` object, whole (completed requests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<Value>,
+    pub report: Option<R>,
+}
+
+impl<R: Serialize> RequestRecord<R> {
+    pub fn entry(&self) -> Result<Entry, AuditError> {
+        Entry::of_struct(REQUEST_KIND, self)
+    }
 }
 
 impl RequestRecord {
-    pub fn entry(&self) -> Result<Entry, AuditError> {
-        Entry::new(REQUEST_KIND, self)
-    }
-
     /// The request's cost over all its attempts, from its report.
     pub fn cost_usd(&self) -> Option<Decimal> {
         decimal_field(self.report.as_ref()?, "cost_usd")
@@ -208,6 +212,43 @@ mod tests {
         let kept = TextDigest::of_prompt(&request, true);
         assert_eq!(kept.sha256, hidden.sha256);
         assert!(kept.text.unwrap().contains("secret plan"));
+    }
+
+    #[test]
+    fn a_request_record_names_each_member_once_and_no_chain_field() {
+        // What lets `entry` skip the check `Entry::new` makes: every optional field set.
+        let digest = TextHasher::new(true).finish();
+        let record = RequestRecord {
+            request_id: "r".into(),
+            agent: "a".into(),
+            tenant: "t".into(),
+            run_id: Some("run".into()),
+            status: RequestStatus::Failed,
+            error: Some(RecordedError {
+                kind: "k".into(),
+                message: "m".into(),
+            }),
+            received_at: Utc::now(),
+            latency_ms: 1.0,
+            model_requested: "auto".into(),
+            prompt: digest.clone(),
+            completion: Some(digest),
+            usage: Some(Tokens {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+            }),
+            tool_calls: vec![RecordedToolCall {
+                id: "c".into(),
+                name: "n".into(),
+                sha256: "s".into(),
+                returned: false,
+                withheld_reason: Some("loop_detected".into()),
+            }],
+            attempts: vec![json!({"backend": "b"})],
+            report: Some(json!({"route": "local"})),
+        };
+        assert!(Entry::new(REQUEST_KIND, &record).is_ok());
+        assert_eq!(record.entry().unwrap().kind(), REQUEST_KIND);
     }
 
     #[test]

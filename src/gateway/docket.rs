@@ -14,7 +14,7 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Completed, RequestContext, ResponseEvent, Started, Unanswered};
+use super::{Completed, Recorded, RequestContext, ResponseEvent, Started, Unanswered};
 use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
 use crate::chat::{ChatRequest, FinishReason, StreamEvent};
@@ -126,12 +126,12 @@ impl Docket {
         }
         let mut record = self.record(status_before_answer(&error), Some(recorded(&error)));
         record.attempts = attempts.iter().filter_map(as_written).collect();
-        self.write_end(record).await;
+        self.write_end(&record).await;
         error
     }
 
     /// Follows a response to its end, recording it before its completion goes out.
-    pub fn follow(self, started: Started) -> Started {
+    pub fn follow(self, started: Started<Completed>) -> Started {
         let events = stream::unfold(
             (started.events, Some(self)),
             |(mut events, docket)| async move {
@@ -224,17 +224,26 @@ impl Docket {
         completed.summary.tool_calls = returned;
         completed.report.withheld_tool_calls = withheld;
         let usage = completed.summary.usage;
+        let report_json = match serde_json::value::to_raw_value(&completed.report) {
+            Ok(json) => json,
+            Err(error) => {
+                let error = GatewayError::Internal(format!("the report: {error}"));
+                return vec![Err(self.fail(error).await)];
+            }
+        };
         let mut record = self.record(RequestStatus::Completed, None);
         record.usage = Some(Tokens {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
         });
         record.tool_calls = tool_calls;
-        record.report = as_written(&completed.report);
-        if let Err(error) = self.write(record).await {
+        record.report = Some(&*report_json);
+        let written = self.write(&record).await;
+        drop(record);
+        if let Err(error) = written {
             return vec![Err(error)];
         }
-        let report = &completed.report;
+        let Completed { summary, report } = completed;
         let metrics = &self.books.metrics;
         self.observe(RequestStatus::Completed, report.route.as_str());
         metrics
@@ -253,7 +262,11 @@ impl Docket {
                     .inc_by(cost.to_f64().unwrap_or(0.0));
             }
         }
-        events.push(Ok(StreamEvent::Finished(Box::new(completed))));
+        events.push(Ok(StreamEvent::Finished(Box::new(Recorded {
+            summary,
+            report,
+            report_json,
+        }))));
         events
     }
 
@@ -265,11 +278,11 @@ impl Docket {
 
     async fn record_end(&mut self, status: RequestStatus, error: &GatewayError) {
         let record = self.record(status, Some(recorded(error)));
-        self.write_end(record).await;
+        self.write_end(&record).await;
     }
 
     /// Writes the record of a request that ended without an answer.
-    async fn write_end(&mut self, record: RequestRecord) {
+    async fn write_end(&mut self, record: &RequestRecord) {
         let status = record.status;
         if let Err(audit) = self.write(record).await {
             tracing::error!(error = %audit, request_id = %self.request_id, "could not record a {} request", status.as_str());
@@ -277,13 +290,20 @@ impl Docket {
         self.observe(status, UNROUTED);
     }
 
-    async fn write(&mut self, record: RequestRecord) -> Result<Receipt, GatewayError> {
+    async fn write<R: Serialize>(
+        &mut self,
+        record: &RequestRecord<R>,
+    ) -> Result<Receipt, GatewayError> {
         self.open = false;
         let entry = record.entry()?;
         Ok(self.books.audit.append(entry).await?)
     }
 
-    fn record(&mut self, status: RequestStatus, error: Option<RecordedError>) -> RequestRecord {
+    fn record<R>(
+        &mut self,
+        status: RequestStatus,
+        error: Option<RecordedError>,
+    ) -> RequestRecord<R> {
         let completion = std::mem::replace(&mut self.completion, TextHasher::new(false)).finish();
         RequestRecord {
             request_id: self.request_id.clone(),
@@ -335,7 +355,7 @@ impl Drop for Docket {
             kind: "client_disconnected".into(),
             message: "the client disconnected before the end".into(),
         };
-        let record = self.record(RequestStatus::Cancelled, Some(reason));
+        let record: RequestRecord = self.record(RequestStatus::Cancelled, Some(reason));
         match record.entry() {
             Ok(entry) => self.books.audit.append_detached(entry),
             Err(error) => tracing::error!(%error, "could not record a cancelled request"),

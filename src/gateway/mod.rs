@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use serde_json::value::RawValue;
 
 use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
@@ -79,7 +80,7 @@ pub struct RequestMetadata {
 impl RequestContext {
     pub fn new(principal: Arc<Principal>, metadata: RequestMetadata) -> Self {
         Self {
-            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            request_id: crate::chat::random_uuid().simple().to_string(),
             principal,
             metadata,
             received: Instant::now(),
@@ -87,29 +88,42 @@ impl RequestContext {
     }
 }
 
-/// What the client receives: content deltas, then the completed response.
-pub type ResponseEvent = StreamEvent<Completed>;
+/// What the client receives: content deltas, then the recorded completion.
+pub type ResponseEvent = StreamEvent<Recorded>;
 
-/// The end of a response: how the generation finished and warden's account of it.
+/// The end of an answer: how the generation finished and warden's account of it.
 #[derive(Debug, Clone)]
 pub struct Completed {
     pub summary: GenerationSummary,
     pub report: WardenReport,
 }
 
-pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseEvent, GatewayError>> + Send>>;
+/// A completion whose audit record is written: what the client is sent.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub summary: GenerationSummary,
+    pub report: WardenReport,
+    /// `report` serialised once, for the record and the response alike: both carry the
+    /// same bytes.
+    pub report_json: Box<RawValue>,
+}
 
-/// A response under way.
-pub struct Started {
+pub type EventStreamOf<F> =
+    Pin<Box<dyn Stream<Item = Result<StreamEvent<F>, GatewayError>> + Send>>;
+pub type ResponseStream = EventStreamOf<Recorded>;
+
+/// A response under way: as the client receives it, or (`Started<Completed>`) before
+/// its record is written.
+pub struct Started<F = Recorded> {
     /// The model that answers, as the response names it.
     pub model: String,
     /// How it is being routed, as far as known before the first byte (`x-warden-route`).
     pub route: String,
-    pub events: ResponseStream,
+    pub events: EventStreamOf<F>,
 }
 
 /// A whole, non-streamed response.
-pub type Response = Collected<Completed>;
+pub type Response = Collected<Recorded>;
 
 /// One entry of the model list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +225,7 @@ impl Gateway {
         context: RequestContext,
         request: ChatRequest,
         stream: bool,
-    ) -> Result<Started, Unanswered> {
+    ) -> Result<Started<Completed>, Unanswered> {
         let table = self.routing.current();
         // The policy is fixed for the whole request: its risk signals route it, and
         // whichever answer is finally chosen passes the same snapshot.
@@ -364,7 +378,7 @@ impl Gateway {
         stream: bool,
         mut trail: Trail,
         screen: Screen,
-    ) -> Result<Started, Unanswered> {
+    ) -> Result<Started<Completed>, Unanswered> {
         let table = trail.table.clone();
         trail.reason(Reason::NamedModel);
         if self.local.models().contains(&request.model) {
@@ -393,7 +407,7 @@ impl Gateway {
         targets: Vec<Target>,
         mut trail: Trail,
         mut escort: Escort,
-    ) -> Result<Started, Unanswered> {
+    ) -> Result<Started<Completed>, Unanswered> {
         if targets.is_empty() {
             return Err(no_provider().into());
         }
@@ -555,7 +569,7 @@ impl Gateway {
         context: RequestContext,
         trail: Trail,
         escort: Escort,
-    ) -> Started {
+    ) -> Started<Completed> {
         let Escort { screen, permit } = escort;
         let metrics = self.metrics.clone();
         let (priority, governor_wait) = (permit.priority(), permit.waited());

@@ -108,7 +108,7 @@ pub struct Ticket {
 
 impl Ticket {
     pub fn new_id() -> String {
-        format!("apr_{}", uuid::Uuid::new_v4().simple())
+        format!("apr_{}", crate::chat::random_uuid().simple())
     }
 
     /// The status at `now`: a pending ticket past its expiry is expired.

@@ -5,7 +5,7 @@ use super::types::{
     ResponseMessage, ResponseToolCall,
 };
 use crate::chat::{FinishReason, TokenLogprob, ToolCall};
-use crate::gateway::{Completed, Response};
+use crate::gateway::{Recorded, Response};
 
 pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
@@ -40,7 +40,11 @@ pub struct CompletionIdentity {
 
 impl CompletionIdentity {
     pub fn completion(&self, response: Response, logprobs: bool) -> ChatCompletion {
-        let Completed { summary, report } = response.finished;
+        let Recorded {
+            summary,
+            report_json,
+            ..
+        } = response.finished;
         let content = (!response.content.is_empty() || summary.tool_calls.is_empty())
             .then_some(response.content);
         ChatCompletion {
@@ -61,7 +65,7 @@ impl CompletionIdentity {
                 finish_reason: finish_reason(summary.finish_reason),
             }],
             usage: summary.usage.into(),
-            warden: report,
+            warden: report_json,
         }
     }
 
@@ -118,7 +122,7 @@ impl CompletionIdentity {
     /// then usage when the client asked for it.
     pub fn final_chunks(
         &self,
-        completed: &Completed,
+        completed: &Recorded,
         include_usage: bool,
     ) -> Vec<ChatCompletionChunk> {
         let summary = &completed.summary;
@@ -138,7 +142,7 @@ impl CompletionIdentity {
             None,
             Some(finish_reason(summary.finish_reason)),
         );
-        last.warden = Some(completed.report.clone());
+        last.warden = Some(completed.report_json.clone());
         chunks.push(last);
         if include_usage {
             chunks.push(ChatCompletionChunk {

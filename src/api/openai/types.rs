@@ -3,10 +3,10 @@
 //! warden cannot honour are refused during conversion.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::chat::{TokenLogprob, Usage};
-use crate::gateway::WardenReport;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -135,7 +135,8 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<Choice>,
     pub usage: UsageBody,
-    pub warden: WardenReport,
+    /// The report as the audit log recorded it.
+    pub warden: Box<RawValue>,
 }
 
 #[derive(Debug, Serialize)]
@@ -198,7 +199,7 @@ pub struct ChatCompletionChunk {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub warden: Option<WardenReport>,
+    pub warden: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Serialize)]
