@@ -56,7 +56,7 @@ fn main() {
             "gateway overhead, instant backend",
             (&direct, KEY),
             (&warden, KEY),
-            &body(),
+            &common::Requests::Fixed(body()),
         )
         .await;
     });

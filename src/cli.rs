@@ -157,10 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 config.local.device = device;
             }
             crate::backend::local::use_threads(config.local.threads);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let runtime = crate::server::runtime().context("starting the async runtime")?;
             runtime.block_on(crate::server::serve(config))
         }
         Command::Policy { command } => crate::policy::cli::run(command),

@@ -22,6 +22,14 @@ use crate::policy::PolicyEngine;
 use crate::route::{RoutingState, RoutingTable};
 use crate::runs::RunTracker;
 
+/// The runtime `warden serve` runs on (benches build the same one).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warden")
+        .build()
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
         .with_context(|| format!("{}: agent keys", config.path.display()))?;
