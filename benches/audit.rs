@@ -132,7 +132,7 @@ fn main() {
             "request through warden, instant backend: audit fsync off (\"direct\") vs on (\"warden\")",
             (&without, KEY),
             (&with, KEY),
-            &common::Requests::Fixed(body()),
+            &common::Requests::fixed(&body()),
         )
         .await;
     });

@@ -56,7 +56,7 @@ fn main() {
             "gateway overhead, instant backend",
             (&direct, KEY),
             (&warden, KEY),
-            &common::Requests::Fixed(body()),
+            &common::Requests::fixed(&body()),
         )
         .await;
     });

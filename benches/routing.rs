@@ -102,7 +102,7 @@ fn main() {
             "routing overhead, risk-routed request (audit fsynced) vs the upstream called directly",
             (&direct, KEY),
             (&format!("{durable}/v1/chat/completions"), KEY),
-            &common::Requests::Fixed(body.clone()),
+            &common::Requests::fixed(&body),
         )
         .await;
         // A real provider takes tens of milliseconds, and not the same each time: each
@@ -115,26 +115,27 @@ fn main() {
             body,
             range_us: UPSTREAM_LATENCY_US,
         };
-        common::compare(
-            "routing overhead with a 20-40 ms upstream (audit fsynced): latency beyond the upstream's",
-            (&direct, KEY),
-            (&format!("{durable}/v1/chat/completions"), KEY),
-            &provider_like,
-        )
-        .await;
-        common::compare(
-            "routing overhead with a 20-40 ms upstream (audit written, not fsynced): latency beyond the upstream's",
-            (&direct, KEY),
-            (&format!("{unsynced}/v1/chat/completions"), KEY),
-            &provider_like,
-        )
-        .await;
-        common::compare(
-            "for reference, a bare forwarding proxy on the same stack (\"warden\" columns) with a 20-40 ms upstream",
-            (&direct, KEY),
-            (&format!("{bare}/v1/chat/completions"), KEY),
-            &provider_like,
-        )
-        .await;
+        for (title, through) in [
+            (
+                "routing overhead with a 20-40 ms upstream (audit fsynced): latency beyond the upstream's",
+                &durable,
+            ),
+            (
+                "routing overhead with a 20-40 ms upstream (audit written, not fsynced): latency beyond the upstream's",
+                &unsynced,
+            ),
+            (
+                "for reference, a bare forwarding proxy on the same stack (\"warden\" columns) with a 20-40 ms upstream",
+                &bare,
+            ),
+        ] {
+            common::compare(
+                title,
+                (&direct, KEY),
+                (&format!("{through}/v1/chat/completions"), KEY),
+                &provider_like,
+            )
+            .await;
+        }
     });
 }

@@ -59,8 +59,8 @@ fn per_second(windows: &[Window]) -> f64 {
 /// The requests a load sends.
 #[derive(Clone)]
 pub enum Requests {
-    /// The same body every time.
-    Fixed(serde_json::Value),
+    /// The same body every time, serialised once.
+    Fixed(Vec<u8>),
     /// `body` with ` delay_us=N` added to its last message, N drawn uniformly from
     /// `range_us` per request: the mock upstream waits exactly that long
     /// (`Behaviour::DelayAsked`), so what an answer took beyond N is what the path to the
@@ -74,10 +74,14 @@ pub enum Requests {
 }
 
 impl Requests {
+    pub fn fixed(body: &serde_json::Value) -> Self {
+        Requests::Fixed(serde_json::to_vec(body).unwrap())
+    }
+
     /// The next request's body, and the upstream time it asks for (µs).
     fn next(&self, rng: &mut impl rand::Rng) -> (Vec<u8>, f64) {
         match self {
-            Requests::Fixed(body) => (serde_json::to_vec(body).unwrap(), 0.0),
+            Requests::Fixed(payload) => (payload.clone(), 0.0),
             Requests::AskedLatency { body, range_us } => {
                 let asked = rng.random_range(range_us.clone());
                 let mut body = body.clone();

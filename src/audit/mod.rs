@@ -334,11 +334,9 @@ mod tests {
         assert_eq!(verified.head, Some(third));
     }
 
-    #[tokio::test]
-    async fn concurrent_appends_share_commits_and_stay_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(&config(dir.path()), metrics()).unwrap();
-        let appends = (0..200).map(|n| {
+    /// Appends `count` records from as many tasks at once; their places, in order.
+    async fn append_at_once(log: &AuditLog, count: usize) -> Vec<u64> {
+        let appends = (0..count).map(|n| {
             let log = log.clone();
             tokio::spawn(async move { log.append_event("test", &json!({"n": n})).await })
         });
@@ -348,7 +346,17 @@ mod tests {
             .map(|joined| joined.unwrap().unwrap().seq)
             .collect();
         seqs.sort_unstable();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        seqs
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_commits_and_stay_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&config(dir.path()), metrics()).unwrap();
+        assert_eq!(
+            append_at_once(&log, 200).await,
+            (1..=200).collect::<Vec<_>>()
+        );
         assert_eq!(verify::verify(dir.path()).unwrap().records, 200);
     }
 
@@ -364,18 +372,9 @@ mod tests {
                 metrics(),
             )
             .unwrap();
-            let appends = (0..300).map(|n| {
-                let log = log.clone();
-                tokio::spawn(async move { log.append_event("test", &json!({"n": n})).await })
-            });
-            let mut seqs: Vec<u64> = futures::future::join_all(appends)
-                .await
-                .into_iter()
-                .map(|joined| joined.unwrap().unwrap().seq)
-                .collect();
+            let seqs = append_at_once(&log, 300).await;
             log.append_detached(Entry::new("test", &json!({"n": "detached"})).unwrap());
             assert_eq!(log.flush().await.unwrap().seq, 301);
-            seqs.sort_unstable();
             assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
             let verified = verify::verify(dir.path()).unwrap();
             assert_eq!(verified.records, 301, "fsync: {fsync}");
