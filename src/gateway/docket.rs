@@ -238,9 +238,7 @@ impl Docket {
         });
         record.tool_calls = tool_calls;
         record.report = Some(&*report_json);
-        let written = self.write(&record).await;
-        drop(record);
-        if let Err(error) = written {
+        if let Err(error) = self.write(&record).await {
             return vec![Err(error)];
         }
         let Completed { summary, report } = completed;
