@@ -44,6 +44,10 @@ where
         if std::str::from_utf8(&bytes).is_err() {
             return Err(ApiError::BodyNotUtf8);
         }
+        if let Ok(value) = serde_json::from_slice(&bytes) {
+            return Ok(OpenAiJson(value));
+        }
+        // Only a body that fails pays for tracking where: parsed again, path and all.
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
             let param = param_of(&error);
