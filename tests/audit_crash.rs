@@ -143,19 +143,23 @@ async fn a_server_killed_under_load_restarts_with_a_valid_chain_holding_every_an
     assert!(ok, "the log the killed server left: {text}");
 
     // SIGKILL cannot cut a write(2) to a file short, a power cut can: tear the last line
-    // as one would, to check that start-up moves it aside and carries on.
+    // as one would, over the zeros the segment was extended with (if any), to check that
+    // start-up moves it aside and carries on.
     let segment = warden::audit::segment::list(audit.path())
         .unwrap()
         .pop()
         .unwrap()
         .path;
     let mut bytes = std::fs::read(&segment).unwrap();
+    let zeros = bytes.split_off(warden::audit::segment::written_len(&bytes));
     let last_line = bytes[..bytes.len() - 1]
         .rsplit(|b| *b == b'\n')
         .next()
         .unwrap()
         .to_vec();
-    bytes.extend_from_slice(&last_line[..last_line.len() / 2]);
+    let torn = &last_line[..last_line.len() / 2];
+    bytes.extend_from_slice(torn);
+    bytes.extend(zeros.into_iter().skip(torn.len()));
     std::fs::write(&segment, bytes).unwrap();
     let (ok, _) = audit_verify(audit.path());
     assert!(!ok, "a torn tail is reported until start-up repairs it");

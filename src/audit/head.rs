@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::chain::Link;
+use super::segment::write_at;
 use super::AuditError;
 
 pub const HEAD_FILE: &str = "HEAD";
@@ -61,22 +62,9 @@ impl HeadWriter {
 
     pub fn write(&mut self, head: &Link) -> Result<(), AuditError> {
         let text = format!("{:020} {}\n", head.seq, head.hash);
-        write_at_start(&self.file, text.as_bytes())
+        write_at(&self.file, text.as_bytes(), 0)
             .map_err(|source| AuditError::io(&self.path, source))
     }
-}
-
-/// One `pwrite` where there is one: this runs after every commit.
-#[cfg(unix)]
-fn write_at_start(file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, bytes, 0)
-}
-
-#[cfg(not(unix))]
-fn write_at_start(mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(bytes)
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub mod operator;
 pub mod query;
 pub mod record;
 pub mod recover;
+mod runway;
 pub mod segment;
 pub mod verify;
 mod writer;
@@ -420,6 +421,56 @@ mod tests {
         assert!(Entry::new("x", &twice).is_err());
         assert!(Entry::new("Bad Kind", &json!({})).is_err());
         assert_eq!(Entry::new("ok_1", &json!({"a": 1})).unwrap().kind(), "ok_1");
+    }
+
+    fn segment_bytes(dir: &Path) -> (u64, usize) {
+        let path = segment::Segment::new(dir, 1).path;
+        let bytes = std::fs::read(path).unwrap();
+        (bytes.len() as u64, segment::written_len(&bytes))
+    }
+
+    #[tokio::test]
+    async fn an_fsynced_segment_runs_ahead_of_its_records_until_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&config(dir.path()), metrics()).unwrap();
+        log.append_event("test", &json!({"n": 1})).await.unwrap();
+        // The zeros are written beside the commits, not before the append returns.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while segment_bytes(dir.path()).0 <= segment_bytes(dir.path()).1 as u64 {
+            assert!(Instant::now() < deadline, "the segment was never extended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(query::read_all(dir.path()).unwrap().len(), 1);
+        assert_eq!(verify::verify(dir.path()).unwrap().records, 1);
+        drop(log);
+        let (on_disk, written) = segment_bytes(dir.path());
+        assert_eq!(on_disk, written as u64, "a stopped log is plain JSONL");
+
+        // A writer killed before it could trim leaves the zeros: appending goes on over
+        // them, and nothing is taken for a torn tail.
+        let path = segment::Segment::new(dir.path(), 1).path;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &[0; 4096]).unwrap();
+        let log = AuditLog::open(&config(dir.path()), metrics()).unwrap();
+        assert_eq!(
+            log.append_event("test", &json!({"n": 2}))
+                .await
+                .unwrap()
+                .seq,
+            2
+        );
+        drop(log);
+        assert_eq!(verify::verify(dir.path()).unwrap().records, 2);
+        assert_eq!(segment::list(dir.path()).unwrap().len(), 1);
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|entry| !entry
+            .unwrap()
+            .path()
+            .display()
+            .to_string()
+            .contains("torn")));
     }
 
     #[tokio::test]

@@ -3,8 +3,9 @@
 //!
 //! Records are only ever appended, and acknowledged only once fsynced, so a crash can
 //! leave exactly one kind of damage: bytes after the last whole record that form no
-//! record (a line cut short, or zeroes from a file extended but never written). Those
-//! bytes are moved aside to `<segment>.torn-<unix ms>` (never dropped), the segment is
+//! record (a line cut short). Zeros after the records are the room the writer extends
+//! the segment with, not damage: appending continues over them. The other bytes are
+//! moved aside to `<segment>.torn-<unix ms>` (never dropped), the segment is
 //! cut back to its last whole record, and the repair is reported. Anything else (a sealed
 //! record after a bad one, a `HEAD` past the end) is not a crash: start-up stops and
 //! names the place, for an operator to look at with `warden audit verify`.
@@ -231,8 +232,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (whole, last) = two_records();
         let segment = Segment::new(dir.path(), 1);
-        for torn in ["{\"seq\":3,\"prev\":\"ab", "\0\0\0\0", "garbage\n\0\0"] {
-            fs::write(&segment.path, format!("{whole}{torn}")).unwrap();
+        // A tear, over the zeros ahead of the records or past the end of the file.
+        for (torn, zeros) in [
+            ("{\"seq\":3,\"prev\":\"ab", ""),
+            ("{\"seq\":3,\"prev\":\"ab", "\0\0\0"),
+            ("garbage\n", "\0\0"),
+        ] {
+            fs::write(&segment.path, format!("{whole}{torn}{zeros}")).unwrap();
             let recovered = recover(dir.path()).unwrap();
             assert_eq!(recovered.last, last);
             assert_eq!(recovered.size, whole.len() as u64);
@@ -242,6 +248,20 @@ mod tests {
             assert_eq!(fs::read_to_string(&segment.path).unwrap(), whole);
             assert!(recover(dir.path()).unwrap().torn.is_none());
         }
+    }
+
+    #[test]
+    fn zeros_after_the_records_are_room_to_append_not_a_tear() {
+        let dir = tempfile::tempdir().unwrap();
+        let (whole, last) = two_records();
+        let segment = Segment::new(dir.path(), 1);
+        let extended = format!("{whole}\0\0\0\0");
+        fs::write(&segment.path, &extended).unwrap();
+        let recovered = recover(dir.path()).unwrap();
+        assert_eq!(recovered.last, last);
+        assert_eq!(recovered.size, whole.len() as u64);
+        assert!(recovered.torn.is_none());
+        assert_eq!(fs::read_to_string(&segment.path).unwrap(), extended);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Segment files: their names, the order the chain runs through them, and reading one
 //! line by line.
+//!
+//! With fsync on, the segment being written is extended with zero bytes ahead of its
+//! records (see the writer), so a live or crashed segment can end in a run of zeros.
+//! They are not part of the log: JSON text never holds a zero byte, and every reader
+//! here stops before them.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -23,9 +28,41 @@ impl Segment {
         }
     }
 
+    /// The segment's bytes, without the zeros it may be extended with.
     pub fn read(&self) -> Result<Vec<u8>, AuditError> {
-        fs::read(&self.path).map_err(|source| AuditError::io(&self.path, source))
+        let mut bytes =
+            fs::read(&self.path).map_err(|source| AuditError::io(&self.path, source))?;
+        bytes.truncate(written_len(&bytes));
+        Ok(bytes)
     }
+}
+
+/// How much of `bytes` was written: all but a trailing run of zeros.
+pub fn written_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last + 1)
+}
+
+/// Whether a line of a JSONL file holds no record: blank, or part of the zeros a live
+/// segment is extended with.
+pub fn holds_no_record(line: &str) -> bool {
+    line.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+        .is_empty()
+}
+
+/// One `pwrite` where there is one: the writer runs this on every commit.
+#[cfg(unix)]
+pub fn write_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+#[cfg(not(unix))]
+pub fn write_at(mut file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes)
 }
 
 /// The segments in `dir`, in chain order. Other files (torn tails moved aside, `HEAD`)
@@ -153,5 +190,16 @@ mod tests {
             ]
         );
         assert_eq!(lines(b"").count(), 0);
+    }
+
+    #[test]
+    fn the_zeros_a_segment_is_extended_with_are_not_read() {
+        assert_eq!(written_len(b"{}\n\0\0\0"), 3);
+        assert_eq!(written_len(b"{}\n"), 3);
+        assert_eq!(written_len(b"\0\0"), 0);
+        assert_eq!(written_len(b"{\0}\0"), 3);
+        assert!(holds_no_record("\0\0\0"));
+        assert!(holds_no_record(" \t"));
+        assert!(!holds_no_record("\0{}"));
     }
 }

@@ -12,13 +12,16 @@
 //! (waiting up to `commit_delay` for more, at most `max_batch`) with one fsync: then an
 //! fsync is shared by as many records as arrived while the previous one ran.
 //!
+//! With fsync, the segment is extended with zeros ahead of its records ([`runway`]), so
+//! most commits overwrite blocks already on disk; the zeros are cut off again when the
+//! segment is closed or the log is dropped, and readers stop before them ([`segment`]).
+//!
 //! An I/O error stops the log for good: after a failed fsync the kernel may have dropped
 //! the dirty pages, so a later fsync that succeeds proves nothing. Every append from then
 //! on fails (and with it the request, which is never acknowledged unrecorded); a restart
 //! re-reads the log and repairs it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -33,7 +36,8 @@ use tokio::sync::oneshot;
 use super::chain::{seal, Link};
 use super::head::HeadWriter;
 use super::recover::Recovered;
-use super::segment::{self, Segment};
+use super::runway::Runway;
+use super::segment::{self, write_at, Segment};
 use super::{AuditError, Entry, Receipt};
 use crate::metrics::AuditMetrics;
 
@@ -62,11 +66,12 @@ pub struct Committer {
     pending: Arc<AtomicUsize>,
     fsync: bool,
     metrics: AuditMetrics,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Committer {
-    /// Starts the writer thread; it stops once the committer is dropped, after
-    /// committing everything queued.
+    /// Starts the writer thread; dropping the committer stops it and waits until it has
+    /// committed everything queued.
     pub fn start(writer: Writer) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel();
         let fsync = writer.settings.fsync;
@@ -79,16 +84,19 @@ impl Committer {
             writer: Arc::new(Mutex::new(writer)),
             pending: Arc::new(AtomicUsize::new(0)),
         };
-        let committer = Self {
+        let mut committer = Self {
             writer: thread.writer.clone(),
             pending: thread.pending.clone(),
             jobs,
             fsync,
             metrics,
+            thread: None,
         };
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || thread.run(receiver))?;
+        committer.thread = Some(
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || thread.run(receiver))?,
+        );
         Ok(committer)
     }
 
@@ -164,6 +172,21 @@ impl Committer {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             AuditError::Closed
         })
+    }
+}
+
+impl Drop for Committer {
+    /// Once the last handle is gone the log is finished: every record queued is
+    /// committed and the segment trimmed before the files are anyone else's (a log
+    /// opened again on the same folder would otherwise race the old writer).
+    fn drop(&mut self) {
+        // The thread stops when its queue has no sender left.
+        drop(std::mem::replace(&mut self.jobs, mpsc::channel().0));
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the audit writer thread panicked");
+            }
+        }
     }
 }
 
@@ -246,9 +269,12 @@ impl Gather {
 
 pub struct Writer {
     dir: PathBuf,
-    file: File,
+    file: Arc<File>,
     segment: Segment,
+    /// Where the records end; the file may go on with zeros.
     size: u64,
+    /// With fsync: what keeps zeros ahead of the records.
+    runway: Option<Runway>,
     last: Link,
     head: HeadWriter,
     settings: WriterSettings,
@@ -272,16 +298,25 @@ impl Writer {
         settings: WriterSettings,
         metrics: AuditMetrics,
     ) -> Result<Self, AuditError> {
+        let io = |source| AuditError::io(&recovered.segment.path, source);
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&recovered.segment.path)
-            .map_err(|source| AuditError::io(&recovered.segment.path, source))?;
+            .map_err(io)?;
+        let file = Arc::new(file);
+        let runway = if settings.fsync {
+            let ready = file.metadata().map_err(io)?.len();
+            Some(Runway::start(file.clone(), ready).map_err(io)?)
+        } else {
+            None
+        };
         Ok(Self {
             head: HeadWriter::open(&dir)?,
             dir,
             file,
             segment: recovered.segment,
             size: recovered.size,
+            runway,
             last: recovered.last,
             settings,
             broken: None,
@@ -367,12 +402,17 @@ impl Writer {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), AuditError> {
-        let io = |source| AuditError::io(&self.segment.path, source);
-        self.file.write_all(bytes).map_err(io)?;
-        if self.settings.fsync {
-            self.file.sync_data().map_err(io)?;
+        let end = self.size + bytes.len() as u64;
+        if let Some(runway) = &self.runway {
+            runway.before_write(end, self.settings.segment_bytes);
         }
-        self.size += bytes.len() as u64;
+        write_at(&self.file, bytes, self.size).map_err(|source| self.io_error(source))?;
+        if self.settings.fsync {
+            self.file
+                .sync_data()
+                .map_err(|source| self.io_error(source))?;
+        }
+        self.size = end;
         if let Err(error) = self.head.write(&self.last) {
             // The records are durable; only the guard against a cut-off tail lags.
             tracing::warn!(%error, "could not update the audit HEAD file");
@@ -380,10 +420,29 @@ impl Writer {
         Ok(())
     }
 
+    fn io_error(&self, source: std::io::Error) -> AuditError {
+        AuditError::io(&self.segment.path, source)
+    }
+
+    /// Cuts the zeros ahead of the records off the segment, so a closed segment is
+    /// plain JSONL. Readers skip them anyway: a failure here costs only disk space.
+    fn trim(&mut self) {
+        let Some(runway) = &self.runway else {
+            return;
+        };
+        runway.settle();
+        if let Err(error) = self.file.set_len(self.size) {
+            tracing::warn!(%error, segment = %self.segment.path.display(), "could not cut the zeros off the audit segment");
+        }
+    }
+
     /// Stops the log after a failed write, cutting the segment back to its last
     /// committed record so a restart finds no half-batch.
     fn stop(&mut self, error: &AuditError, (size, last): (u64, Link)) {
         tracing::error!(%error, "the audit log failed; no further request will be acknowledged until warden restarts");
+        if let Some(runway) = &self.runway {
+            runway.settle();
+        }
         if let Err(cut) = self.file.set_len(size) {
             tracing::error!(error = %cut, "could not cut the audit segment back; start-up will repair it");
         }
@@ -394,20 +453,32 @@ impl Writer {
     /// Starts the next segment. On failure the current one keeps growing and the next
     /// commit tries again: a large segment is better than a stopped log.
     fn rotate(&mut self) {
+        self.trim();
         let next = Segment::new(&self.dir, self.segment.number + 1);
         let opened = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .open(&next.path)
             .map_err(|source| AuditError::io(&next.path, source))
             .and_then(|file| segment::sync_dir(&self.dir).map(|()| file));
         match opened {
             Ok(file) => {
-                self.file = file;
+                self.file = Arc::new(file);
                 self.segment = next;
                 self.size = 0;
             }
             Err(error) => tracing::error!(%error, "could not start a new audit segment"),
         }
+        if let Some(runway) = &self.runway {
+            runway.switch(self.file.clone(), self.size);
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// warden stopping leaves its log as plain JSONL.
+    fn drop(&mut self) {
+        self.trim();
     }
 }

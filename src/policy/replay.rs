@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::decide::{Policy, ReasonCode, Subject, Verdict};
 use super::report::PolicyReport;
-use crate::audit::segment::jsonl_files;
+use crate::audit::segment::{holds_no_record, jsonl_files};
 use crate::chat::ToolCall;
 
 #[derive(Deserialize)]
@@ -67,7 +67,7 @@ pub fn replay(policy: &Policy, log: &Path) -> anyhow::Result<Replay> {
             std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
         for (index, line) in std::io::BufReader::new(opened).lines().enumerate() {
             let line = line.with_context(|| format!("reading {}", file.display()))?;
-            if line.trim().is_empty() {
+            if holds_no_record(&line) {
                 continue;
             }
             match serde_json::from_str::<LogLine>(&line) {

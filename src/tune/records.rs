@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::audit::segment::jsonl_files;
+use crate::audit::segment::{holds_no_record, jsonl_files};
 use crate::backend::local::BACKEND_NAME as LOCAL_BACKEND;
 use crate::chat::{Confidence, Usage};
 use crate::gateway::Outcome;
@@ -137,7 +137,7 @@ impl Log {
                 path: path.to_path_buf(),
                 source,
             })?;
-            if line.trim().is_empty() {
+            if holds_no_record(&line) {
                 continue;
             }
             let record: Value =
