@@ -423,7 +423,8 @@ mod tests {
         assert_eq!(Entry::new("ok_1", &json!({"a": 1})).unwrap().kind(), "ok_1");
     }
 
-    fn segment_bytes(dir: &Path) -> (u64, usize) {
+    /// The first segment's length on disk, and how much of it is records.
+    fn segment_lengths(dir: &Path) -> (u64, usize) {
         let path = segment::Segment::new(dir, 1).path;
         let bytes = std::fs::read(path).unwrap();
         (bytes.len() as u64, segment::written_len(&bytes))
@@ -436,14 +437,18 @@ mod tests {
         log.append_event("test", &json!({"n": 1})).await.unwrap();
         // The zeros are written beside the commits, not before the append returns.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while segment_bytes(dir.path()).0 <= segment_bytes(dir.path()).1 as u64 {
+        loop {
+            let (on_disk, written) = segment_lengths(dir.path());
+            if on_disk > written as u64 {
+                break;
+            }
             assert!(Instant::now() < deadline, "the segment was never extended");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(query::read_all(dir.path()).unwrap().len(), 1);
         assert_eq!(verify::verify(dir.path()).unwrap().records, 1);
         drop(log);
-        let (on_disk, written) = segment_bytes(dir.path());
+        let (on_disk, written) = segment_lengths(dir.path());
         assert_eq!(on_disk, written as u64, "a stopped log is plain JSONL");
 
         // A writer killed before it could trim leaves the zeros: appending goes on over
