@@ -398,6 +398,15 @@ mod tests {
         let verified = verify::verify(dir.path()).unwrap();
         assert!(verified.segments >= 4, "{verified:?}");
         assert_eq!(verified.records, 20);
+        let segments = segment::list(dir.path()).unwrap();
+        for closed in &segments[..segments.len() - 1] {
+            let bytes = std::fs::read(&closed.path).unwrap();
+            assert_eq!(
+                segment::written_len(&bytes),
+                bytes.len(),
+                "a closed segment is plain JSONL"
+            );
+        }
         drop(log);
         let log = AuditLog::open(&small, metrics()).unwrap();
         assert_eq!(log.append_event("test", &json!({})).await.unwrap().seq, 21);

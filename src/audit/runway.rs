@@ -25,7 +25,7 @@ use super::segment::write_at;
 
 /// How far ahead of the records the segment is extended. The next stretch is asked for
 /// when the records come within half of it of the end.
-pub const STEP: u64 = 256 << 10;
+const STEP: u64 = 256 << 10;
 
 pub struct Runway {
     shared: Arc<Shared>,
@@ -81,10 +81,10 @@ impl Runway {
         while state.pending.as_ref().is_some_and(|e| end > e.range.start) {
             state = self.shared.wait(state);
         }
-        let room_end = state.ready.max(end);
         if state.pending.is_some() || end + STEP / 2 <= state.ready {
             return;
         }
+        let room_end = state.ready.max(end);
         let wanted = (room_end + STEP).min(limit);
         if wanted > room_end {
             state.pending = Some(Extension {
@@ -221,7 +221,8 @@ mod tests {
         let next = open(other.path());
         runway.switch(next.clone(), 0);
         runway.before_write(10, 1 << 20);
-        drop(runway);
+        runway.settle();
+        assert_eq!(next.metadata().unwrap().len(), 10 + STEP);
         assert_eq!(
             file.metadata().unwrap().len(),
             4096,
