@@ -83,7 +83,7 @@ fn main() {
         let keys = KeyStore::from_config(&config, |_| None).unwrap().store;
         let backend = Arc::new(fixed_service::FixedServiceBackend::new(SERVICE_TIME));
         let state = warden::server::build_state(&config, keys, backend, &|_| None).unwrap();
-        let base = common::serve(warden::build_app(state, config.server.max_body_bytes)).await;
+        let base = common::serve_warden(state).await;
         let url = format!("{base}/v1/chat/completions");
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)

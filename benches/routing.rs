@@ -45,11 +45,11 @@ fn warden(upstream: &str, fsync: bool, audit_dir: &std::path::Path) -> String {
     let keys = KeyStore::from_config(&config, |_| None).unwrap().store;
     // Never asked: the risk sends every request straight out.
     let local = Arc::new(LocalBackend::loading("local", 1, Duration::from_secs(1)));
-    let app = warden::build_app(
-        warden::server::build_state(&config, keys, local, &|_| None).unwrap(),
-        config.server.max_body_bytes,
-    );
-    common::apart(warden::server::runtime().unwrap(), common::serve(app))
+    let state = warden::server::build_state(&config, keys, local, &|_| None).unwrap();
+    common::apart(
+        warden::server::runtime().unwrap(),
+        common::serve_warden(state),
+    )
 }
 
 /// The same hop with nothing on it: axum in front of reqwest, on the same runtime, the

@@ -110,9 +110,28 @@ pub struct Sampling {
     pub seed: Option<u64>,
     /// `None` lets the backend choose its default.
     pub max_tokens: Option<u32>,
+    /// The field the client set `max_tokens` with, so an error about it names that one.
+    pub max_tokens_field: MaxTokensField,
     pub stop: Vec<String>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+}
+
+/// OpenAI's two names for the completion's length limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MaxTokensField {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+impl MaxTokensField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaxTokensField::MaxTokens => "max_tokens",
+            MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
 }
 
 impl Default for Sampling {
@@ -122,6 +141,7 @@ impl Default for Sampling {
             top_p: 1.0,
             seed: None,
             max_tokens: None,
+            max_tokens_field: MaxTokensField::default(),
             stop: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
@@ -174,6 +194,9 @@ pub enum FinishReason {
     Stop,
     Length,
     ToolCalls,
+    /// Stopped by the server's generation deadline (`local.max_generation_ms`): clients
+    /// read it as `length`, warden's report says `generation_deadline`.
+    Deadline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

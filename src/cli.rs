@@ -149,7 +149,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             device,
         } => {
-            let mut config = Config::load(&config)?;
+            let file = Config::load(&config)?;
+            let mut config = file.clone();
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
@@ -158,7 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             crate::backend::local::use_threads(config.local.threads);
             let runtime = crate::server::runtime().context("starting the async runtime")?;
-            runtime.block_on(crate::server::serve(config))
+            runtime.block_on(crate::server::serve(config, file))
         }
         Command::Policy { command } => crate::policy::cli::run(command),
         Command::Model {

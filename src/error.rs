@@ -43,9 +43,16 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The local generation ran past `local.max_generation_ms` before producing an
+    /// answer, and nothing else could take the request.
+    #[error("the local generation ran past the server's deadline of {} ms before it produced an answer; shorten the prompt or ask for less", limit.as_millis())]
+    GenerationDeadline { limit: Duration },
+    /// A panic caught while handling the request (there should be none).
+    #[error("internal error while handling the request: {0}")]
+    Panicked(String),
     #[error(transparent)]
     RunBudgetExceeded(#[from] RunBudgetExceeded),
-    #[error("audit log: {0}")]
+    #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
     Approval(#[from] ApprovalError),
@@ -64,6 +71,8 @@ impl GatewayError {
             GatewayError::Unavailable { .. } => "unavailable",
             GatewayError::Upstream { .. } => "upstream_error",
             GatewayError::Internal(_) => "internal",
+            GatewayError::Panicked(_) => "internal_error",
+            GatewayError::GenerationDeadline { .. } => "generation_deadline",
             GatewayError::RunBudgetExceeded(_) => "run_budget_exceeded",
             GatewayError::Audit(_) => "audit_unavailable",
             GatewayError::Governor(refusal) => refusal.reason(),
@@ -80,6 +89,15 @@ impl GatewayError {
     }
 }
 
+/// What a caught panic said, when it said it as text.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
+}
+
 /// How long a client should wait before retrying while the model loads.
 const LOADING_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -93,9 +111,10 @@ impl From<BackendError> for GatewayError {
                 prompt_tokens,
                 context_length,
             },
-            BackendError::MaxTokensExceeded { .. } => {
-                GatewayError::invalid("max_tokens", error.to_string())
+            BackendError::MaxTokensExceeded { field, .. } => {
+                GatewayError::invalid(field.as_str(), error.to_string())
             }
+            BackendError::DeadlineExceeded { limit } => GatewayError::GenerationDeadline { limit },
             BackendError::Saturated { waited, .. } => GatewayError::Unavailable {
                 message: format!("{error}; retry later"),
                 retry_after: Some(

@@ -3,7 +3,7 @@
 
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from a fast refusal to a long generation.
@@ -34,6 +34,38 @@ pub struct Metrics {
     pub governor: GovernorMetrics,
     pub requests: RequestMetrics,
     pub audit: AuditMetrics,
+    pub connections: ConnectionMetrics,
+}
+
+/// The listener's connections.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections warden closed or refused, by reason (`full`, `evicted_idle`,
+    /// `idle_timeout`).
+    pub closed: IntCounterVec,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            open: IntGauge::new("http_connections", "Client connections open")?,
+            closed: IntCounterVec::new(
+                Opts::new(
+                    "http_connections_closed_total",
+                    "Connections warden closed or refused, by reason",
+                ),
+                &["reason"],
+            )?,
+        };
+        registry.register(Box::new(metrics.open.clone()))?;
+        registry.register(Box::new(metrics.closed.clone()))?;
+        for reason in ["full", "evicted_idle", "idle_timeout"] {
+            metrics.closed.with_label_values(&[reason]);
+        }
+        Ok(metrics)
+    }
 }
 
 /// Chat requests as the gateway saw them end (one per audit record).
@@ -51,6 +83,10 @@ pub struct RequestMetrics {
     pub cost_usd: CounterVec,
     /// Decisions on generated tool calls, by decision (`returned`, `loop_detected`…).
     pub tool_decisions: IntCounterVec,
+    /// Panics caught while handling a request (there should be none; each answered
+    /// 500 or an error event), by where: `handler` before the answer, `response` while
+    /// it streams.
+    pub panics: IntCounterVec,
 }
 
 /// The audit log's writer.
@@ -173,6 +209,7 @@ impl Metrics {
         registry.register(Box::new(policy.decisions.clone()))?;
         registry.register(Box::new(policy.findings.clone()))?;
         Ok(Self {
+            connections: ConnectionMetrics::register(&registry)?,
             requests: RequestMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
             registry,
@@ -228,6 +265,11 @@ fn counter(
 }
 
 impl RequestMetrics {
+    /// Counts a panic caught `at` (`PANIC_IN_HANDLER` or `PANIC_IN_RESPONSE`).
+    pub fn count_panic(&self, at: &str) {
+        self.panics.with_label_values(&[at]).inc();
+    }
+
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         Ok(Self {
             requests: counter(
@@ -269,9 +311,26 @@ impl RequestMetrics {
                 "Decisions on generated tool calls, by decision",
                 &["decision"],
             )?,
+            panics: {
+                let panics = counter(
+                    registry,
+                    "panics_total",
+                    "Panics caught while handling a request, by where",
+                    &["at"],
+                )?;
+                // Present at zero, so an alert on any increase has a series to watch.
+                for at in [PANIC_IN_HANDLER, PANIC_IN_RESPONSE] {
+                    panics.with_label_values(&[at]);
+                }
+                panics
+            },
         })
     }
 }
+
+/// Where a caught panic happened: before the answer started, or while it streamed.
+pub const PANIC_IN_HANDLER: &str = "handler";
+pub const PANIC_IN_RESPONSE: &str = "response";
 
 impl AuditMetrics {
     fn register(registry: &Registry) -> Result<Self, prometheus::Error> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::api::{build_app, AppState};
+use crate::api::{AppState, CpuPool};
 use crate::audit::AuditLog;
 use crate::auth::KeyStore;
 use crate::backend::local::network::Runner;
@@ -30,7 +30,9 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Serves `config`: the file's configuration, `file`, with the command line's
+/// overrides. Reloads compare the file as re-read with `file`.
+pub async fn serve(config: Config, file: Config) -> anyhow::Result<()> {
     let setup = KeyStore::from_config(&config, |name| std::env::var(name).ok())
         .with_context(|| format!("{}: agent keys", config.path.display()))?;
     for warning in &setup.warnings {
@@ -40,7 +42,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("{}: `local.model`", config.path.display()))?;
     let backend = Arc::new(
         LocalBackend::loading(model.name(), config.local.slots, config.local.queue_timeout)
-            .with_kv_cache_bytes(config.local.kv_cache_bytes),
+            .with_kv_cache_bytes(config.local.kv_cache_bytes)
+            .with_max_generation(config.local.max_generation),
     );
     let loading = backend.clone();
     let local_config = config.local.clone();
@@ -58,20 +61,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = build_state(&config, setup.store, backend, &process_env)?;
     let gateway = state.gateway.clone();
     if let Err(error) = reload_on_hangup(
-        config.path.clone(),
+        Arc::new(file),
         gateway.routing().clone(),
         state.policy.clone(),
         gateway.audit().clone(),
     ) {
         tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
     }
-    let app = build_app(state, config.server.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
     tracing::info!("warden listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    crate::api::serve_app(listener, state, shutdown_signal())
         .await
         .context("serving")?;
     // Records of requests abandoned at shutdown are queued without waiting: wait here.
@@ -92,6 +93,7 @@ pub fn build_state(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    crate::schema::set_budget(config.server.schema_cache_bytes);
     let audit = AuditLog::open(&config.audit, metrics.audit.clone())
         .with_context(|| format!("{}: `audit`", config.path.display()))?;
     let runs = Arc::new(RunTracker::new(config.runs.clone()));
@@ -128,6 +130,7 @@ pub fn build_state(
         keys: Arc::new(keys),
         metrics,
         policy,
+        cpu: CpuPool::for_this_machine(),
         started: std::time::Instant::now(),
     })
 }
@@ -205,13 +208,16 @@ fn process_env(name: &str) -> Option<String> {
 }
 
 /// SIGHUP re-reads the configuration file (providers, routing and prices) and the
-/// policy file, each swapped in whole; a file that fails validation changes nothing of
-/// its own part. Either way the outcome goes to the audit trail. Agents, keys, the
-/// listener and the local model are read at start only. The handler is installed before
-/// this returns, so a signal sent afterwards is never lost (nor, by default, fatal).
+/// policy file, each swapped in whole; a file that fails validation, or is empty or cut
+/// short, changes nothing of its own part. Either way the outcome goes to the audit
+/// trail. Agents, keys, the listener, the governor and the local model are read at start
+/// only: a reloaded file that changes them from `running` (the file as read at start)
+/// says so (log and audit), naming each key.
+/// The handler is installed before this returns, so a signal sent afterwards is never
+/// lost (nor, by default, fatal).
 #[cfg(unix)]
 pub fn reload_on_hangup(
-    path: PathBuf,
+    running: Arc<Config>,
     routing: Arc<RoutingState>,
     policy: Arc<PolicyEngine>,
     audit: AuditLog,
@@ -219,11 +225,13 @@ pub fn reload_on_hangup(
     use crate::audit::operator::SIGNAL;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup())?;
+    let path = running.path.clone();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let recorded = match Config::load(&path) {
+            let recorded = match Config::reload(&path) {
                 Ok(config) => {
                     let outcome = routing.reload(&config, &process_env);
+                    let not_applied = running.restart_only_changes(&config);
                     match &outcome {
                         Ok(table) => {
                             tracing::info!(version = table.version, file = %path.display(), "configuration reloaded")
@@ -232,8 +240,14 @@ pub fn reload_on_hangup(
                             tracing::error!(%key, %message, "reload refused; the previous routing stays")
                         }
                     }
+                    if !not_applied.is_empty() && outcome.is_ok() {
+                        tracing::warn!(
+                            keys = %not_applied.join(", "),
+                            "the reloaded file changes settings read at start only: they take effect at the next restart"
+                        );
+                    }
                     audit
-                        .record_routing_change(SIGNAL, Some(&path), outcome.as_ref())
+                        .record_routing_change(SIGNAL, Some(&path), &not_applied, outcome.as_ref())
                         .await
                 }
                 Err(error) => {
@@ -258,7 +272,7 @@ pub fn reload_on_hangup(
 
 #[cfg(not(unix))]
 pub fn reload_on_hangup(
-    _path: PathBuf,
+    _running: Arc<Config>,
     _routing: Arc<RoutingState>,
     _policy: Arc<PolicyEngine>,
     _audit: AuditLog,

@@ -200,7 +200,7 @@ async fn the_audit_query_needs_the_admin_key_and_filters() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(response.status(), 403);
 
     assert_eq!(run_records(&server, "q-1").await.len(), 2);
     let (_, body) = server.admin_get("/admin/audit?agent=agent-a&limit=2").await;

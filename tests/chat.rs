@@ -457,15 +457,7 @@ async fn metrics_count_requests_and_admin_status_needs_the_admin_key() {
     server
         .chat(json!({"messages": user("Hi"), "max_tokens": 2}))
         .await;
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(
             "warden_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 1"
@@ -473,15 +465,21 @@ async fn metrics_count_requests_and_admin_status_needs_the_admin_key() {
         "{metrics}"
     );
 
-    for key in [None, Some(common::KEY_A)] {
+    // No key or an unknown one: who is asking is unknown (401). An agent's key: known,
+    // but not allowed here (403).
+    for (key, status, code) in [
+        (None, 401, "invalid_admin_key"),
+        (Some("not-a-key"), 401, "invalid_admin_key"),
+        (Some(common::KEY_A), 403, "admin_key_required"),
+    ] {
         let mut request = server.client.get(server.url("/admin/status"));
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 401);
+        assert_eq!(response.status(), status);
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "invalid_admin_key");
+        assert_eq!(body["error"]["code"], code);
     }
     let status: Value = server
         .client

@@ -160,7 +160,7 @@ async fn kill_switches_stop_queued_and_new_requests_until_cleared() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(response.status(), 403);
     assert_eq!(kill(&server, "global", Some(json!({}))).await.0, 400);
     assert_eq!(
         kill(&server, "global", Some(json!({"reason": " "})))
@@ -265,15 +265,7 @@ async fn rate_limits_answer_429_with_retry_after_and_are_counted() {
     // Another agent is not limited.
     assert_eq!(chat_as(&server, KEY_B, short()).await.0, 200);
 
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for series in [
         "warden_governor_rate_limited_total{agent=\"agent-a\",limit=\"requests\"} 1",
         "warden_governor_rejections_total{reason=\"rate_limited\"} 1",
@@ -379,7 +371,7 @@ async fn the_admin_view_shows_limits_waits_and_usage() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(response.status(), 403);
     let (status, body) = server.chat(short()).await;
     assert_eq!(status, 200);
     let tokens = body["usage"]["total_tokens"].as_f64().unwrap();

@@ -258,15 +258,7 @@ async fn every_decision_type_through_the_real_server() {
     );
     assert!(body["choices"][0]["message"]["tool_calls"].is_null());
 
-    let metrics = gateway
-        .client
-        .get(format!("{}/metrics", gateway.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape(&gateway.client, &gateway.base).await;
     assert!(
         metrics.contains(
             "warden_policy_decisions_total{code=\"constraint_violated\",verdict=\"DENY\"} 1"
@@ -298,7 +290,7 @@ async fn approvals_bind_the_exact_call_survive_a_restart_and_stay_private() {
     assert_eq!(status, 404, "{other}");
     assert_eq!(other["error"]["code"], "approval_not_found");
     let (status, _) = first.get("/admin/approvals", KEY_A).await;
-    assert_eq!(status, 401);
+    assert_eq!(status, 403);
     let (_, listed) = first
         .get("/admin/approvals?status=pending&agent=agent-a", ADMIN_KEY)
         .await;
@@ -526,7 +518,7 @@ async fn reload_swaps_the_policy_whole_or_not_at_all() {
 
     std::fs::write(&file, WEATHER_DENIED.replace("DENY", "MAYBE")).unwrap();
     let (status, _) = gateway.post("/admin/policy/reload", KEY_A, json!({})).await;
-    assert_eq!(status, 401);
+    assert_eq!(status, 403);
     let (status, refused) = gateway
         .post("/admin/policy/reload", ADMIN_KEY, json!({}))
         .await;
@@ -612,7 +604,7 @@ async fn sighup_reloads_the_policy() {
     )
     .unwrap();
     warden::server::reload_on_hangup(
-        server_config.path.clone(),
+        Arc::new(server_config.clone()),
         Arc::new(RoutingState::new(table)),
         engine.clone(),
         audit.clone(),

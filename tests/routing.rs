@@ -676,7 +676,7 @@ async fn thresholds_changed_through_the_admin_api_apply_to_the_next_request() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(response.status(), 403);
     let (_, body) = ask().await;
     assert_eq!(body["warden"]["routing_version"], 2);
 }

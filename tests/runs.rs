@@ -189,15 +189,7 @@ async fn the_same_call_proposed_too_often_is_withheld_as_a_loop() {
         recorded[0]["tool_calls"][0]["sha256"],
         recorded[2]["tool_calls"][0]["sha256"]
     );
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("warden_tool_call_decisions_total{decision=\"loop_detected\"} 2"),
         "{metrics}"

@@ -85,9 +85,6 @@ pub async fn warden_url(backend: Arc<dyn Backend>, audit: &str) -> String {
     );
     let config = Config::from_yaml(&yaml, std::path::Path::new("bench.yaml")).unwrap();
     let keys = KeyStore::from_config(&config, |_| None).unwrap().store;
-    serve(warden::build_app(
-        warden::server::build_state(&config, keys, backend, &|_| None).unwrap(),
-        config.server.max_body_bytes,
-    ))
-    .await
+    let state = warden::server::build_state(&config, keys, backend, &|_| None).unwrap();
+    format!("{}/v1/chat/completions", super::serve_warden(state).await)
 }

@@ -124,6 +124,19 @@ pub async fn serve(app: Router) -> String {
     format!("http://{address}")
 }
 
+/// warden itself, as `warden serve` serves it: its own listener with the configured
+/// connection limits and timeouts.
+pub async fn serve_warden(state: warden::AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        warden::api::serve_app(listener, state, std::future::pending())
+            .await
+            .unwrap()
+    });
+    format!("http://{address}")
+}
+
 /// Sends `requests` to `url` from `connections` concurrent clients for one measuring
 /// window (after a warm-up), each waiting for the whole answer before sending again.
 pub async fn load(url: &str, key: &str, requests: &Requests, connections: usize) -> Window {

@@ -33,9 +33,7 @@ impl FromRequestParts<AppState> for AdminCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if !state.keys.is_admin(bearer_key(parts)) {
-            return Err(ApiError::AdminKeyRequired);
-        }
+        require_admin(state, bearer_key(parts))?;
         let named = match parts.headers.get(OPERATOR_HEADER) {
             None => None,
             Some(value) => match value.to_str().map(str::trim) {
@@ -53,6 +51,18 @@ impl FromRequestParts<AppState> for AdminCaller {
             operator: named.unwrap_or(UNNAMED_ADMIN).to_string(),
         })
     }
+}
+
+/// Lets the admin key through; an agent's key is known but not allowed (403), any
+/// other is not known (401).
+pub fn require_admin(state: &AppState, key: Option<&str>) -> Result<(), ApiError> {
+    if state.keys.is_admin(key) {
+        return Ok(());
+    }
+    if key.is_some() && state.keys.authenticate(key).is_ok() {
+        return Err(ApiError::AgentKeyOnAdmin);
+    }
+    Err(ApiError::AdminKeyRequired)
 }
 
 /// What is running: the configuration file, the agents it declares, the local model.

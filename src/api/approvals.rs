@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::admin::AdminCaller;
 use super::error::ApiError;
-use super::extract::{Caller, OpenAiJson};
+use super::extract::{Caller, OpenAiJson, OpenAiPath, OpenAiQuery};
 use super::AppState;
 use crate::audit::operator::OperatorAction;
 use crate::error::GatewayError;
@@ -88,7 +88,7 @@ fn not_found(id: &str) -> ApiError {
 async fn agent_ticket(
     State(state): State<AppState>,
     Caller(principal): Caller,
-    Path(id): Path<String>,
+    OpenAiPath(id): OpenAiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ticket = state
         .policy
@@ -102,7 +102,7 @@ async fn agent_ticket(
 async fn admin_ticket(
     State(state): State<AppState>,
     _admin: AdminCaller,
-    Path(id): Path<String>,
+    OpenAiPath(id): OpenAiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let ticket = state
         .policy
@@ -115,7 +115,7 @@ async fn admin_ticket(
 async fn list(
     State(state): State<AppState>,
     _admin: AdminCaller,
-    Query(query): Query<HashMap<String, String>>,
+    OpenAiQuery(query): OpenAiQuery<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let mut filter = TicketFilter::default();
     for (key, value) in query {
@@ -159,7 +159,7 @@ struct ReviewBody {
 async fn approve(
     state: State<AppState>,
     admin: AdminCaller,
-    id: Path<String>,
+    id: OpenAiPath<String>,
     body: OpenAiJson<ReviewBody>,
 ) -> Result<Json<Value>, ApiError> {
     decide(state, admin, id, body, true).await
@@ -168,7 +168,7 @@ async fn approve(
 async fn reject(
     state: State<AppState>,
     admin: AdminCaller,
-    id: Path<String>,
+    id: OpenAiPath<String>,
     body: OpenAiJson<ReviewBody>,
 ) -> Result<Json<Value>, ApiError> {
     decide(state, admin, id, body, false).await
@@ -177,7 +177,7 @@ async fn reject(
 async fn decide(
     State(state): State<AppState>,
     _admin: AdminCaller,
-    Path(id): Path<String>,
+    OpenAiPath(id): OpenAiPath<String>,
     OpenAiJson(body): OpenAiJson<ReviewBody>,
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {

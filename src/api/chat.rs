@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -13,39 +14,58 @@ use axum::Json;
 use futures::{stream, Stream, StreamExt};
 
 use super::error::ApiError;
-use super::extract::{Caller, OpenAiJson};
-use super::openai::request::{self, ParsedRequest};
+use super::extract::{Caller, RawBody};
+use super::openai::request::{self, Limits, ParsedRequest};
 use super::openai::response::CompletionIdentity;
-use super::openai::types::ChatCompletionRequest;
 use super::AppState;
 use crate::chat::StreamEvent;
 use crate::error::GatewayError;
-use crate::gateway::{self, Recorded, RequestContext, ResponseStream};
+use crate::gateway::{self, Recorded, RequestContext, RequestMetadata, ResponseStream};
 use crate::governor::UnknownPriority;
+use crate::metrics::PANIC_IN_HANDLER;
+
+/// Bodies up to this size are parsed and validated where they arrive: that takes
+/// microseconds, less than handing them to another thread. Larger ones go to the CPU
+/// pool, so a 4 MB body never stalls the async workers.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
     Caller(principal): Caller,
     headers: HeaderMap,
-    OpenAiJson(wire): OpenAiJson<ChatCompletionRequest>,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    let mut context = RequestContext::new(principal, RequestMetadata::default());
+    let (body, parsed) = match body {
+        Ok(bytes) => {
+            let agent = context.principal.agent_id.clone();
+            let parsed = parse_request(&state, bytes.clone(), &headers, agent).await;
+            (bytes, parsed)
+        }
+        Err(error) => (Bytes::new(), Err(error)),
+    };
     let ParsedRequest {
         chat,
         stream,
         include_usage,
-        mut metadata,
-    } = request::parse(wire)?;
-    // Headers win over the body: a proxy or SDK wrapper can set them for the agent.
-    if let Some(priority) = header_text(&headers, "x-priority")? {
-        let priority = priority.parse().map_err(|error: UnknownPriority| {
-            GatewayError::invalid("x-priority", format!("header `x-priority`: {error}"))
-        })?;
-        metadata.priority = Some(priority);
-    }
-    if let Some(run_id) = header_text(&headers, "x-run-id")? {
-        metadata.run_id = Some(run_id);
-    }
-    let context = RequestContext::new(principal, metadata);
+        metadata,
+    } = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            if matches!(error, ApiError::Panicked(_)) {
+                state.metrics.requests.count_panic(PANIC_IN_HANDLER);
+            }
+            // Refused before the gateway saw it, and still on the record.
+            state
+                .gateway
+                .record_unread(&context, &body, error.audit_kind(), &error.to_string())
+                .await;
+            return Err(error);
+        }
+    };
+    // Only a refusal needed the body as sent; the request now holds what it says.
+    drop(body);
+    context.metadata = metadata;
     let request_id = context.request_id.clone();
     let logprobs = chat.logprobs.is_some();
     let started = state.gateway.start(context, chat, stream).await?;
@@ -72,6 +92,40 @@ pub async fn chat_completions(
         response.headers_mut().insert("x-warden-route", value);
     }
     Ok(response)
+}
+
+/// The request as the gateway takes it: the body parsed and validated (off the async
+/// workers when it is large), then warden's headers applied.
+async fn parse_request(
+    state: &AppState,
+    body: Bytes,
+    headers: &HeaderMap,
+    agent: String,
+) -> Result<ParsedRequest, ApiError> {
+    let server = &state.config.server;
+    let limits = Limits {
+        max_tools: server.max_tools,
+        max_tool_schema_bytes: server.max_tool_schema_bytes,
+    };
+    let mut parsed = if body.len() <= INLINE_PARSE_BYTES {
+        request::parse_body(&body, &limits, &agent)?
+    } else {
+        state
+            .cpu
+            .run(move || request::parse_body(&body, &limits, &agent))
+            .await??
+    };
+    // Headers win over the body: a proxy or SDK wrapper can set them for the agent.
+    if let Some(priority) = header_text(headers, "x-priority")? {
+        let priority = priority.parse().map_err(|error: UnknownPriority| {
+            GatewayError::invalid("x-priority", format!("header `x-priority`: {error}"))
+        })?;
+        parsed.metadata.priority = Some(priority);
+    }
+    if let Some(run_id) = header_text(headers, "x-run-id")? {
+        parsed.metadata.run_id = Some(request::run_id("x-run-id", &run_id)?);
+    }
+    Ok(parsed)
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {

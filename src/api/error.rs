@@ -27,10 +27,22 @@ pub enum ApiError {
         message: String,
         param: Option<String>,
     },
+    #[error("the request body was not received within {}s", limit.as_secs_f64())]
+    BodyTimeout { limit: Duration },
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
     #[error("this endpoint needs the admin key: `Authorization: Bearer <admin key>`")]
     AdminKeyRequired,
+    #[error("this key belongs to an agent; this endpoint needs the admin key")]
+    AgentKeyOnAdmin,
     #[error("the query string is invalid: {0}")]
     InvalidQuery(String),
+    #[error("the path is invalid: {0}")]
+    InvalidPath(String),
+    #[error("warden is too busy to take this request's work now; retry shortly")]
+    Busy,
+    #[error("internal error while handling the request: {0}")]
+    Panicked(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -50,6 +62,9 @@ impl From<AuditError> for ApiError {
         ApiError::Gateway(error.into())
     }
 }
+
+/// When a client told warden is busy should try again.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What a response needs to know about an error.
 struct Disposition {
@@ -123,6 +138,17 @@ impl ApiError {
                 GatewayError::Internal(_) => {
                     D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
                 }
+                // Asking again runs into the same deadline: not a 5xx clients retry on.
+                GatewayError::GenerationDeadline { .. } => D::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    INVALID,
+                    Some("generation_deadline"),
+                ),
+                GatewayError::Panicked(_) => D::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    Some("internal_error"),
+                ),
                 GatewayError::RunBudgetExceeded(exceeded) => D {
                     param: Some(exceeded.limit.name().into()),
                     ..D::new(
@@ -214,9 +240,39 @@ impl ApiError {
                 "authentication_error",
                 Some("invalid_admin_key"),
             ),
+            // The key is known, so who is asking is not in doubt: what it may do is.
+            ApiError::AgentKeyOnAdmin => D::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                Some("admin_key_required"),
+            ),
             ApiError::InvalidQuery(_) => {
                 D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_query"))
             }
+            ApiError::InvalidPath(_) => {
+                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_path"))
+            }
+            ApiError::BodyTimeout { .. } => D::new(
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID,
+                Some("request_timeout"),
+            ),
+            ApiError::BodyUnreadable(_) => {
+                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_body"))
+            }
+            ApiError::Busy => D {
+                retry_after: Some(BUSY_RETRY_AFTER),
+                ..D::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    Some("server_busy"),
+                )
+            },
+            ApiError::Panicked(_) => D::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                Some("internal_error"),
+            ),
             ApiError::PayloadTooLarge { .. } => D::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 INVALID,
@@ -237,6 +293,18 @@ impl ApiError {
             ),
             ApiError::UnknownKillScope(_) => {
                 D::new(StatusCode::NOT_FOUND, INVALID, Some("not_found"))
+            }
+        }
+    }
+
+    /// The stable reason the audit log records for a request refused with this error:
+    /// the gateway's own for its errors, as its records name them, else the code.
+    pub fn audit_kind(&self) -> &'static str {
+        match self {
+            ApiError::Gateway(error) => error.kind(),
+            other => {
+                let disposition = other.disposition();
+                disposition.code.unwrap_or(disposition.kind)
             }
         }
     }

@@ -3,14 +3,14 @@
 //! engaged with `PUT` (a JSON body giving the `reason`) and cleared with `DELETE` on
 //! `/admin/governor/kill/global`, `.../tenants/{tenant}` and `.../agents/{agent}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::extract::OpenAiJson;
+use super::extract::{OpenAiJson, OpenAiPath};
 use super::{AdminCaller, AppState};
 use crate::audit::operator::OperatorAction;
 use crate::error::GatewayError;
@@ -55,7 +55,7 @@ async fn engage_global(
 async fn engage_tenant(
     State(state): State<AppState>,
     admin: AdminCaller,
-    Path(tenant): Path<String>,
+    OpenAiPath(tenant): OpenAiPath<String>,
     OpenAiJson(request): OpenAiJson<KillRequest>,
 ) -> Result<Json<Value>, ApiError> {
     engage(&state, &admin, KillScope::Tenant(tenant), request).await
@@ -64,7 +64,7 @@ async fn engage_tenant(
 async fn engage_agent(
     State(state): State<AppState>,
     admin: AdminCaller,
-    Path(agent): Path<String>,
+    OpenAiPath(agent): OpenAiPath<String>,
     OpenAiJson(request): OpenAiJson<KillRequest>,
 ) -> Result<Json<Value>, ApiError> {
     engage(&state, &admin, KillScope::Agent(agent), request).await
@@ -80,7 +80,7 @@ async fn clear_global(
 async fn clear_tenant(
     State(state): State<AppState>,
     admin: AdminCaller,
-    Path(tenant): Path<String>,
+    OpenAiPath(tenant): OpenAiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     clear(&state, &admin, KillScope::Tenant(tenant)).await
 }
@@ -88,7 +88,7 @@ async fn clear_tenant(
 async fn clear_agent(
     State(state): State<AppState>,
     admin: AdminCaller,
-    Path(agent): Path<String>,
+    OpenAiPath(agent): OpenAiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     clear(&state, &admin, KillScope::Agent(agent)).await
 }

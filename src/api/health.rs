@@ -2,13 +2,16 @@
 //! model is loaded), `/v1/models`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::extract::Caller;
+use super::admin::require_admin;
+use super::error::ApiError;
+use super::extract::{bearer_token, Caller};
 use super::openai::types::{ModelCard, ModelList};
 use super::AppState;
+use crate::config::MetricsAccess;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -28,17 +31,26 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (status, Json(body))
 }
 
-/// Prometheus text exposition; carries no secrets, so it needs no key.
+/// Prometheus text exposition. It names models, agents and spend, so by default only
+/// the admin key reads it (`server.metrics.access`).
 pub async fn metrics(
     State(state): State<AppState>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
+    headers: HeaderMap,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    if state.config.server.metrics_access == MetricsAccess::AdminKey {
+        let key = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token);
+        require_admin(&state, key)?;
+    }
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
         state.metrics.render(),
-    )
+    ))
 }
 
 pub async fn models(State(state): State<AppState>, _caller: Caller) -> Json<ModelList> {

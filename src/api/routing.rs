@@ -32,7 +32,7 @@ async fn replace(
     state
         .gateway
         .audit()
-        .record_routing_change(&admin.operator, None, outcome.as_ref())
+        .record_routing_change(&admin.operator, None, &[], outcome.as_ref())
         .await?;
     let table = outcome.map_err(|(key, message)| GatewayError::invalid(key, message))?;
     tracing::info!(version = table.version, routing = ?table.routing, "routing replaced through the admin API");

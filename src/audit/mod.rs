@@ -64,7 +64,7 @@ pub const REPAIRED_KIND: &str = "audit_repaired";
 const RESERVED_FIELDS: [&str; 5] = ["seq", "prev", "time", "kind", "hash"];
 
 /// The validated `audit:` section of the configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     pub dir: PathBuf,
     /// `fdatasync` each group commit before acknowledging (off: the OS decides when).
@@ -80,10 +80,10 @@ pub struct AuditConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit log {}: {source}", path.display())]
+    #[error("audit log {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("audit log {} is damaged at line {line}: {problem}. Run `warden audit verify`; to start anyway, move the log aside", file.display())]
     Damaged {
@@ -111,7 +111,7 @@ impl AuditError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         AuditError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }

@@ -40,6 +40,10 @@ pub enum OperatorAction<'a> {
         routing: &'a RoutingConfig,
         #[serde(skip_serializing_if = "Option::is_none")]
         file: Option<&'a Path>,
+        /// Keys the re-read file changed that a reload does not apply (read at start
+        /// only): they take effect at the next restart.
+        #[serde(skip_serializing_if = "none_listed")]
+        not_applied: &'a [String],
     },
     PolicyReloaded {
         previous: &'a str,
@@ -80,6 +84,10 @@ impl OperatorAction<'_> {
     }
 }
 
+fn none_listed(keys: &&[String]) -> bool {
+    keys.is_empty()
+}
+
 #[derive(Serialize)]
 struct OperatorRecord<'a> {
     by: &'a str,
@@ -99,11 +107,13 @@ impl AuditLog {
     }
 
     /// Records a routing change or its refusal (`(key, message)`, as validation names
-    /// them); `file` when it was re-read from the configuration file.
+    /// them); `file` when it was re-read from the configuration file, with the keys it
+    /// changed that only a restart applies.
     pub async fn record_routing_change(
         &self,
         by: &str,
         file: Option<&Path>,
+        not_applied: &[String],
         outcome: Result<&Arc<RoutingTable>, &(String, String)>,
     ) -> Result<Receipt, AuditError> {
         match outcome {
@@ -112,6 +122,7 @@ impl AuditLog {
                     version: table.version,
                     routing: &table.routing,
                     file,
+                    not_applied,
                 };
                 self.record_operator(by, &changed).await
             }

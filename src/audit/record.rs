@@ -82,6 +82,17 @@ impl TextDigest {
     }
 }
 
+impl TextDigest {
+    /// Bytes that may not be text at all (a body that failed to parse), digest only.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            bytes: bytes.len() as u64,
+            text: None,
+        }
+    }
+}
+
 /// Digests a text that arrives in pieces (a streamed completion).
 #[derive(Debug, Clone)]
 pub struct TextHasher {

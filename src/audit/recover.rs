@@ -71,23 +71,37 @@ pub fn recover(dir: &Path) -> Result<Recovered, AuditError> {
         }
     }
     let last = cursor.last().cloned().unwrap_or_else(Link::genesis);
-    let mut torn = None;
-    if whole_end < bytes.len() {
-        let rest = &bytes[whole_end..];
-        if let Some(sealed) = lines(rest).find(|line| chain::open(line.bytes).is_ok()) {
-            let (line, problem) = match first_fault {
-                Some((line, fault)) => (line, fault.to_string()),
-                None => (sealed.number, "a record follows a damaged line".into()),
-            };
-            return Err(AuditError::Damaged {
+    let rest = &bytes[whole_end..];
+    if let Some(sealed) = lines(rest).find(|line| chain::open(line.bytes).is_ok()) {
+        let (line, problem) = match first_fault {
+            Some((line, fault)) => (line, fault.to_string()),
+            None => (sealed.number, "a record follows a damaged line".into()),
+        };
+        return Err(AuditError::Damaged {
+            file: current.path.clone(),
+            line,
+            problem,
+        });
+    }
+    // Everything is checked before anything is changed: a start that is refused leaves
+    // the log byte for byte as it found it, for `warden audit verify` to read.
+    if let Err(truncated) = check_head(dir, &last) {
+        // HEAD vouches for a record past the last good one: what follows it is no torn
+        // write but an acknowledged record that no longer verifies (edited).
+        return Err(match first_fault {
+            Some((line, fault)) => AuditError::Damaged {
                 file: current.path.clone(),
                 line,
-                problem,
-            });
-        }
-        torn = Some(move_aside(&current, whole_end, rest, last.seq)?);
+                problem: format!("{fault}, and HEAD names a later record as written"),
+            },
+            None => truncated,
+        });
     }
-    check_head(dir, &last)?;
+    let torn = if rest.is_empty() {
+        None
+    } else {
+        Some(move_aside(&current, whole_end, rest, last.seq)?)
+    };
     Ok(Recovered {
         segment: current,
         size: whole_end as u64,
@@ -280,6 +294,45 @@ mod tests {
             recover(dir.path()),
             Err(AuditError::Damaged { line: 2, .. })
         ));
+    }
+
+    /// Every file of a folder and its bytes.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let bytes = fs::read(&path).unwrap();
+                (path, bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn an_edited_acknowledged_record_is_refused_without_touching_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, hash) = line(1, GENESIS);
+        let (second, last_hash) = line(2, &hash);
+        let segment = Segment::new(dir.path(), 1);
+        let mut head = head::HeadWriter::open(dir.path()).unwrap();
+        head.write(&Link {
+            seq: 2,
+            hash: last_hash,
+        })
+        .unwrap();
+        // The last record edited: its hash no longer matches, so it reads as a torn
+        // line would; HEAD says it was acknowledged.
+        let edited = second.replace("\"kind\":\"test\"", "\"kind\":\"tset\"");
+        assert_ne!(edited, second);
+        fs::write(&segment.path, format!("{first}\n{edited}\n")).unwrap();
+        let before = snapshot(dir.path());
+        match recover(dir.path()) {
+            Err(AuditError::Damaged { line, .. }) => assert_eq!(line, 2),
+            other => panic!("expected damage, got {other:?}"),
+        }
+        assert_eq!(snapshot(dir.path()), before);
     }
 
     #[test]

@@ -20,11 +20,15 @@ pub enum BackendError {
         prompt_tokens: usize,
         context_length: usize,
     },
-    #[error("max_tokens {max_tokens} exceeds the model's context of {context_length} tokens")]
+    #[error("{} {max_tokens} exceeds the model's context of {context_length} tokens", field.as_str())]
     MaxTokensExceeded {
         max_tokens: usize,
         context_length: usize,
+        /// The request field that asked for it.
+        field: crate::chat::MaxTokensField,
     },
+    #[error("the generation ran past the server's deadline of {} ms (`local.max_generation_ms`) before it produced an answer", limit.as_millis())]
+    DeadlineExceeded { limit: Duration },
     #[error("all {slots} engine slots stayed busy for {waited:?}")]
     Saturated { slots: usize, waited: Duration },
     #[error("{provider}: {message}")]

@@ -106,12 +106,7 @@ pub(super) fn validate_governor(
     if raw.max_in_flight == 0 {
         return Err(("governor.max_in_flight".into(), "must be at least 1".into()));
     }
-    if raw.queue_timeout_ms == 0 {
-        return Err((
-            "governor.queue_timeout_ms".into(),
-            "must be above 0: every wait needs a deadline".into(),
-        ));
-    }
+    let queue_timeout = super::wait_ms("governor.queue_timeout_ms", raw.queue_timeout_ms)?;
     if raw.aging_ms == 0 {
         return Err(("governor.aging_ms".into(), "must be at least 1".into()));
     }
@@ -150,7 +145,7 @@ pub(super) fn validate_governor(
     Ok(GovernorConfig {
         max_in_flight: raw.max_in_flight,
         queue_capacity: PerClass([capacity.p0, capacity.p1, capacity.p2]),
-        queue_timeout: Duration::from_millis(raw.queue_timeout_ms),
+        queue_timeout,
         aging: Duration::from_millis(raw.aging_ms),
         tenants,
     })

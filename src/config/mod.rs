@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use governor::{AgentLimits, GovernorConfig};
-pub use raw::AuthMode;
+pub use raw::{AuthMode, MetricsAccess};
 use raw::{RawAgent, RawConfig, RawLocal};
 
 use crate::audit::AuditConfig;
@@ -23,10 +23,10 @@ pub use routing::{ProviderConfig, ProviderKind, RoutingConfig, Thresholds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {error}")]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{file}: `{key}`: {message}")]
     Invalid {
@@ -34,6 +34,55 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A file read for a reload that cannot be what its operator meant.
+    #[error("{file}: {message}")]
+    Incomplete { file: PathBuf, message: String },
+}
+
+/// The longest anything may be made to wait for one thing (a queue, a provider, a slow
+/// client, a generation): an hour. A larger figure is a typo, and a deadline that far
+/// out could overflow the clock it is added to.
+pub const MAX_WAIT_MS: u64 = 3_600_000;
+
+/// A wait of `value` milliseconds read from `key`: above 0 (every wait needs a
+/// deadline) and at most `MAX_WAIT_MS`.
+pub(crate) fn wait_ms(key: &str, value: u64) -> Result<Duration, Invalid> {
+    if value == 0 {
+        return Err((
+            key.to_string(),
+            "must be above 0: every wait needs a deadline".into(),
+        ));
+    }
+    if value > MAX_WAIT_MS {
+        return Err((
+            key.to_string(),
+            format!("must be at most {MAX_WAIT_MS} (an hour)"),
+        ));
+    }
+    Ok(Duration::from_millis(value))
+}
+
+/// Refuses the text of a file read for a reload when it cannot be a whole
+/// configuration: empty (or only comments), or cut off mid-line, as a write still under
+/// way or an interrupted copy leaves it. At start an empty file means defaults; swapped
+/// in at run time it would silently drop everything the running one holds.
+pub fn check_reloaded_text(text: &str) -> Result<(), String> {
+    let meaningful = text
+        .lines()
+        .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'));
+    if !meaningful {
+        return Err(
+            "the file is empty: refused, the running one stays (a reload never falls back to defaults)"
+                .into(),
+        );
+    }
+    if !text.ends_with('\n') {
+        return Err(
+            "the file does not end with a line break, as a file cut short (a write still under way) does: refused, the running one stays"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +102,7 @@ pub struct Config {
     pub policy: PolicyConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
     pub file: PathBuf,
     /// The file was named explicitly, so it must exist.
@@ -61,13 +110,23 @@ pub struct PolicyConfig {
     pub approvals_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_tools: usize,
+    pub max_tool_schema_bytes: usize,
+    pub schema_cache_bytes: usize,
+    pub metrics_access: MetricsAccess,
+    /// `/metrics` on a listener of its own, not the API's.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthConfig {
     pub mode: AuthMode,
     pub open_agent: Option<String>,
@@ -82,7 +141,7 @@ pub enum KeySource {
     Env(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     pub id: String,
     pub tenant: String,
@@ -123,7 +182,7 @@ impl FromStr for DeviceSpec {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalConfig {
     pub model: String,
     pub models_dir: PathBuf,
@@ -133,17 +192,74 @@ pub struct LocalConfig {
     /// Key/value cache budget in bytes.
     pub kv_cache_bytes: usize,
     pub queue_timeout: Duration,
+    pub max_generation: Duration,
     pub default_max_tokens: u32,
     pub fetch_on_start: bool,
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Self::from_yaml(&read(path)?, path)
+    }
+
+    /// The file read again at run time: as `load`, but an empty or cut-short file is
+    /// refused rather than read as defaults.
+    pub fn reload(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        check_reloaded_text(&text).map_err(|message| ConfigError::Incomplete {
             file: path.to_path_buf(),
-            source,
+            message,
         })?;
         Self::from_yaml(&text, path)
+    }
+
+    /// What differs between this running configuration and `reloaded` in the parts a
+    /// reload does not apply (read at start only): each named by its key, so the
+    /// operator learns a restart is needed instead of believing the change took.
+    pub fn restart_only_changes(&self, reloaded: &Config) -> Vec<String> {
+        let (now, next) = (&self.local, &reloaded.local);
+        let local = [
+            ("local.model", now.model != next.model),
+            ("local.models_dir", now.models_dir != next.models_dir),
+            ("local.device", now.device != next.device),
+            ("local.threads", now.threads != next.threads),
+            ("local.slots", now.slots != next.slots),
+            (
+                "local.kv_cache_mib",
+                now.kv_cache_bytes != next.kv_cache_bytes,
+            ),
+            (
+                "local.queue_timeout_ms",
+                now.queue_timeout != next.queue_timeout,
+            ),
+            (
+                "local.max_generation_ms",
+                now.max_generation != next.max_generation,
+            ),
+            (
+                "local.default_max_tokens",
+                now.default_max_tokens != next.default_max_tokens,
+            ),
+            (
+                "local.fetch_on_start",
+                now.fetch_on_start != next.fetch_on_start,
+            ),
+        ];
+        let sections = [
+            ("server", self.server != reloaded.server),
+            ("auth", self.auth != reloaded.auth),
+            ("agents", self.agents != reloaded.agents),
+            ("audit", self.audit != reloaded.audit),
+            ("runs", self.runs != reloaded.runs),
+            ("governor", self.governor != reloaded.governor),
+            ("policy", self.policy != reloaded.policy),
+        ];
+        local
+            .into_iter()
+            .chain(sections)
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key.to_string())
+            .collect()
     }
 
     /// Parses `text` as if read from `path` (used for relative paths and messages).
@@ -173,23 +289,17 @@ impl Config {
 
 type Invalid = (String, String);
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        error: source,
+    })
+}
+
 fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let listen = raw.server.listen.parse::<SocketAddr>().map_err(|e| {
-        (
-            "server.listen".to_string(),
-            format!(
-                "`{}` is not an address like 127.0.0.1:8080: {e}",
-                raw.server.listen
-            ),
-        )
-    })?;
-    if raw.server.max_body_bytes < 1024 {
-        return Err((
-            "server.max_body_bytes".into(),
-            "must be at least 1024 bytes".into(),
-        ));
-    }
+    let listen = address("server.listen", &raw.server.listen)?;
+    let server = validate_server(raw.server, listen)?;
 
     let run_overrides = raw
         .agents
@@ -271,10 +381,7 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
 
     Ok(Config {
         path: path.to_path_buf(),
-        server: crate::config::ServerConfig {
-            listen,
-            max_body_bytes: raw.server.max_body_bytes,
-        },
+        server,
         auth,
         local: validate_local(raw.local, base)?,
         prices,
@@ -299,6 +406,89 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
                     .unwrap_or(raw::DEFAULT_APPROVALS_FILE),
             ),
         },
+    })
+}
+
+fn address(key: &str, text: &str) -> Result<SocketAddr, Invalid> {
+    text.parse::<SocketAddr>().map_err(|e| {
+        (
+            key.to_string(),
+            format!("`{text}` is not an address like 127.0.0.1:8080: {e}"),
+        )
+    })
+}
+
+/// The most connections a figure may ask for; the file descriptors bound it further at
+/// start.
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// An idle keep-alive connection is closed within a day at the latest.
+const MAX_IDLE_TIMEOUT_MS: u64 = 24 * 3_600_000;
+
+fn validate_server(server: raw::RawServer, listen: SocketAddr) -> Result<ServerConfig, Invalid> {
+    if server.max_body_bytes < 1024 {
+        return Err((
+            "server.max_body_bytes".into(),
+            "must be at least 1024 bytes".into(),
+        ));
+    }
+    if server.max_connections == 0 || server.max_connections > MAX_CONNECTIONS_LIMIT {
+        return Err((
+            "server.max_connections".into(),
+            format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+        ));
+    }
+    if server.idle_timeout_ms == 0 || server.idle_timeout_ms > MAX_IDLE_TIMEOUT_MS {
+        return Err((
+            "server.idle_timeout_ms".into(),
+            format!("must be between 1 and {MAX_IDLE_TIMEOUT_MS} (a day)"),
+        ));
+    }
+    if server.max_tools == 0 || server.max_tools > 10_000 {
+        return Err((
+            "server.max_tools".into(),
+            "must be between 1 and 10000".into(),
+        ));
+    }
+    if server.max_tool_schema_bytes < 1024 || server.max_tool_schema_bytes > server.max_body_bytes {
+        return Err((
+            "server.max_tool_schema_bytes".into(),
+            "must be at least 1024 and at most `max_body_bytes`".into(),
+        ));
+    }
+    // 64 GiB: past that the figure is a typo, not a budget.
+    if server.schema_cache_mib == 0 || server.schema_cache_mib > 1 << 16 {
+        return Err((
+            "server.schema_cache_mib".into(),
+            "must be between 1 and 65536 (MiB)".into(),
+        ));
+    }
+    let metrics_listen = server
+        .metrics
+        .listen
+        .as_deref()
+        .map(|text| address("server.metrics.listen", text))
+        .transpose()?;
+    if metrics_listen.is_some_and(|metrics| metrics == listen && listen.port() != 0) {
+        return Err((
+            "server.metrics.listen".into(),
+            "must differ from `server.listen`".into(),
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        max_body_bytes: server.max_body_bytes,
+        max_connections: server.max_connections,
+        header_read_timeout: wait_ms(
+            "server.header_read_timeout_ms",
+            server.header_read_timeout_ms,
+        )?,
+        body_read_timeout: wait_ms("server.body_read_timeout_ms", server.body_read_timeout_ms)?,
+        idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+        max_tools: server.max_tools,
+        max_tool_schema_bytes: server.max_tool_schema_bytes,
+        schema_cache_bytes: server.schema_cache_mib << 20,
+        metrics_access: server.metrics.access,
+        metrics_listen,
     })
 }
 
@@ -376,22 +566,28 @@ fn validate_local(local: RawLocal, base: &Path) -> Result<LocalConfig, Invalid> 
     if local.slots == 0 || local.slots > 64 {
         return Err(("local.slots".into(), "must be between 1 and 64".into()));
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match local.threads {
         Some(0) => return Err(("local.threads".into(), "must be at least 1".into())),
+        // More workers than this only take turns on the same cores.
+        Some(threads) if threads > MAX_THREADS_PER_CORE * cores => {
+            return Err((
+                "local.threads".into(),
+                format!(
+                    "at most {} ({MAX_THREADS_PER_CORE} per core of this machine's {cores})",
+                    MAX_THREADS_PER_CORE * cores
+                ),
+            ))
+        }
         Some(threads) => threads,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => cores,
     };
-    // 1 TiB: past that the figure is a typo, not a budget.
-    if local.kv_cache_mib == 0 || local.kv_cache_mib > 1 << 20 {
+    // The cache is allocated whole at start: more than the machine has cannot work.
+    let memory_mib = physical_memory_mib().unwrap_or(1 << 20);
+    if local.kv_cache_mib == 0 || local.kv_cache_mib > memory_mib {
         return Err((
             "local.kv_cache_mib".into(),
-            "must be between 1 and 1048576 (MiB)".into(),
-        ));
-    }
-    if local.queue_timeout_ms == 0 {
-        return Err((
-            "local.queue_timeout_ms".into(),
-            "must be above 0: every wait needs a deadline".into(),
+            format!("must be between 1 and {memory_mib} (this machine's memory, in MiB)"),
         ));
     }
     if local.default_max_tokens == 0 {
@@ -410,10 +606,22 @@ fn validate_local(local: RawLocal, base: &Path) -> Result<LocalConfig, Invalid> 
         threads,
         slots: local.slots,
         kv_cache_bytes: local.kv_cache_mib << 20,
-        queue_timeout: Duration::from_millis(local.queue_timeout_ms),
+        queue_timeout: wait_ms("local.queue_timeout_ms", local.queue_timeout_ms)?,
+        max_generation: wait_ms("local.max_generation_ms", local.max_generation_ms)?,
         default_max_tokens: local.default_max_tokens,
         fetch_on_start: local.fetch_on_start,
     })
+}
+
+/// Engine workers per core beyond which more only take turns.
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// The machine's memory in MiB, where the system says (Linux).
+fn physical_memory_mib() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 fn is_env_name(name: &str) -> bool {
@@ -614,6 +822,88 @@ agents:
             invalid_key("providers:\n  - {name: p, kind: openai, base_url: http://h, models: [{name: m, input_per_million: 1}]}\n"),
             "providers[0].models[0]"
         );
+    }
+
+    #[test]
+    fn figures_past_what_can_work_name_their_key() {
+        assert_eq!(
+            invalid_key("local:\n  kv_cache_mib: 1048576\n"),
+            "local.kv_cache_mib"
+        );
+        assert_eq!(invalid_key("local:\n  threads: 100000\n"), "local.threads");
+        let max = u64::MAX;
+        assert_eq!(
+            invalid_key(&format!("local:\n  queue_timeout_ms: {max}\n")),
+            "local.queue_timeout_ms"
+        );
+        assert_eq!(
+            invalid_key("local:\n  max_generation_ms: 0\n"),
+            "local.max_generation_ms"
+        );
+        assert_eq!(
+            invalid_key(&format!("governor:\n  queue_timeout_ms: {max}\n")),
+            "governor.queue_timeout_ms"
+        );
+        assert_eq!(
+            invalid_key("server:\n  header_read_timeout_ms: 0\n"),
+            "server.header_read_timeout_ms"
+        );
+        assert_eq!(
+            invalid_key("server:\n  max_connections: 0\n"),
+            "server.max_connections"
+        );
+        assert_eq!(
+            invalid_key("server:\n  max_tool_schema_bytes: 100\n"),
+            "server.max_tool_schema_bytes"
+        );
+        assert_eq!(
+            invalid_key("server:\n  metrics: {listen: nowhere}\n"),
+            "server.metrics.listen"
+        );
+        assert_eq!(
+            invalid_key("runs:\n  defaults: {max_wall_time_s: 99999999999}\n"),
+            "runs.defaults.max_wall_time_s"
+        );
+    }
+
+    #[test]
+    fn a_reload_refuses_an_empty_or_cut_short_file_and_names_what_it_cannot_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.yaml");
+        for (text, why) in [
+            ("", "empty"),
+            ("# nothing\n", "empty"),
+            ("local: {slots: 2}", "line break"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            match Config::reload(&path) {
+                Err(ConfigError::Incomplete { message, .. }) => {
+                    assert!(message.contains(why), "{message}")
+                }
+                other => panic!("{text:?}: expected a refusal, got {other:?}"),
+            }
+        }
+        // At start an empty file is all defaults.
+        std::fs::write(&path, "").unwrap();
+        let running = Config::load(&path).unwrap();
+        std::fs::write(
+            &path,
+            "local: {slots: 3}\nagents:\n  - {id: a, tenant: t, key_env: A}\nrouting: {min_mean_logprob: -2}\n",
+        )
+        .unwrap();
+        let reloaded = Config::reload(&path).unwrap();
+        assert_eq!(
+            running.restart_only_changes(&reloaded),
+            ["local.slots", "agents"]
+        );
+        assert!(running.restart_only_changes(&running).is_empty());
+    }
+
+    #[test]
+    fn a_missing_file_says_why_once() {
+        let error = Config::load(Path::new("/nonexistent/warden.yaml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
     }
 
     #[test]

@@ -14,6 +14,23 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Large enough for long conversations with tool outputs, small enough that one
 /// request cannot exhaust memory.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Enough for a team's agents with keep-alive pools; well inside the file descriptors
+/// warden raises its own limit to at start.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// A client has this long to send a request's head (slowloris gets no further).
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// And this long for its body, at the largest body size far more than a slow link needs.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// A keep-alive connection with no request for this long is closed; clients' pools
+/// reconnect on their own.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// OpenAI's own limit on the tools of one request.
+pub const DEFAULT_MAX_TOOLS: usize = 128;
+/// Far above any real tool's parameters (a few KiB), far below what would make
+/// compiling and keeping it costly.
+pub const DEFAULT_MAX_TOOL_SCHEMA_BYTES: usize = 64 * 1024;
+/// Compiled tool schemas kept across requests, estimated; each agent may fill a quarter.
+pub const DEFAULT_SCHEMA_CACHE_MIB: usize = 64;
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 pub const DEFAULT_MODELS_DIR: &str = "../models";
 pub const DEFAULT_DEVICE: &str = "cpu";
@@ -22,6 +39,9 @@ pub const DEFAULT_SLOTS: usize = 8;
 /// contexts, or dozens of ordinary requests.
 pub const DEFAULT_KV_CACHE_MIB: usize = 1024;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 30_000;
+/// A local generation that runs longer is stopped: at this machine's engine rates a
+/// full 8,192-token prompt and a 512-token answer take well under a minute.
+pub const DEFAULT_MAX_GENERATION_MS: u64 = 120_000;
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 pub const DEFAULT_ADMIN_KEY_ENV: &str = "WARDEN_ADMIN_KEY";
 pub const DEFAULT_PRICES_FILE: &str = "prices.yaml";
@@ -100,9 +120,36 @@ pub struct RawServer {
     /// Address the gateway listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Largest request body accepted, in bytes; larger bodies get 413.
+    /// Largest request body accepted, in bytes; larger bodies get 413 (at once when
+    /// `Content-Length` says so).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Connections open at once. A new one past it closes the connection idle longest;
+    /// with none idle it is answered 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's head; the connection is closed after it.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body once its head is read: 408 after it.
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// A connection without a request in progress for this long is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most tools one request may offer.
+    #[serde(default = "default_max_tools")]
+    pub max_tools: usize,
+    /// Largest JSON schema one tool's `parameters` may be, in bytes as sent.
+    #[serde(default = "default_max_tool_schema_bytes")]
+    pub max_tool_schema_bytes: usize,
+    /// Memory for compiled tool schemas kept across requests, in MiB (estimated from
+    /// their size); one agent may hold a quarter of it.
+    #[serde(default = "default_schema_cache_mib")]
+    pub schema_cache_mib: usize,
+    /// Who may read `/metrics`, and where.
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 impl Default for RawServer {
@@ -110,8 +157,37 @@ impl Default for RawServer {
         Self {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
+            max_connections: default_max_connections(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_tools: default_max_tools(),
+            max_tool_schema_bytes: default_max_tool_schema_bytes(),
+            schema_cache_mib: default_schema_cache_mib(),
+            metrics: RawMetrics::default(),
         }
     }
+}
+
+/// Who may read `/metrics`: its series name models, agents and spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsAccess {
+    /// The admin key, as a bearer token (Prometheus: `authorization: {credentials_file}`).
+    #[default]
+    AdminKey,
+    /// Anyone who can reach the listener: for a `listen` address only scrapers reach.
+    Open,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    #[serde(default)]
+    pub access: MetricsAccess,
+    /// A listener of its own for `/metrics` (e.g. `10.0.0.5:9464`); the API listener
+    /// then no longer serves it.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -269,6 +345,10 @@ pub struct RawLocal {
     /// How long a request may wait for a free slot before 503.
     #[serde(default = "default_queue_timeout_ms")]
     pub queue_timeout_ms: u64,
+    /// Longest a local generation may run, prompt and answer, from joining the batch;
+    /// it is stopped then (reason `generation_deadline`).
+    #[serde(default = "default_max_generation_ms")]
+    pub max_generation_ms: u64,
     /// Completion length when the request does not set `max_tokens`.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u32,
@@ -287,6 +367,7 @@ impl Default for RawLocal {
             slots: default_slots(),
             kv_cache_mib: default_kv_cache_mib(),
             queue_timeout_ms: default_queue_timeout_ms(),
+            max_generation_ms: default_max_generation_ms(),
             default_max_tokens: default_max_tokens(),
             fetch_on_start: true,
         }
@@ -298,6 +379,30 @@ fn default_listen() -> String {
 }
 fn default_max_body_bytes() -> usize {
     DEFAULT_MAX_BODY_BYTES
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_header_read_timeout_ms() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_MS
+}
+fn default_body_read_timeout_ms() -> u64 {
+    DEFAULT_BODY_READ_TIMEOUT_MS
+}
+fn default_idle_timeout_ms() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_MS
+}
+fn default_max_tools() -> usize {
+    DEFAULT_MAX_TOOLS
+}
+fn default_max_tool_schema_bytes() -> usize {
+    DEFAULT_MAX_TOOL_SCHEMA_BYTES
+}
+fn default_schema_cache_mib() -> usize {
+    DEFAULT_SCHEMA_CACHE_MIB
+}
+fn default_max_generation_ms() -> u64 {
+    DEFAULT_MAX_GENERATION_MS
 }
 fn default_admin_key_env() -> String {
     DEFAULT_ADMIN_KEY_ENV.into()

@@ -13,6 +13,9 @@ use crate::runs::{RunLimits, RunsConfig};
 
 /// Group commits wait at most this long: a request is acknowledged only after its commit.
 const MAX_COMMIT_DELAY_US: u64 = 1_000_000;
+/// A run lasts at most a year, and is forgotten a year after its last request at the
+/// latest: past that a figure is a typo, and deadlines that far out overflow clocks.
+const MAX_RUN_SECONDS: u64 = 366 * 24 * 3600;
 /// Smaller segments would rotate every few records.
 const MIN_SEGMENT_BYTES: u64 = 4096;
 
@@ -65,8 +68,14 @@ pub fn validate_runs(
             per_agent.insert(id, limits);
         }
     }
-    let idle_expiry =
-        Duration::from_secs(runs.idle_expiry_s.unwrap_or(raw::DEFAULT_RUN_IDLE_EXPIRY_S));
+    let idle_expiry_s = runs.idle_expiry_s.unwrap_or(raw::DEFAULT_RUN_IDLE_EXPIRY_S);
+    if idle_expiry_s > MAX_RUN_SECONDS {
+        return Err((
+            "runs.idle_expiry_s".into(),
+            format!("must be at most {MAX_RUN_SECONDS} (a year)"),
+        ));
+    }
+    let idle_expiry = Duration::from_secs(idle_expiry_s);
     let longest_run = per_agent
         .values()
         .chain(std::iter::once(&defaults))
@@ -105,8 +114,11 @@ fn limits(raw: &RawRunLimits, inherited: &RunLimits, section: &str) -> Result<Ru
     if limits.max_steps == 0 {
         return Err((key("max_steps"), "must be at least 1".into()));
     }
-    if limits.max_wall_time.is_zero() {
-        return Err((key("max_wall_time_s"), "must be at least 1".into()));
+    if limits.max_wall_time.is_zero() || limits.max_wall_time.as_secs() > MAX_RUN_SECONDS {
+        return Err((
+            key("max_wall_time_s"),
+            format!("must be between 1 and {MAX_RUN_SECONDS} (a year)"),
+        ));
     }
     if limits.max_cost_usd.is_sign_negative() {
         return Err((key("max_cost_usd"), "must not be negative".into()));

@@ -246,12 +246,17 @@ pub fn validate_providers(raw: Vec<RawProvider>) -> Result<Vec<ProviderConfig>, 
             if provider.max_concurrency == 0 {
                 return Err((key("max_concurrency"), "must be at least 1".into()));
             }
-            if provider.timeout_ms == 0 {
+            let timeout = super::wait_ms(&key("timeout_ms"), provider.timeout_ms)?;
+            if provider.backoff_max_ms > super::MAX_WAIT_MS {
                 return Err((
-                    key("timeout_ms"),
-                    "must be above 0: every call needs a deadline".into(),
+                    key("backoff_max_ms"),
+                    format!("must be at most {} (an hour)", super::MAX_WAIT_MS),
                 ));
             }
+            let open_for = super::wait_ms(
+                &key("circuit_breaker.open_ms"),
+                provider.circuit_breaker.open_ms,
+            )?;
             if provider.backoff_base_ms > provider.backoff_max_ms {
                 return Err((
                     key("backoff_base_ms"),
@@ -309,7 +314,7 @@ pub fn validate_providers(raw: Vec<RawProvider>) -> Result<Vec<ProviderConfig>, 
                 kind: provider.kind,
                 base_url: provider.base_url.trim_end_matches('/').to_string(),
                 api_key_env: provider.api_key_env,
-                timeout: Duration::from_millis(provider.timeout_ms),
+                timeout,
                 max_concurrency: provider.max_concurrency,
                 retries: provider.retries,
                 backoff_base: Duration::from_millis(provider.backoff_base_ms),
@@ -319,7 +324,7 @@ pub fn validate_providers(raw: Vec<RawProvider>) -> Result<Vec<ProviderConfig>, 
                     error_rate: breaker.error_rate,
                     window: breaker.window,
                     min_requests: breaker.min_requests,
-                    open_for: Duration::from_millis(breaker.open_ms),
+                    open_for,
                 },
                 default_max_tokens: provider
                     .default_max_tokens

@@ -4,11 +4,13 @@
 //! metrics. A request that ends any other way (refused, failed, abandoned by its
 //! client) is recorded too.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures::{stream, StreamExt};
+
+use futures::{stream, FutureExt, StreamExt};
 use rust_decimal::prelude::ToPrimitive;
 
 use serde::Serialize;
@@ -19,8 +21,8 @@ use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHash
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
 use crate::chat::{ChatRequest, FinishReason, StreamEvent};
 use crate::cost::outcome::{Outcome, OUTCOME_KIND};
-use crate::error::GatewayError;
-use crate::metrics::RequestMetrics;
+use crate::error::{panic_message, GatewayError};
+use crate::metrics::{RequestMetrics, PANIC_IN_RESPONSE};
 use crate::runs::{call_hash, RunTicket, RunTracker, Withheld};
 
 /// The route label of a request that was never routed.
@@ -76,6 +78,51 @@ impl Bookkeeper {
             first_content: None,
             open: true,
         }
+    }
+
+    /// Records a request refused before it could be read as one (its body unreadable,
+    /// not JSON, or invalid): who sent it, the digest of what they sent, and why
+    /// (`kind`, a stable code). Returns once it is durable; a record that cannot be
+    /// written is logged, the refusal stands either way.
+    pub async fn record_unread(
+        &self,
+        context: &RequestContext,
+        body: &[u8],
+        kind: &str,
+        message: &str,
+    ) {
+        let elapsed = context.received.elapsed();
+        let record: RequestRecord = RequestRecord {
+            request_id: context.request_id.clone(),
+            agent: context.principal.agent_id.clone(),
+            tenant: context.principal.tenant.clone(),
+            run_id: None,
+            status: RequestStatus::Refused,
+            error: Some(RecordedError {
+                kind: kind.to_string(),
+                message: message.to_string(),
+            }),
+            received_at: Utc::now() - chrono::Duration::from_std(elapsed).unwrap_or_default(),
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            model_requested: String::new(),
+            prompt: TextDigest::of_bytes(body),
+            completion: None,
+            usage: None,
+            tool_calls: Vec::new(),
+            attempts: Vec::new(),
+            report: None,
+        };
+        let written = match record.entry() {
+            Ok(entry) => self.audit.append(entry).await.map(drop),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::error!(%error, request_id = %context.request_id, "could not record a refused request");
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[UNROUTED, RequestStatus::Refused.as_str()])
+            .inc();
     }
 
     /// Records a business outcome for a run; returns once it is durable.
@@ -136,7 +183,17 @@ impl Docket {
             (started.events, Some(self)),
             |(mut events, docket)| async move {
                 let mut docket = docket?;
-                let out = match events.next().await {
+                // A panic while producing the answer (there should be none) ends it
+                // with an error the client sees and the record keeps, not as a
+                // dropped connection taken for the client's own.
+                let next = match AssertUnwindSafe(events.next()).catch_unwind().await {
+                    Ok(next) => next,
+                    Err(panic) => {
+                        docket.books.metrics.count_panic(PANIC_IN_RESPONSE);
+                        Some(Err(GatewayError::Panicked(panic_message(panic.as_ref()))))
+                    }
+                };
+                let out = match next {
                     Some(Ok(StreamEvent::Content { text, logprobs })) => {
                         docket.saw_content(&text);
                         let content = StreamEvent::Content { text, logprobs };
@@ -373,9 +430,11 @@ fn status_before_answer(error: &GatewayError) -> RequestStatus {
         | GatewayError::Governor(_)
         | GatewayError::Approval(_)
         | GatewayError::PolicyInvalid(_) => RequestStatus::Refused,
-        GatewayError::Upstream { .. } | GatewayError::Internal(_) | GatewayError::Audit(_) => {
-            RequestStatus::Failed
-        }
+        GatewayError::Upstream { .. }
+        | GatewayError::Internal(_)
+        | GatewayError::Panicked(_)
+        | GatewayError::GenerationDeadline { .. }
+        | GatewayError::Audit(_) => RequestStatus::Failed,
     }
 }
 

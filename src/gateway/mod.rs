@@ -17,22 +17,25 @@ mod report;
 mod trail;
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 
 use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
 use crate::backend::provider::breaker::BreakerState;
 use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
-use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
+use crate::chat::{
+    ChatRequest, Collected, FinishReason, GenerationEvent, GenerationSummary, StreamEvent,
+};
 use crate::cost::outcome::Outcome as BusinessOutcome;
-use crate::error::GatewayError;
+use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PANIC_IN_HANDLER};
 use crate::policy::{PolicyEngine, Screen, Screened};
 use crate::route::{
     assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
@@ -170,6 +173,18 @@ impl Gateway {
         self.books.record_outcome(outcome).await
     }
 
+    /// Records a request refused before the gateway could take it (see
+    /// `Bookkeeper::record_unread`).
+    pub async fn record_unread(
+        &self,
+        context: &RequestContext,
+        body: &[u8],
+        kind: &str,
+        message: &str,
+    ) {
+        self.books.record_unread(context, body, kind, message).await;
+    }
+
     pub fn routing(&self) -> &Arc<RoutingState> {
         &self.routing
     }
@@ -214,9 +229,19 @@ impl Gateway {
         if let Err(error) = docket.admit() {
             return Err(docket.refuse(error.into()).await);
         }
-        match self.route(context, request, stream).await {
-            Ok(started) => Ok(docket.follow(started)),
-            Err(unanswered) => Err(docket.refuse(unanswered).await),
+        // A panic on the way to an answer (there should be none) is still a request
+        // that ended: answered 500 and recorded as such.
+        let routed = AssertUnwindSafe(self.route(context, request, stream))
+            .catch_unwind()
+            .await;
+        match routed {
+            Ok(Ok(started)) => Ok(docket.follow(started)),
+            Ok(Err(unanswered)) => Err(docket.refuse(unanswered).await),
+            Err(panic) => {
+                self.metrics.requests.count_panic(PANIC_IN_HANDLER);
+                let error = GatewayError::Panicked(panic_message(panic.as_ref()));
+                Err(docket.refuse(error.into()).await)
+            }
         }
     }
 
@@ -265,25 +290,9 @@ impl Gateway {
         let local_events = match self.local.generate(request.clone()).await {
             Ok(events) => events,
             Err(error) => {
-                let reason = match &error {
-                    BackendError::ContextLengthExceeded { .. } => Reason::ContextOverflow,
-                    BackendError::Saturated { .. } => Reason::LocalSaturated,
-                    BackendError::Loading | BackendError::Unavailable(_) => {
-                        Reason::LocalUnavailable
-                    }
-                    _ => return Err(error.into()),
-                };
-                if chain.is_empty() {
+                if !self.hand_over_from_local(&error, started, &chain, &mut trail) {
                     return Err(error.into());
                 }
-                trail.failed(
-                    self.local.name(),
-                    &self.local_model(),
-                    &error,
-                    ms_since(started),
-                );
-                trail.route = Route::External;
-                trail.reason(reason);
                 return self
                     .start_external(context, request, stream, chain, trail, escort)
                     .await;
@@ -306,7 +315,17 @@ impl Gateway {
 
         // Verify before anything is shown: the client sees either this answer or the
         // one that replaces it, never both.
-        let local = collect_events(local_events).await?;
+        let local = match collect_events(local_events).await {
+            Ok(local) => local,
+            Err(error) => {
+                if !self.hand_over_from_local(&error, started, &chain, &mut trail) {
+                    return Err(error.into());
+                }
+                return self
+                    .start_external(context, request, stream, chain, trail, escort)
+                    .await;
+            }
+        };
         let shortfalls = check_local_answer(&local.summary, request.callable_tools(), &thresholds);
         if shortfalls.is_empty() {
             let route = trail.header(
@@ -368,6 +387,38 @@ impl Gateway {
                 ))
             }
         }
+    }
+
+    /// Records a local failure the escalation chain can take the request over from,
+    /// and says whether it can: `false` (nothing recorded) when the chain is empty or
+    /// the failure is one a provider would meet too.
+    fn hand_over_from_local(
+        &self,
+        error: &BackendError,
+        started: Instant,
+        chain: &[Target],
+        trail: &mut Trail,
+    ) -> bool {
+        let reason = match error {
+            BackendError::ContextLengthExceeded { .. } => Reason::ContextOverflow,
+            BackendError::Saturated { .. } => Reason::LocalSaturated,
+            BackendError::Loading | BackendError::Unavailable(_) => Reason::LocalUnavailable,
+            // Stopped before it answered anything: a provider may still answer in time.
+            BackendError::DeadlineExceeded { .. } => Reason::GenerationDeadline,
+            _ => return false,
+        };
+        if chain.is_empty() {
+            return false;
+        }
+        trail.failed(
+            self.local.name(),
+            &self.local_model(),
+            error,
+            ms_since(started),
+        );
+        trail.route = Route::External;
+        trail.reason(reason);
+        true
     }
 
     /// A model named by the client: the local one, or the providers serving it.
@@ -581,9 +632,12 @@ impl Gateway {
             }
             Ok(StreamEvent::Finished(screened)) => {
                 let Screened { summary, policy } = *screened;
-                let trail = trail
+                let mut trail = trail
                     .take()
                     .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
+                if summary.finish_reason == FinishReason::Deadline {
+                    trail.reason(Reason::GenerationDeadline);
+                }
                 let mut report =
                     WardenReport::new(&context, &summary, trail, priority, governor_wait);
                 if let Some(permit) = permit.take() {

@@ -62,7 +62,7 @@ pub fn requantize(source: &Path, target: &Path) -> Result<(), ModelError> {
         .into_inner()
         .map_err(|e| ModelError::Io {
             file: target.to_path_buf(),
-            source: e.into_error(),
+            error: e.into_error(),
         })?
         .sync_all()
         .map_err(ModelError::io(target))

@@ -31,18 +31,18 @@ pub enum ModelError {
     },
     #[error("converting {file} failed: {message}")]
     Convert { file: PathBuf, message: String },
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
     Io {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl ModelError {
     fn io(file: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-        move |source| ModelError::Io {
+        move |error| ModelError::Io {
             file: file.to_path_buf(),
-            source,
+            error,
         }
     }
 }

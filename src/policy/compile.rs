@@ -22,16 +22,22 @@ use super::output::{Actions, Detector, Detectors, OutputAction, OutputPolicy};
 use super::path::JsonPath;
 use super::risk::RiskSignals;
 
+/// What output safety does with a detector the policy file does not mention: redact.
+/// Failing closed means an empty, cut-short or forgotten `output` section can only hide
+/// more, never let a card number or a key out; passing one through takes an explicit
+/// `allow`.
+pub const BUILT_IN_OUTPUT_ACTION: OutputAction = OutputAction::Redact;
+
 /// Regexes in conditions are compiled within this size, so a policy cannot make
 /// matching slow.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {error}")]
     Read {
         file: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{file}: `{key}`: {message}")]
     Invalid {
@@ -39,15 +45,33 @@ pub enum PolicyError {
         key: String,
         message: String,
     },
+    /// A file read for a reload that cannot be what its operator meant (empty, cut short).
+    #[error("{file}: {message}")]
+    Incomplete { file: PathBuf, message: String },
 }
 
 type Invalid = (String, String);
 
+fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        file: path.to_path_buf(),
+        error: source,
+    })
+}
+
 impl Policy {
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        Self::from_yaml(&read(path)?, path)
+    }
+
+    /// The file read again at run time: as `load`, but an empty or cut-short file is
+    /// refused rather than read as the empty policy (which would also reset output
+    /// safety and the catalog).
+    pub fn reload(path: &Path) -> Result<Self, PolicyError> {
+        let text = read(path)?;
+        crate::config::check_reloaded_text(&text).map_err(|message| PolicyError::Incomplete {
             file: path.to_path_buf(),
-            source,
+            message,
         })?;
         Self::from_yaml(&text, path)
     }
@@ -192,14 +216,19 @@ fn compile(raw: RawPolicy) -> Result<Policy, Invalid> {
         })
         .collect();
 
-    if raw.approvals.ttl_seconds == 0 {
-        return Err(("approvals.ttl_seconds".into(), "must be at least 1".into()));
+    // A year: past that a figure is a typo, and an expiry that far out overflows clocks.
+    const MAX_APPROVAL_TTL_SECONDS: u64 = 366 * 24 * 3600;
+    if raw.approvals.ttl_seconds == 0 || raw.approvals.ttl_seconds > MAX_APPROVAL_TTL_SECONDS {
+        return Err((
+            "approvals.ttl_seconds".into(),
+            format!("must be between 1 and {MAX_APPROVAL_TTL_SECONDS} (a year)"),
+        ));
     }
     let risk = RiskSignals::new().map_err(|error| ("risk".to_string(), error.to_string()))?;
     let detectors = Detectors::new().map_err(|error| ("output".to_string(), error.to_string()))?;
     let defaults = actions(
         &raw.output.detectors,
-        Actions::default(),
+        [BUILT_IN_OUTPUT_ACTION; Detector::ALL.len()],
         "output.detectors",
     )?;
     let agents = raw
@@ -542,6 +571,23 @@ mod tests {
         for (text, key) in cases {
             assert_eq!(invalid_key(&text), key, "{text}");
         }
+    }
+
+    #[test]
+    fn output_safety_redacts_every_detector_the_file_does_not_allow() {
+        use crate::policy::output::Detector;
+        let path = Path::new("p.yaml");
+        let text = "card 4111 1111 1111 1111, mail bob@example.com";
+        for empty in ["", "# nothing\n", "tools: {a: {tier: 0}}\n", "output: {}\n"] {
+            let policy = Policy::from_yaml(empty, path).unwrap();
+            let found = policy.output().scanner("any").scan(text);
+            assert_eq!(found.len(), 2, "{empty:?}: {found:?}");
+            assert!(found.iter().all(|f| f.action == BUILT_IN_OUTPUT_ACTION));
+        }
+        let allowing = Policy::from_yaml("output: {detectors: {email: allow}}\n", path).unwrap();
+        let found = allowing.output().scanner("any").scan(text);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].detector, Detector::Card);
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl Default for RawApprovals {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutput {
-    /// Detector → allow, redact or quarantine; detectors not listed are allowed.
+    /// Detector → allow, redact or quarantine; detectors not listed are redacted
+    /// (`compile::BUILT_IN_OUTPUT_ACTION`).
     #[serde(default)]
     pub detectors: BTreeMap<String, String>,
     /// Agent → detector → action, overriding `detectors` for that agent.

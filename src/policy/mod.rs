@@ -105,7 +105,7 @@ impl PolicyEngine {
     /// Reads the policy file again and swaps it in whole; on any error the running
     /// policy stays.
     pub fn reload(&self) -> Result<Reloaded, PolicyError> {
-        let policy = Arc::new(Policy::load(&self.file)?);
+        let policy = Arc::new(Policy::reload(&self.file)?);
         let snapshot = policy.snapshot().to_string();
         let mut guard = match self.current.write() {
             Ok(guard) => guard,

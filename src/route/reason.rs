@@ -58,6 +58,8 @@ pub enum Reason {
     FallbackLocal,
     /// No escalation target is configured, so local answers are served unchecked.
     NoEscalationTarget,
+    /// The local generation ran past `local.max_generation_ms` and was stopped.
+    GenerationDeadline,
 }
 
 impl Reason {
@@ -77,6 +79,7 @@ impl Reason {
             Reason::ProviderFailover => "provider_failover",
             Reason::FallbackLocal => "fallback_local",
             Reason::NoEscalationTarget => "no_escalation_target",
+            Reason::GenerationDeadline => "generation_deadline",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! log-probability above the agent's thresholds), and its tool calls well formed and
 //! valid against the schemas the request declared.
 
-use crate::chat::{GenerationSummary, ToolSpec};
+use crate::chat::{FinishReason, GenerationSummary, ToolSpec};
 use crate::config::Thresholds;
 
 use super::Reason;
@@ -25,6 +25,10 @@ pub fn check_local_answer(
     if summary.malformed_tool_call {
         reasons.push(Reason::MalformedToolCall);
     }
+    // Cut off mid-answer: what was written may be fine, but it is not the whole answer.
+    if summary.finish_reason == FinishReason::Deadline {
+        reasons.push(Reason::GenerationDeadline);
+    }
     let invalid = summary.tool_calls.iter().any(|call| {
         tools
             .iter()
@@ -40,7 +44,7 @@ pub fn check_local_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{Confidence, FinishReason, Timings, ToolCall, Usage};
+    use crate::chat::{Confidence, Timings, ToolCall, Usage};
 
     fn summary(mean: f32, min: f32, calls: Vec<ToolCall>, malformed: bool) -> GenerationSummary {
         GenerationSummary {
@@ -107,6 +111,14 @@ mod tests {
         assert_eq!(
             check_local_answer(&missing_field, &tools(), &THRESHOLDS),
             vec![Reason::InvalidToolArguments]
+        );
+        let cut_off = GenerationSummary {
+            finish_reason: FinishReason::Deadline,
+            ..summary(-0.1, -0.1, Vec::new(), false)
+        };
+        assert_eq!(
+            check_local_answer(&cut_off, &tools(), &THRESHOLDS),
+            vec![Reason::GenerationDeadline]
         );
     }
 }

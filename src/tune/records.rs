@@ -21,10 +21,10 @@ const OUTCOME_KIND: &str = "outcome";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
     Malformed {
@@ -112,12 +112,12 @@ impl Log {
         for path in paths {
             let files = jsonl_files(path).map_err(|source| RecordsError::Io {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
             for file in files {
                 let opened = std::fs::File::open(&file).map_err(|source| RecordsError::Io {
                     path: file.clone(),
-                    source,
+                    error: source,
                 })?;
                 log.read(std::io::BufReader::new(opened), &file)?;
             }
@@ -135,7 +135,7 @@ impl Log {
             };
             let line = line.map_err(|source| RecordsError::Io {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             })?;
             if holds_no_record(&line) {
                 continue;

@@ -53,6 +53,10 @@ pub struct ServerOptions {
     pub governor: String,
     /// More configuration (e.g. `providers:`, `routing:` or `runs:` sections), appended.
     pub extra_config: String,
+    /// More keys of the `server:` section (`", idle_timeout_ms: 500"`).
+    pub server: String,
+    /// More keys of the `local:` section (`", max_generation_ms: 1"`).
+    pub local: String,
 }
 
 impl Default for ServerOptions {
@@ -69,6 +73,8 @@ impl Default for ServerOptions {
             agent_b: String::new(),
             governor: String::new(),
             extra_config: String::new(),
+            server: String::new(),
+            local: String::new(),
         }
     }
 }
@@ -101,11 +107,11 @@ pub fn test_config_yaml(options: &ServerOptions) -> String {
         options.governor.clone()
     };
     format!(
-        "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}}}\n\
+        "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}{server}}}\n\
          agents:\n\
          \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"{agent_a}}}\n\
          \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"{agent_b}}}\n\
-         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}}}\n\
+         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}{local}}}\n\
          {governor}\n\
          audit: {{dir: \"{audit}\"}}\n",
         max_body = options.max_body_bytes,
@@ -118,6 +124,8 @@ pub fn test_config_yaml(options: &ServerOptions) -> String {
         agent_a = options.agent_a,
         agent_b = options.agent_b,
         audit = audit_dir.display(),
+        server = options.server,
+        local = options.local,
     ) + &options.extra_config
 }
 
@@ -140,11 +148,14 @@ impl TestServer {
             options.audit_dir = Some(dir.path().to_path_buf());
         }
         let config = test_config(&options);
-        let local = Arc::new(LocalBackend::loading(
-            "smollm2-135m-instruct",
-            config.local.slots,
-            config.local.queue_timeout,
-        ));
+        let local = Arc::new(
+            LocalBackend::loading(
+                "smollm2-135m-instruct",
+                config.local.slots,
+                config.local.queue_timeout,
+            )
+            .with_max_generation(config.local.max_generation),
+        );
         local.set_ready(engine());
         let base = serve(&config, local.clone()).await;
         Self {
@@ -172,6 +183,11 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// `/metrics`, read with the admin key.
+    pub async fn metrics(&self) -> String {
+        scrape(&self.client, &self.base).await
+    }
+
     /// A POST to the chat endpoint as agent A.
     pub fn chat_request(&self) -> reqwest::RequestBuilder {
         self.client
@@ -195,6 +211,35 @@ impl TestServer {
     }
 }
 
+/// The configuration file of a test server, written to a folder of its own.
+pub fn config_file(options: &ServerOptions) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.yaml");
+    std::fs::write(&path, test_config_yaml(options)).unwrap();
+    (dir, path)
+}
+
+/// `/metrics` of the server at `base`, read with the admin key.
+pub async fn scrape(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series (`name{labels}`) in a Prometheus text exposition.
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
 /// Serves the gateway around `local` on an ephemeral port; returns its base URL.
 pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
     let keys = KeyStore::from_config(config, |name| {
@@ -202,14 +247,13 @@ pub async fn serve(config: &Config, local: Arc<dyn Backend>) -> String {
     })
     .unwrap()
     .store;
-    let app = warden::build_app(
-        warden::server::build_state(config, keys, local, &provider_keys).unwrap(),
-        config.server.max_body_bytes,
-    );
+    let state = warden::server::build_state(config, keys, local, &provider_keys).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        warden::api::serve_app(listener, state, std::future::pending())
+            .await
+            .unwrap();
     });
     format!("http://{address}")
 }

@@ -4,7 +4,11 @@ use super::types::{
     ChatCompletionRequest, MessageContent, RequestMessage, StopSequences, ToolChoiceValue,
     ToolDefinition,
 };
-use crate::chat::{ChatRequest, Message, Role, Sampling, ToolCall, ToolChoice, ToolSpec};
+use crate::api::error::ApiError;
+use crate::api::extract::parse_json;
+use crate::chat::{
+    ChatRequest, MaxTokensField, Message, Role, Sampling, ToolCall, ToolChoice, ToolSpec,
+};
 use crate::error::GatewayError;
 use crate::gateway::{RequestMetadata, AUTO_MODEL};
 use crate::governor::UnknownPriority;
@@ -20,6 +24,17 @@ const MAX_METADATA_ENTRIES: usize = 16;
 const MAX_METADATA_KEY_LEN: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 512;
 
+/// How much one request may ask of warden (`server.max_tools`,
+/// `server.max_tool_schema_bytes`), checked before the work they bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_tools: usize,
+    pub max_tool_schema_bytes: usize,
+}
+
+/// A run id longer than this is not an id (OpenAI's own metadata values stop at 512).
+pub const MAX_RUN_ID_BYTES: usize = 256;
+
 /// A validated request and how the client wants it delivered.
 #[derive(Debug)]
 pub struct ParsedRequest {
@@ -31,7 +46,20 @@ pub struct ParsedRequest {
 
 type Invalid = GatewayError;
 
-pub fn parse(wire: ChatCompletionRequest) -> Result<ParsedRequest, Invalid> {
+/// A request body as received: parsed (the offending field named when it does not fit)
+/// and validated.
+pub fn parse_body(body: &[u8], limits: &Limits, agent: &str) -> Result<ParsedRequest, ApiError> {
+    let wire: ChatCompletionRequest = parse_json(body)?;
+    Ok(parse(wire, limits, agent)?)
+}
+
+/// Validates `wire`, sent by agent `agent` (whose declared schemas it compiles and
+/// caches).
+pub fn parse(
+    wire: ChatCompletionRequest,
+    limits: &Limits,
+    agent: &str,
+) -> Result<ParsedRequest, Invalid> {
     let model = match wire.model.as_deref() {
         Some(model) if model.trim().is_empty() => {
             return Err(GatewayError::invalid("model", "`model` must not be empty"))
@@ -73,7 +101,7 @@ pub fn parse(wire: ChatCompletionRequest) -> Result<ParsedRequest, Invalid> {
     let metadata = metadata(wire.metadata.as_ref())?;
     let sampling = sampling(&wire)?;
     let logprobs = logprobs(wire.logprobs, wire.top_logprobs)?;
-    let tools = tools(wire.tools.unwrap_or_default())?;
+    let tools = tools(wire.tools.unwrap_or_default(), limits, agent)?;
     let tool_choice = tool_choice(wire.tool_choice, &tools)?;
     if wire.messages.is_empty() {
         return Err(GatewayError::invalid(
@@ -137,13 +165,26 @@ fn metadata(
                 })?;
                 metadata.priority = Some(priority);
             }
-            "run_id" => metadata.run_id = Some(value.clone()),
+            "run_id" => metadata.run_id = Some(run_id(&param, value)?),
             _ => {
                 metadata.labels.insert(key.clone(), value.clone());
             }
         }
     }
     Ok(metadata)
+}
+
+/// A run id as a header or `metadata` gives it: visible text within
+/// `MAX_RUN_ID_BYTES`.
+pub fn run_id(param: &str, value: &str) -> Result<String, Invalid> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > MAX_RUN_ID_BYTES || value.chars().any(char::is_control) {
+        return Err(GatewayError::invalid(
+            param,
+            format!("a run id is 1 to {MAX_RUN_ID_BYTES} bytes of visible text"),
+        ));
+    }
+    Ok(value.to_string())
 }
 
 fn in_range(
@@ -169,10 +210,11 @@ fn sampling(wire: &ChatCompletionRequest) -> Result<Sampling, Invalid> {
     if top_p == 0.0 {
         return Err(GatewayError::invalid("top_p", "`top_p` must be above 0"));
     }
-    let (param, max_tokens) = match (wire.max_completion_tokens, wire.max_tokens) {
-        (Some(n), _) => ("max_completion_tokens", Some(n)),
-        (None, n) => ("max_tokens", n),
+    let (field, max_tokens) = match (wire.max_completion_tokens, wire.max_tokens) {
+        (Some(n), _) => (MaxTokensField::MaxCompletionTokens, Some(n)),
+        (None, n) => (MaxTokensField::MaxTokens, n),
     };
+    let param = field.as_str();
     let max_tokens = match max_tokens {
         None => None,
         Some(n) if (1..=MAX_TOKENS_LIMIT).contains(&n) => Some(n as u32),
@@ -212,6 +254,7 @@ fn sampling(wire: &ChatCompletionRequest) -> Result<Sampling, Invalid> {
         // OpenAI takes any integer; its bits make a fine seed.
         seed: wire.seed.map(|seed| seed as u64),
         max_tokens,
+        max_tokens_field: field,
         stop,
         presence_penalty: in_range("presence_penalty", wire.presence_penalty, -2.0, 2.0, 0.0)?,
         frequency_penalty: in_range("frequency_penalty", wire.frequency_penalty, -2.0, 2.0, 0.0)?,
@@ -233,7 +276,22 @@ fn logprobs(logprobs: Option<bool>, top_logprobs: Option<u32>) -> Result<Option<
     }
 }
 
-fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
+fn tools(
+    definitions: Vec<ToolDefinition>,
+    limits: &Limits,
+    agent: &str,
+) -> Result<Vec<ToolSpec>, Invalid> {
+    if definitions.len() > limits.max_tools {
+        return Err(GatewayError::invalid(
+            "tools",
+            format!(
+                "{} tools offered; at most {} per request",
+                definitions.len(),
+                limits.max_tools
+            ),
+        ));
+    }
+    let mut names = std::collections::HashSet::with_capacity(definitions.len());
     let mut tools: Vec<ToolSpec> = Vec::with_capacity(definitions.len());
     for (index, definition) in definitions.into_iter().enumerate() {
         let param = |field: &str| format!("tools[{index}].{field}");
@@ -263,7 +321,7 @@ fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
                 format!("`{name}` is not a valid function name (1-{MAX_TOOL_NAME_LEN} of a-z, A-Z, 0-9, _ and -)"),
             ));
         }
-        if tools.iter().any(|tool| tool.name == name) {
+        if !names.insert(name.clone()) {
             return Err(GatewayError::invalid(
                 param("function.name"),
                 format!("function `{name}` is declared twice"),
@@ -271,14 +329,32 @@ fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
         }
         let parameters = match function.parameters {
             None => serde_json::json!({"type": "object", "properties": {}}),
-            Some(schema @ serde_json::Value::Object(_)) => {
+            Some(raw) if raw.get().len() > limits.max_tool_schema_bytes => {
+                return Err(GatewayError::invalid(
+                    param("function.parameters"),
+                    format!(
+                        "the schema is {} bytes; at most {} per tool",
+                        raw.get().len(),
+                        limits.max_tool_schema_bytes
+                    ),
+                ))
+            }
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|error| {
+                GatewayError::invalid(
+                    param("function.parameters"),
+                    format!("function parameters are not usable JSON: {error}"),
+                )
+            })?,
+        };
+        let parameters = match parameters {
+            schema @ serde_json::Value::Object(_) => {
                 if schema.get("type").is_some_and(|t| t != "object") {
                     return Err(GatewayError::invalid(
                         param("function.parameters"),
                         "function parameters must be an object schema (`\"type\": \"object\"`)",
                     ));
                 }
-                if let Err(error) = crate::schema::compiled(&schema) {
+                if let Err(error) = crate::schema::admit(agent, &schema) {
                     return Err(GatewayError::invalid(
                         param("function.parameters"),
                         format!("function parameters are not a valid JSON schema: {error}"),
@@ -286,7 +362,7 @@ fn tools(definitions: Vec<ToolDefinition>) -> Result<Vec<ToolSpec>, Invalid> {
                 }
                 schema
             }
-            Some(_) => {
+            _ => {
                 return Err(GatewayError::invalid(
                     param("function.parameters"),
                     "function parameters must be a JSON schema object",
@@ -445,8 +521,13 @@ fn text_of(content: MessageContent, param: &str) -> Result<String, Invalid> {
 mod tests {
     use super::*;
 
+    const LIMITS: Limits = Limits {
+        max_tools: 4,
+        max_tool_schema_bytes: 1024,
+    };
+
     fn parse_json(value: serde_json::Value) -> Result<ParsedRequest, GatewayError> {
-        parse(serde_json::from_value(value).unwrap())
+        parse(serde_json::from_value(value).unwrap(), &LIMITS, "agent-a")
     }
 
     fn param_of(value: serde_json::Value) -> String {
@@ -543,6 +624,22 @@ mod tests {
             (
                 serde_json::json!({"messages": hi(), "metadata": {"priority": "urgent"}}),
                 "metadata.priority",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "metadata": {"run_id": "r".repeat(300)}}),
+                "metadata.run_id",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tools": (0..5).map(|i| serde_json::json!({"type": "function", "function": {"name": format!("f{i}")}})).collect::<Vec<_>>()}),
+                "tools",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "description": "x".repeat(2000)}}}]}),
+                "tools[0].function.parameters",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]}),
+                "tools[1].function.name",
             ),
         ];
         for (request, param) in cases {

@@ -10,7 +10,7 @@ use crate::gateway::{Recorded, Response};
 pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
+        FinishReason::Length | FinishReason::Deadline => "length",
         FinishReason::ToolCalls => "tool_calls",
     }
 }

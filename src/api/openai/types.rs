@@ -102,7 +102,9 @@ pub struct ToolDefinition {
 pub struct FunctionDefinition {
     pub name: Option<String>,
     pub description: Option<String>,
-    pub parameters: Option<Value>,
+    /// Kept as sent until its size is checked: a schema is parsed and compiled only
+    /// once it is known to be within the limit.
+    pub parameters: Option<Box<RawValue>>,
     pub strict: Option<bool>,
 }
 

@@ -100,7 +100,8 @@ impl Engine {
     }
 
     /// Renders and tokenizes `request` and checks it against `context_length` positions
-    /// (the model's, or fewer when the key/value cache budget holds fewer).
+    /// (the model's, or fewer when the key/value cache budget holds fewer). Tokenising
+    /// takes a while for a long text: call it off the async workers.
     pub fn prepare(
         &self,
         request: &ChatRequest,
@@ -111,6 +112,16 @@ impl Engine {
             text,
             answer_prefix,
         } = self.template.render(request);
+        // No token stands for more than the longest token's bytes, so a text that long
+        // needs at least this many: a prompt sure not to fit is refused by its length,
+        // before seconds of tokenising a 4 MB body.
+        let fewest_tokens = text.len().div_ceil(self.token_bytes.longest());
+        if fewest_tokens >= context_length {
+            return Err(BackendError::ContextLengthExceeded {
+                prompt_tokens: fewest_tokens,
+                context_length,
+            });
+        }
         let tokens = self.tokenize(&text)?;
         // At least one token must fit after the prompt.
         if tokens.len() >= context_length {
@@ -128,6 +139,7 @@ impl Engine {
             return Err(BackendError::MaxTokensExceeded {
                 max_tokens: asked,
                 context_length,
+                field: request.sampling.max_tokens_field,
             });
         }
         Ok(PreparedPrompt {

@@ -137,6 +137,17 @@ impl Generation {
         Next::Token(sampled.token)
     }
 
+    /// Whether any token of the answer has been sampled yet.
+    pub fn has_answered(&self) -> bool {
+        !self.sampled_logprobs.is_empty()
+    }
+
+    /// Ends the generation where it is, at the server's deadline.
+    pub fn stop_at_deadline(mut self, engine: &Engine, out: &mut VecDeque<GenerationEvent>) {
+        self.finish_reason = FinishReason::Deadline;
+        self.finish(engine, out);
+    }
+
     /// The held-back text, any tool calls, and the summary.
     pub fn finish(mut self, engine: &Engine, out: &mut VecDeque<GenerationEvent>) {
         let tail = self.gate.push(&self.utf8.finish());

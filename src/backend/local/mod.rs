@@ -39,6 +39,8 @@ const EVENT_BUFFER: usize = 32;
 
 /// The key/value cache budget when none is configured.
 pub const DEFAULT_KV_CACHE_BYTES: usize = 1024 * 1024 * 1024;
+/// How long a generation may run when no deadline is configured.
+pub const DEFAULT_MAX_GENERATION: Duration = Duration::from_secs(120);
 
 pub fn device(spec: DeviceSpec) -> Result<candle_core::Device, BackendError> {
     let device = match spec {
@@ -69,6 +71,7 @@ pub struct LocalBackend {
     slot_count: usize,
     queue_timeout: Duration,
     kv_cache_bytes: usize,
+    max_generation: Duration,
     state: RwLock<LoadState>,
 }
 
@@ -85,6 +88,7 @@ impl LocalBackend {
             slot_count,
             queue_timeout,
             kv_cache_bytes: DEFAULT_KV_CACHE_BYTES,
+            max_generation: DEFAULT_MAX_GENERATION,
             state: RwLock::new(LoadState::Loading),
         }
     }
@@ -92,6 +96,13 @@ impl LocalBackend {
     /// Sets the key/value cache budget (before `set_ready`).
     pub fn with_kv_cache_bytes(mut self, bytes: usize) -> Self {
         self.kv_cache_bytes = bytes;
+        self
+    }
+
+    /// Sets how long a generation may run from joining the batch, prompt and answer
+    /// (`local.max_generation_ms`).
+    pub fn with_max_generation(mut self, limit: Duration) -> Self {
+        self.max_generation = limit;
         self
     }
 
@@ -193,13 +204,34 @@ impl Backend for LocalBackend {
     async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError> {
         let arrived = Instant::now();
         let ready = self.ready()?;
-        let prompt = ready.engine.prepare(&request, ready.cache_tokens)?;
+        // Tokenising a long prompt takes long enough to stall the async workers (every
+        // other request, the probes): it runs on a blocking thread. How many run at
+        // once is bounded upstream: the governor admits at most `slots` to this engine.
+        let (engine, cache_tokens) = (ready.engine.clone(), ready.cache_tokens);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prompt = engine.prepare(&request, cache_tokens);
+            (request, prompt)
+        })
+        .await;
+        let (request, prompt) = match prepared {
+            Ok(prepared) => prepared,
+            // A panic there (there should be none) goes on up, to be caught, answered and
+            // recorded as one by the gateway.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => {
+                return Err(BackendError::Generation(format!(
+                    "preparing the prompt: {error}"
+                )))
+            }
+        };
+        let prompt = prompt?;
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         let (admitted, admission) = oneshot::channel();
         let submission = Submission {
             request,
             prompt,
             arrived,
+            max_generation: self.max_generation,
             admitted,
             events,
         };

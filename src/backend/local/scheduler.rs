@@ -39,6 +39,8 @@ pub struct Submission {
     pub request: ChatRequest,
     pub prompt: PreparedPrompt,
     pub arrived: Instant,
+    /// How long it may run once admitted, prompt and answer.
+    pub max_generation: Duration,
     /// Answered once the sequence has joined the batch (or can never join).
     pub admitted: oneshot::Sender<Result<(), BackendError>>,
     pub events: EventSender,
@@ -84,6 +86,9 @@ impl Occupancy {
 /// One sequence in the batch.
 struct Sequence {
     generation: Option<Generation>,
+    /// When it is stopped however far it got.
+    deadline: Instant,
+    max_generation: Duration,
     /// The prompt, then each sampled token as it is fed back.
     tokens: Vec<u32>,
     /// Positions already in the cache.
@@ -176,6 +181,7 @@ impl Scheduler {
                 }
             }
             self.retire();
+            self.stop_overdue();
             self.admit();
             self.publish();
             if !self.step() {
@@ -204,6 +210,31 @@ impl Scheduler {
             }
             keep
         });
+    }
+
+    /// Stops the sequences past their deadline: one that has answered something ends
+    /// there (`FinishReason::Deadline`), one still reading its prompt ends with an
+    /// error. Either way its place and cache blocks go to the others.
+    fn stop_overdue(&mut self) {
+        let now = Instant::now();
+        for sequence in &mut self.running {
+            if now < sequence.deadline {
+                continue;
+            }
+            let Some(generation) = sequence.generation.take() else {
+                continue;
+            };
+            if generation.has_answered() {
+                generation.stop_at_deadline(&self.engine, &mut sequence.outbox);
+            } else {
+                sequence.outbox.clear();
+                let _ = sequence
+                    .events
+                    .try_send(Err(BackendError::DeadlineExceeded {
+                        limit: sequence.max_generation,
+                    }));
+            }
+        }
     }
 
     /// Moves waiting requests into the batch, oldest first, while there is room.
@@ -235,6 +266,8 @@ impl Scheduler {
                 continue;
             }
             self.running.push(Sequence {
+                deadline: Instant::now() + submission.max_generation,
+                max_generation: submission.max_generation,
                 generation: Some(Generation::new(
                     &submission.request,
                     &submission.prompt,

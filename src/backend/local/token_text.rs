@@ -39,6 +39,11 @@ impl TokenBytes {
     pub fn get(&self, id: u32) -> &[u8] {
         self.bytes.get(id as usize).map_or(&[], Vec::as_slice)
     }
+
+    /// The most bytes any one token stands for (at least 1).
+    pub fn longest(&self) -> usize {
+        self.bytes.iter().map(Vec::len).max().unwrap_or(1).max(1)
+    }
 }
 
 /// GPT-2's byte-to-character map, inverted: printable Latin-1 bytes stand for

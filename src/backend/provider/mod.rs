@@ -10,7 +10,7 @@ pub mod breaker;
 mod dialect;
 mod openai;
 pub mod retry;
-mod sse;
+pub mod sse;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -360,7 +360,7 @@ impl Reading {
         {
             Err(_) => return Err(format!("the stream stalled for {idle_timeout:?}")),
             Ok(Some(Err(error))) => return Err(format!("the stream broke: {error}")),
-            Ok(Some(Ok(bytes))) => (self.sse.push(&bytes), false),
+            Ok(Some(Ok(bytes))) => (self.sse.push(&bytes)?, false),
             Ok(None) => (self.sse.finish().into_iter().collect::<Vec<_>>(), true),
         };
         for event in &events {

@@ -7,6 +7,11 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// The longest event an upstream may send. Far beyond any real delta (a few hundred
+/// bytes) or whole answer; a stream without event ends would otherwise grow the buffer
+/// until memory ran out.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
 #[derive(Default)]
 pub struct SseDecoder {
     buffer: Vec<u8>,
@@ -15,8 +20,9 @@ pub struct SseDecoder {
 }
 
 impl SseDecoder {
-    /// Feeds bytes; returns the events completed by them.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    /// Feeds bytes; returns the events completed by them, or an error once an event
+    /// grows past `MAX_EVENT_BYTES`.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
         // Carriage returns only ever separate lines in SSE (JSON escapes its own).
         if bytes.contains(&b'\r') {
             self.buffer
@@ -38,7 +44,12 @@ impl SseDecoder {
         }
         self.buffer.drain(..consumed);
         self.scanned = self.buffer.len();
-        events
+        if self.buffer.len() > MAX_EVENT_BYTES {
+            return Err(format!(
+                "an event of the stream ran past {MAX_EVENT_BYTES} bytes"
+            ));
+        }
+        Ok(events)
     }
 
     /// The stream ended: a last event without its blank line still counts.
@@ -91,8 +102,11 @@ mod tests {
         let mut decoder = SseDecoder::default();
         assert!(decoder
             .push(b"event: message_start\r\ndata: {\"a\"")
+            .unwrap()
             .is_empty());
-        let events = decoder.push(b": 1}\r\n\r\n: comment\n\ndata: [DONE]\n\n");
+        let events = decoder
+            .push(b": 1}\r\n\r\n: comment\n\ndata: [DONE]\n\n")
+            .unwrap();
         assert_eq!(
             events,
             vec![
@@ -111,18 +125,33 @@ mod tests {
     #[test]
     fn a_blank_line_split_between_pushes_still_ends_the_event() {
         let mut decoder = SseDecoder::default();
-        assert!(decoder.push(b"data: a\n").is_empty());
-        let events = decoder.push(b"\ndata: b\n\ndata: c");
+        assert!(decoder.push(b"data: a\n").unwrap().is_empty());
+        let events = decoder.push(b"\ndata: b\n\ndata: c").unwrap();
         let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
         assert_eq!(data, ["a", "b"]);
-        assert_eq!(decoder.push(b"\n\n")[0].data, "c");
+        assert_eq!(decoder.push(b"\n\n").unwrap()[0].data, "c");
         assert!(decoder.finish().is_none());
     }
 
     #[test]
     fn multi_line_data_is_joined_and_a_trailing_event_is_kept() {
         let mut decoder = SseDecoder::default();
-        assert!(decoder.push(b"data: one\ndata: two").is_empty());
+        assert!(decoder.push(b"data: one\ndata: two").unwrap().is_empty());
         assert_eq!(decoder.finish().unwrap().data, "one\ntwo");
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_an_error_not_a_growing_buffer() {
+        let mut decoder = SseDecoder::default();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut pushed = 0;
+        let failed = loop {
+            pushed += chunk.len();
+            if let Err(error) = decoder.push(&chunk) {
+                break error;
+            }
+            assert!(pushed <= MAX_EVENT_BYTES, "still buffering past the limit");
+        };
+        assert!(failed.contains("bytes"), "{failed}");
     }
 }

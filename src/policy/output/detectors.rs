@@ -1,10 +1,15 @@
 //! The detectors: e-mail addresses, phone numbers, payment cards (Luhn-checked),
 //! national ids (US SSN, UK NINO), IBANs (mod-97-checked), API keys of well-known
 //! providers, private keys, bearer tokens and JWTs. Patterns find candidates; checks
-//! (checksums, digit counts, reserved ranges) keep false positives down.
+//! (checksums, digit counts, reserved ranges) keep false positives down. They read the
+//! text folded to ASCII where it stands for ASCII (see `folded`), so other scripts'
+//! digits and compatibility forms are found as their ASCII forms are; the patterns
+//! themselves match ASCII only.
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+
+use super::folded::Folded;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,12 +71,11 @@ pub struct Detectors {
 }
 
 const EMAIL: &str = r"[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}";
-const PHONE: &str =
-    r"\+\d{8,15}|(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}";
-const CARD: &str = r"\d(?:[ -]?\d){12,18}";
-const SSN: &str = r"\b\d{3}-\d{2}-\d{4}\b";
-const NINO: &str = r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b";
-const IBAN: &str = r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?";
+const PHONE: &str = r"\+[0-9]{8,15}|(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{2,4}(?:[ .-][0-9]{2,4}){1,4}";
+const CARD: &str = r"[0-9](?:[ -]?[0-9]){12,18}";
+const SSN: &str = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b";
+const NINO: &str = r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b";
+const IBAN: &str = r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?";
 const API_KEY: &str = concat!(
     r"\b(?:sk-(?:proj-|ant-|live-)?[A-Za-z0-9_-]{20,}",
     r"|sk_(?:live|test)_[A-Za-z0-9]{20,}",
@@ -106,30 +110,28 @@ impl Detectors {
         Ok(Self { patterns })
     }
 
-    /// Every finding in `text`, unordered, possibly overlapping.
+    /// Every finding in `text`, unordered, possibly overlapping; always whole
+    /// characters of `text`.
     pub fn find(&self, text: &str) -> Vec<Span> {
+        let folded = Folded::new(text);
+        let read = folded.text.as_ref();
         let mut spans = Vec::new();
         for (detector, regex) in &self.patterns {
-            for found in regex.find_iter(text) {
+            for found in regex.find_iter(read) {
                 let (start, end) = (found.start(), found.end());
-                let confirmed = match detector {
-                    Detector::Phone => isolated(text, start, end) && phone_digits(found.as_str()),
-                    Detector::Card => isolated(text, start, end) && card(found.as_str()),
-                    Detector::NationalId => national_id(found.as_str()),
-                    Detector::Iban => match iban_end(text, start, end) {
-                        Some(iban_end) => {
-                            spans.push(Span {
-                                start,
-                                end: iban_end,
-                                detector: *detector,
-                            });
-                            continue;
-                        }
-                        None => false,
-                    },
-                    _ => true,
+                let end = match detector {
+                    Detector::Phone => {
+                        (isolated(read, start, end) && phone_digits(found.as_str())).then_some(end)
+                    }
+                    Detector::Card => {
+                        (isolated(read, start, end) && card(found.as_str())).then_some(end)
+                    }
+                    Detector::NationalId => national_id(found.as_str()).then_some(end),
+                    Detector::Iban => iban_end(read, start, end),
+                    _ => Some(end),
                 };
-                if confirmed {
+                if let Some(end) = end {
+                    let (start, end) = folded.original_range(start, end);
                     spans.push(Span {
                         start,
                         end,
@@ -212,10 +214,14 @@ fn iban_end(text: &str, start: usize, end: usize) -> Option<usize> {
 }
 
 fn iban_checksum(compact: &str) -> bool {
-    let rearranged = compact[4..].chars().chain(compact[..4].chars());
+    let chars: Vec<char> = compact.chars().collect();
+    if chars.len() < 4 {
+        return false;
+    }
+    let rearranged = chars[4..].iter().chain(&chars[..4]);
     let mut remainder: u32 = 0;
     for c in rearranged {
-        let value = match c.to_digit(36) {
+        let value = match c.to_digit(36).filter(|_| c.is_ascii()) {
             Some(value) => value,
             None => return false,
         };
@@ -294,6 +300,45 @@ mod tests {
             "GB82WEST12345698765432",
         );
         none_of("GB82WEST12345698765433", Detector::Iban);
+    }
+
+    #[test]
+    fn other_digits_and_forms_are_found_and_never_split_a_character() {
+        // Once a panic: the IBAN check sliced bytes inside a fullwidth digit.
+        let text = "Pay to DE０１ AAAA BBBB CCCC now.";
+        for span in Detectors::new().unwrap().find(text) {
+            assert!(text.is_char_boundary(span.start) && text.is_char_boundary(span.end));
+        }
+        has(
+            "Card: ４１１１ １１１１ １１１１ １１１１ ok",
+            Detector::Card,
+            "４１１１ １１１１ １１１１ １１１１",
+        );
+        has(
+            "call +１ (４１５) ５５５-２６７１ now",
+            Detector::Phone,
+            "+１ (４１５) ５５５-２６７１",
+        );
+        has(
+            "card ٤١١١ ١١١١ ١١١١ ١١١١.",
+            Detector::Card,
+            "٤١١١ ١١١١ ١١١١ ١١١١",
+        );
+        has(
+            "card 4111\u{200b}1111\u{2060}1111 1111 end",
+            Detector::Card,
+            "4111\u{200b}1111\u{2060}1111 1111",
+        );
+        has(
+            "pay ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００ then",
+            Detector::Iban,
+            "ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００",
+        );
+        has(
+            "mail ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ now",
+            Detector::Email,
+            "ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+        );
     }
 
     #[test]

@@ -1,21 +1,26 @@
 //! Screening a response as it streams. Text is held back just long enough that no
-//! finding can still grow across what is released: the last `WINDOW` bytes (longer
-//! than any finding that contains spaces), the trailing run of non-space characters
-//! (keys, tokens and addresses have no spaces), and any finding that reaches the end
-//! of the text so far (an unfinished private key). A redacted finding is masked in
-//! place, its tokens' log-probabilities too; a quarantined one stops all further text.
+//! finding can still grow across what is released: the last `WINDOW` visible
+//! characters (more than any finding that contains spaces has), the trailing run of
+//! characters that read as visible ASCII (keys, tokens and addresses are made of
+//! them), and any finding that reaches the end of the text so far (an unfinished
+//! private key). A redacted finding is masked in place, its tokens' log-probabilities
+//! too; a quarantined one stops all further text.
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::folded::reads_as_visible_ascii;
 use super::{mask, Finding, OutputAction, Scanner};
 use crate::chat::TokenLogprob;
+use crate::policy::names::is_invisible;
 use crate::policy::output::Detector;
 
-/// Bytes always held back: more than the longest finding that may contain spaces (an
-/// IBAN written in groups, 42).
+/// Visible characters always held back: more than the longest finding that may contain
+/// spaces has (an IBAN written in groups, 42). Counted in characters, not bytes, as the
+/// detectors read them: a finding in fullwidth digits is three times as many bytes, and
+/// invisible characters inside one do not count.
 const WINDOW: usize = 64;
-/// Bytes of released text scanned again as context, so that `Bearer ` already sent
-/// still marks the token that follows it.
+/// Visible characters of released text scanned again as context, so that `Bearer `
+/// already sent still marks the token that follows it.
 const CONTEXT: usize = 128;
 
 /// Text cleared for the client, with the log-probabilities of its tokens.
@@ -76,10 +81,15 @@ impl OutputGuard {
             self.quarantined = true;
             return Release::default();
         }
-        let mut cut = floor_boundary(&self.raw, self.raw.len().saturating_sub(WINDOW));
-        let trailing_run = self.raw.rfind(char::is_whitespace).map_or(0, |at| {
-            at + self.raw[at..].chars().next().map_or(1, char::len_utf8)
-        });
+        let mut cut = visible_chars_before(&self.raw, self.raw.len(), WINDOW);
+        // The trailing run of what keys, tokens and addresses are made of may still grow
+        // into one. Text in other scripts ends a run, so it streams like any other.
+        let trailing_run = self
+            .raw
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !is_invisible(c) && !reads_as_visible_ascii(c))
+            .map_or(0, |(at, c)| at + c.len_utf8());
         cut = cut.min(trailing_run);
         for finding in &findings {
             if finding.end == self.raw.len() || (finding.start < cut && cut < finding.end) {
@@ -118,9 +128,24 @@ impl OutputGuard {
         end
     }
 
+    /// Screens a whole text fed `piece_chars` characters at a time, as a stream would
+    /// deliver it: what the client is sent, and how it ended. However the pieces fall,
+    /// what is sent must be the same (the tests and the fuzz target hold it to that).
+    pub fn screen_in_pieces(mut self, text: &str, piece_chars: usize) -> (String, GuardEnd) {
+        let chars: Vec<char> = text.chars().collect();
+        let mut sent = String::new();
+        for piece in chars.chunks(piece_chars.max(1)) {
+            let piece: String = piece.iter().collect();
+            sent.push_str(&self.push(&piece, Vec::new()).text);
+        }
+        let end = self.finish();
+        sent.push_str(&end.release.text);
+        (sent, end)
+    }
+
     /// Findings that reach the unreleased text (scanned with some context before it).
     fn findings(&self) -> Vec<Finding> {
-        let from = floor_boundary(&self.raw, self.released.saturating_sub(CONTEXT));
+        let from = visible_chars_before(&self.raw, self.released, CONTEXT);
         self.scanner
             .scan(&self.raw[from..])
             .into_iter()
@@ -184,11 +209,24 @@ fn masked(token: TokenLogprob) -> TokenLogprob {
     }
 }
 
-fn floor_boundary(text: &str, mut at: usize) -> usize {
-    while !text.is_char_boundary(at) {
-        at -= 1;
+/// Where the `count` visible characters before `end` begin (the text's start if it has
+/// fewer).
+fn visible_chars_before(text: &str, end: usize, count: usize) -> usize {
+    // Every ASCII byte is one visible character: the usual case needs no walk.
+    let from = end.saturating_sub(count);
+    if text.as_bytes()[from..end].is_ascii() {
+        return from;
     }
-    at
+    let mut seen = 0;
+    for (at, c) in text[..end].char_indices().rev() {
+        if !is_invisible(c) {
+            seen += 1;
+            if seen == count {
+                return at;
+            }
+        }
+    }
+    0
 }
 
 #[cfg(test)]
@@ -212,19 +250,6 @@ mod tests {
         guard(&Detector::ALL.map(|d| (d, OutputAction::Redact)))
     }
 
-    /// Feeds `text` in pieces of `size` characters; returns everything sent.
-    fn stream(mut guard: OutputGuard, text: &str, size: usize) -> (String, GuardEnd) {
-        let chars: Vec<char> = text.chars().collect();
-        let mut sent = String::new();
-        for piece in chars.chunks(size) {
-            let piece: String = piece.iter().collect();
-            sent.push_str(&guard.push(&piece, Vec::new()).text);
-        }
-        let end = guard.finish();
-        sent.push_str(&end.release.text);
-        (sent, end)
-    }
-
     #[test]
     fn findings_split_across_pieces_are_never_sent() {
         let secrets = [
@@ -236,11 +261,11 @@ mod tests {
         ];
         for text in secrets {
             let whole = {
-                let (sent, _) = stream(redact_all(), text, usize::MAX);
+                let (sent, _) = redact_all().screen_in_pieces(text, usize::MAX);
                 sent
             };
             for size in [1, 2, 3, 5, 7, 16] {
-                let (sent, end) = stream(redact_all(), text, size);
+                let (sent, end) = redact_all().screen_in_pieces(text, size);
                 assert_eq!(sent, whole, "piece size {size}: {text:?}");
                 assert!(end.quarantined.is_none());
             }
@@ -257,6 +282,36 @@ mod tests {
                 assert!(!whole.contains(leaked), "{leaked} in {whole}");
             }
         }
+    }
+
+    #[test]
+    fn findings_in_other_digits_are_held_back_and_masked_in_any_pieces() {
+        let texts = [
+            "Card: ４１１１ １１１１ １１１１ １１１１ is on file, thank you.",
+            "IBAN ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００ for the refund please.",
+            "Pay to DE０１ AAAA BBBB CCCC now, and then some more text after it.",
+            "card 4\u{200b}\u{200b}\u{200b}\u{200b}111 1111 1111 1111 closes the note.",
+        ];
+        for text in texts {
+            let (whole, _) = redact_all().screen_in_pieces(text, usize::MAX);
+            for size in [1, 2, 3, 5, 7] {
+                let (sent, _) = redact_all().screen_in_pieces(text, size);
+                assert_eq!(sent, whole, "piece size {size}: {text:?}");
+            }
+            for leaked in ["１１１１", "３７０４", "1111"] {
+                assert!(!whole.contains(leaked), "{leaked} in {whole}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_without_spaces_in_other_scripts_streams_too() {
+        let mut guard = redact_all();
+        let text = "東京は日本の首都です。".repeat(20);
+        let sent = guard.push(&text, Vec::new()).text;
+        assert!(text.chars().count() - sent.chars().count() <= WINDOW);
+        let end = guard.finish();
+        assert_eq!(format!("{sent}{}", end.release.text), text);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! a stream without ever sending a finding unmasked.
 
 pub mod detectors;
+mod folded;
 pub mod guard;
 
 use std::collections::HashMap;
