@@ -1,0 +1,15 @@
+//! A chat request body, as any client may send it: parsed and validated into a request,
+//! or refused with an error; never a panic or a hang.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use warden::api::openai::request::{parse_body, Limits};
+
+const LIMITS: Limits = Limits {
+    max_tools: 128,
+    max_tool_schema_bytes: 64 * 1024,
+};
+
+fuzz_target!(|body: &[u8]| {
+    let _ = parse_body(body, &LIMITS, "fuzz-agent");
+});
