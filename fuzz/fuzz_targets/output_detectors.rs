@@ -4,21 +4,28 @@
 #![no_main]
 
 use std::path::Path;
+use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use warden::policy::output::{Detectors, OutputGuard};
 use warden::policy::Policy;
 
+/// Compiled once: compiling the patterns for every input would leave little time for
+/// the inputs themselves.
+static DETECTORS: LazyLock<Detectors> =
+    LazyLock::new(|| Detectors::new().expect("the built-in patterns compile"));
+/// The empty policy redacts every detector (output safety fails closed).
+static POLICY: LazyLock<Policy> = LazyLock::new(|| {
+    Policy::from_yaml("", Path::new("fuzz/policy.yaml")).expect("the empty policy compiles")
+});
+
 fuzz_target!(|input: (u8, &str)| {
     let (piece, text) = input;
-    let detectors = Detectors::new().expect("the built-in patterns compile");
-    for span in detectors.find(text) {
+    for span in DETECTORS.find(text) {
         assert!(span.start <= span.end && span.end <= text.len());
         assert!(text.is_char_boundary(span.start) && text.is_char_boundary(span.end));
     }
-    // The empty policy redacts every detector (output safety fails closed).
-    let policy = Policy::from_yaml("", Path::new("fuzz/policy.yaml")).expect("empty policy");
-    let guard = || OutputGuard::new(policy.output().scanner("a"));
+    let guard = || OutputGuard::new(POLICY.output().scanner("a"));
     let (whole, _) = guard().screen_in_pieces(text, usize::MAX);
     let (pieces, _) = guard().screen_in_pieces(text, usize::from(piece % 16) + 1);
     assert_eq!(whole, pieces);

@@ -144,13 +144,14 @@ impl Detectors {
     }
 }
 
-/// Digits not glued to more letters or digits (a phone inside a longer number is not
-/// a phone).
+/// Digits not glued to more ASCII letters or digits (a phone inside a longer number or
+/// an id is not a phone). Letters of other scripts do not glue: Japanese or Chinese
+/// text writes a number straight after a word (`カード番号4111…`).
 fn isolated(text: &str, start: usize, end: usize) -> bool {
     let before = text[..start].chars().next_back();
     let after = text[end..].chars().next();
-    !before.is_some_and(|c| c.is_alphanumeric() || c == '+')
-        && !after.is_some_and(char::is_alphanumeric)
+    !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '+')
+        && !after.is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 fn digits(text: &str) -> Vec<u32> {
@@ -333,6 +334,11 @@ mod tests {
             "pay ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００ then",
             Detector::Iban,
             "ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００",
+        );
+        has(
+            "カード番号４１１１１１１１１１１１１１１１です",
+            Detector::Card,
+            "４１１１１１１１１１１１１１１１",
         );
         has(
             "mail ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ now",
