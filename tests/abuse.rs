@@ -772,6 +772,40 @@ async fn local_generation_stops_at_its_deadline_with_its_own_reason() {
     assert_eq!(body["error"]["code"], "generation_deadline");
 }
 
+#[test]
+fn figures_that_cannot_work_and_missing_files_are_refused_at_start_saying_why_once() {
+    let max = u64::MAX;
+    for (local, key) in [
+        (", kv_cache_mib: 1048576".to_string(), "local.kv_cache_mib"),
+        (", threads: 100000".to_string(), "local.threads"),
+        (
+            format!(", max_generation_ms: {max}"),
+            "local.max_generation_ms",
+        ),
+    ] {
+        let (_dir, path) = common::config_file(&ServerOptions {
+            local,
+            ..ServerOptions::default()
+        });
+        let (started, output) = serve_to_exit(&path, Duration::from_secs(60));
+        assert!(!started && output.contains(key), "{key}: {output}");
+    }
+    let (_dir, path) = common::config_file(&ServerOptions {
+        server: format!(", header_read_timeout_ms: {max}"),
+        ..ServerOptions::default()
+    });
+    let (started, output) = serve_to_exit(&path, Duration::from_secs(60));
+    assert!(
+        !started && output.contains("server.header_read_timeout_ms"),
+        "{output}"
+    );
+
+    let missing = Path::new("/nonexistent/warden.yaml");
+    let (started, output) = serve_to_exit(missing, Duration::from_secs(60));
+    assert!(!started, "{output}");
+    assert_eq!(output.matches("No such file").count(), 1, "{output}");
+}
+
 /// A backend that panics: when asked, or while its answer streams.
 struct PanickingBackend {
     mid_stream: bool,
