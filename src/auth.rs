@@ -6,8 +6,45 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthMode, Config, KeySource};
+use serde::Deserialize;
+
 use crate::policy::AutonomyMode;
+
+/// How callers are told apart (`auth:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The agent keyless requests act as in `open` mode.
+    pub open_agent: Option<String>,
+    /// Environment variable holding the admin key.
+    pub admin_key_env: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every request needs an agent's key.
+    #[default]
+    Keys,
+    /// Requests without a key act as `open_agent`. For a developer's own machine only.
+    Open,
+}
+
+/// Where an agent's key is found; it never appears in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Lower-case hex SHA-256 of the key.
+    Sha256(String),
+    /// Name of the environment variable holding the key.
+    Env(String),
+}
+
+/// An agent as the key store knows it: who it is, and where its key is.
+#[derive(Debug, Clone)]
+pub struct AgentKey {
+    pub principal: Principal,
+    pub key: KeySource,
+}
 
 /// Who is calling: the agent a key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +86,11 @@ pub struct KeySetup {
 }
 
 impl KeyStore {
-    /// `env` looks up environment variables (a closure so tests need not touch the
-    /// process environment).
-    pub fn from_config(
-        config: &Config,
+    /// The store for `agents` under `auth`. `env` looks up environment variables (a
+    /// closure so tests need not touch the process environment).
+    pub fn set_up(
+        auth: &AuthConfig,
+        agents: &[AgentKey],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<KeySetup, KeySetupError> {
         let lookup = |name: &str| env(name).filter(|value| !value.is_empty());
@@ -60,22 +98,17 @@ impl KeyStore {
         let mut warnings = Vec::new();
         let mut unset = Vec::new();
         let mut principals = HashMap::new();
-        for agent in &config.agents {
-            let principal = Arc::new(Principal {
-                agent_id: agent.id.clone(),
-                tenant: agent.tenant.clone(),
-                role: agent.role.clone(),
-                autonomy: agent.autonomy,
-            });
-            principals.insert(agent.id.clone(), principal.clone());
+        for agent in agents {
+            let principal = Arc::new(agent.principal.clone());
+            let id = &principal.agent_id;
+            principals.insert(id.clone(), principal.clone());
             let digest = match &agent.key {
                 KeySource::Sha256(digest) => digest.clone(),
                 KeySource::Env(name) => match lookup(name) {
                     Some(key) => digest(&key),
                     None => {
                         unset.push(format!(
-                            "agent `{}` reads its key from ${name}, which is not set",
-                            agent.id
+                            "agent `{id}` reads its key from ${name}, which is not set"
                         ));
                         continue;
                     }
@@ -84,11 +117,11 @@ impl KeyStore {
             if let Some(other) = by_digest.insert(digest, principal) {
                 return Err(KeySetupError::SharedKey {
                     first: other.agent_id.clone(),
-                    second: agent.id.clone(),
+                    second: agent.principal.agent_id.clone(),
                 });
             }
         }
-        let open_agent = match (config.auth.mode, &config.auth.open_agent) {
+        let open_agent = match (auth.mode, &auth.open_agent) {
             (AuthMode::Open, Some(id)) => principals.get(id).cloned(),
             _ => None,
         };
@@ -101,11 +134,11 @@ impl KeyStore {
             return Err(KeySetupError::NoUsableAgent(reason));
         }
         warnings.extend(unset);
-        let admin_digest = lookup(&config.auth.admin_key_env).map(|key| digest(&key));
+        let admin_digest = lookup(&auth.admin_key_env).map(|key| digest(&key));
         if admin_digest.is_none() {
             warnings.push(format!(
                 "${} is not set: the admin API refuses every request",
-                config.auth.admin_key_env
+                auth.admin_key_env
             ));
         }
         if open_agent.is_some() {
@@ -143,90 +176,4 @@ impl KeyStore {
 /// Hex SHA-256 of a key, as written in `key_sha256`.
 pub fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn config(yaml: &str) -> Config {
-        Config::from_yaml(yaml, Path::new("test.yaml")).unwrap()
-    }
-
-    const TWO_AGENTS: &str = "agents:\n  - {id: a, tenant: t1, key_env: KEY_A}\n  - {id: b, tenant: t2, key_sha256: \"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"}\n";
-
-    #[test]
-    fn keys_from_env_and_digest_both_work() {
-        let setup = KeyStore::from_config(&config(TWO_AGENTS), |name| {
-            (name == "KEY_A").then(|| "secret-a".to_string())
-        })
-        .unwrap();
-        let store = setup.store;
-        assert_eq!(store.authenticate(Some("secret-a")).unwrap().agent_id, "a");
-        // sha256("hello")
-        assert_eq!(store.authenticate(Some("hello")).unwrap().tenant, "t2");
-        assert_eq!(store.authenticate(Some("nope")), Err(AuthError::UnknownKey));
-        assert_eq!(store.authenticate(None), Err(AuthError::MissingKey));
-        assert!(setup
-            .warnings
-            .iter()
-            .any(|w| w.contains("WARDEN_ADMIN_KEY")));
-    }
-
-    #[test]
-    fn unset_variables_are_reported_not_fatal_while_someone_can_log_in() {
-        let setup = KeyStore::from_config(&config(TWO_AGENTS), |_| None).unwrap();
-        assert!(setup.warnings.iter().any(|w| w.contains("$KEY_A")));
-    }
-
-    #[test]
-    fn nobody_able_to_log_in_is_an_error_that_says_what_to_set() {
-        let error = KeyStore::from_config(
-            &config("agents:\n  - {id: dev, tenant: default, key_env: WARDEN_DEV_KEY}\n"),
-            |_| None,
-        )
-        .err()
-        .unwrap()
-        .to_string();
-        assert!(error.contains("WARDEN_DEV_KEY"), "{error}");
-        assert!(error.contains("export"), "{error}");
-    }
-
-    #[test]
-    fn open_mode_serves_keyless_requests_as_the_named_agent() {
-        let store = KeyStore::from_config(
-            &config("auth: {mode: open, open_agent: dev}\nagents:\n  - {id: dev, tenant: default, key_env: K}\n"),
-            |_| None,
-        )
-        .unwrap()
-        .store;
-        assert_eq!(store.authenticate(None).unwrap().agent_id, "dev");
-        assert_eq!(
-            store.authenticate(Some("wrong")),
-            Err(AuthError::UnknownKey)
-        );
-    }
-
-    #[test]
-    fn admin_key_is_separate() {
-        let store = KeyStore::from_config(&config(TWO_AGENTS), |name| match name {
-            "KEY_A" => Some("a".into()),
-            "WARDEN_ADMIN_KEY" => Some("root".into()),
-            _ => None,
-        })
-        .unwrap()
-        .store;
-        assert!(store.is_admin(Some("root")));
-        assert!(!store.is_admin(Some("a")));
-        assert!(!store.is_admin(None));
-    }
-
-    #[test]
-    fn shared_keys_are_refused() {
-        let yaml =
-            "agents:\n  - {id: a, tenant: t, key_env: K1}\n  - {id: b, tenant: t, key_env: K2}\n";
-        let result = KeyStore::from_config(&config(yaml), |_| Some("same".into()));
-        assert!(matches!(result, Err(KeySetupError::SharedKey { .. })));
-    }
 }

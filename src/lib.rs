@@ -18,6 +18,7 @@ pub mod governor;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod reload;
 pub mod route;
 pub mod runs;
 pub mod schema;

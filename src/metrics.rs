@@ -30,11 +30,20 @@ pub struct Metrics {
     pub routes: IntCounterVec,
     /// Local answers sent out, by what was wrong with them.
     pub escalations: IntCounterVec,
-    pub policy: crate::policy::PolicyCounters,
+    pub policy: PolicyCounters,
     pub governor: GovernorMetrics,
     pub requests: RequestMetrics,
     pub audit: AuditMetrics,
     pub connections: ConnectionMetrics,
+}
+
+/// The policy engine's counters.
+#[derive(Clone)]
+pub struct PolicyCounters {
+    /// Tool-call decisions by verdict and reason code.
+    pub decisions: IntCounterVec,
+    /// Output findings acted on, by detector and action.
+    pub findings: IntCounterVec,
 }
 
 /// The listener's connections.
@@ -177,7 +186,7 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
-        let policy = crate::policy::PolicyCounters {
+        let policy = PolicyCounters {
             decisions: IntCounterVec::new(
                 Opts::new(
                     "policy_decisions_total",

@@ -107,7 +107,8 @@ pub fn build_state(
         metrics.requests.clone(),
         config.audit.store_text,
     );
-    let table = RoutingTable::build(config, 1, None, env).map_err(anyhow::Error::msg)?;
+    let table =
+        RoutingTable::build(&config.table_source(), 1, None, env).map_err(anyhow::Error::msg)?;
     let routing = Arc::new(RoutingState::new(table));
     // The local engine never queues on its own: the governor admits at most `slots`
     // generations to it, and the waiting happens in the governor's priority queue.
@@ -222,7 +223,7 @@ pub fn reload_on_hangup(
     policy: Arc<PolicyEngine>,
     audit: AuditLog,
 ) -> std::io::Result<()> {
-    use crate::audit::operator::SIGNAL;
+    use crate::gateway::operator::SIGNAL;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup())?;
     let path = running.path.clone();
@@ -230,7 +231,7 @@ pub fn reload_on_hangup(
         while hangups.recv().await.is_some() {
             let recorded = match Config::reload(&path) {
                 Ok(config) => {
-                    let outcome = routing.reload(&config, &process_env);
+                    let outcome = routing.reload(&config.table_source(), &process_env);
                     let not_applied = running.restart_only_changes(&config);
                     match &outcome {
                         Ok(table) => {

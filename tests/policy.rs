@@ -590,7 +590,7 @@ async fn sighup_reloads_the_policy() {
     // The server's one SIGHUP handler, as `warden serve` installs it: the routing part
     // finds no configuration file here and stays; the policy is reloaded regardless.
     let server_config = common::test_config(&ServerOptions::default());
-    let table = RoutingTable::build(&server_config, 1, None, &|_| None).unwrap();
+    let table = RoutingTable::build(&server_config.table_source(), 1, None, &|_| None).unwrap();
     let audit = AuditLog::open(
         &AuditConfig {
             dir: dir.path().join("audit"),

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::bearer_key;
 use super::AppState;
-use crate::audit::operator::UNNAMED_ADMIN;
 use crate::error::GatewayError;
+use crate::gateway::operator::UNNAMED_ADMIN;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/admin/status", get(status))

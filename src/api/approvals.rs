@@ -17,8 +17,8 @@ use super::admin::AdminCaller;
 use super::error::ApiError;
 use super::extract::{Caller, OpenAiJson, OpenAiPath, OpenAiQuery};
 use super::AppState;
-use crate::audit::operator::OperatorAction;
 use crate::error::GatewayError;
+use crate::gateway::operator::OperatorAction;
 use crate::policy::{ApprovalError, Held, Ticket, TicketFilter, TicketStatus};
 
 const MAX_APPROVER_LEN: usize = 128;

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{OpenAiJson, OpenAiPath};
 use super::{AdminCaller, AppState};
-use crate::audit::operator::OperatorAction;
 use crate::error::GatewayError;
+use crate::gateway::operator::OperatorAction;
 use crate::governor::{GovernorSnapshot, KillScope};
 
 pub fn routes() -> Router<AppState> {

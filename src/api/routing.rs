@@ -11,8 +11,8 @@ use super::admin::AdminCaller;
 use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::AppState;
-use crate::config::routing::RawRouting;
 use crate::error::GatewayError;
+use crate::route::config::RawRouting;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/admin/routing", get(show).put(replace))

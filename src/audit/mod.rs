@@ -28,13 +28,12 @@
 //! - `outcome`: a business outcome attached to a run (`run_id`, `agent`, `tenant`,
 //!   `outcome`, `status`, `value`), from `POST /v1/outcomes`.
 //! - `audit_repaired`: start-up moved a torn tail aside ([`TornTail`]).
-//! - `kill_switch`, `config_change`, `approval` ([`operator::OperatorAction`]): what an
+//! - `kill_switch`, `config_change`, `approval` (`gateway::operator::OperatorAction`): what an
 //!   operator did, `by` whom (the approver; the admin API caller's `x-warden-operator`
 //!   header, else `admin`; `signal:SIGHUP`), the `action` and its details.
 
 pub mod chain;
 mod head;
-pub mod operator;
 pub mod query;
 pub mod record;
 pub mod recover;
@@ -291,7 +290,7 @@ impl AuditLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use serde_json::json;

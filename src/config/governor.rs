@@ -7,52 +7,28 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 
 use super::raw::{self, RawAgent, RawGovernor};
-use super::{AgentConfig, Invalid};
-use crate::governor::{PerClass, Priority, SpendCaps};
+use super::{AgentConfig, Config, Invalid};
+use crate::governor::{
+    AgentLimits, AgentSettings, GovernorConfig, GovernorSettings, PerClass, SpendCaps,
+};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct GovernorConfig {
-    pub max_in_flight: usize,
-    pub queue_capacity: PerClass<usize>,
-    pub queue_timeout: Duration,
-    /// A waiting request gains one class per `aging`.
-    pub aging: Duration,
-    /// Spend caps by tenant.
-    pub tenants: BTreeMap<String, SpendCaps>,
-}
-
-impl Default for GovernorConfig {
-    fn default() -> Self {
+impl GovernorSettings {
+    /// The `governor:` section and every agent's limits; backends are added with
+    /// `backend`. Here, where the configuration is composed, so the governor never
+    /// reads the whole of it.
+    pub fn from_config(config: &Config) -> Self {
         Self {
-            max_in_flight: raw::DEFAULT_MAX_IN_FLIGHT,
-            queue_capacity: PerClass([raw::DEFAULT_QUEUE_CAPACITY; 3]),
-            queue_timeout: Duration::from_millis(raw::DEFAULT_GOVERNOR_QUEUE_TIMEOUT_MS),
-            aging: Duration::from_millis(raw::DEFAULT_AGING_MS),
-            tenants: BTreeMap::new(),
-        }
-    }
-}
-
-/// What one agent may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentLimits {
-    pub priority_ceiling: Priority,
-    pub default_priority: Priority,
-    pub max_concurrent: Option<usize>,
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
-    pub spend: SpendCaps,
-}
-
-impl Default for AgentLimits {
-    fn default() -> Self {
-        Self {
-            priority_ceiling: raw::DEFAULT_PRIORITY_CEILING,
-            default_priority: raw::DEFAULT_PRIORITY.at_most(raw::DEFAULT_PRIORITY_CEILING),
-            max_concurrent: None,
-            requests_per_minute: None,
-            tokens_per_minute: None,
-            spend: SpendCaps::default(),
+            governor: config.governor.clone(),
+            agents: config
+                .agents
+                .iter()
+                .map(|agent| AgentSettings {
+                    id: agent.id.clone(),
+                    tenant: agent.tenant.clone(),
+                    limits: agent.limits.clone(),
+                })
+                .collect(),
+            backends: Vec::new(),
         }
     }
 }
@@ -171,6 +147,7 @@ mod tests {
 
     use super::super::{Config, ConfigError};
     use super::*;
+    use crate::governor::Priority;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(text, Path::new("routing/warden.yaml"))

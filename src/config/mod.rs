@@ -3,23 +3,29 @@
 //! and the key.
 
 mod governor;
+mod keys;
 pub mod raw;
 mod records;
 pub mod routing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-pub use governor::{AgentLimits, GovernorConfig};
-pub use raw::{AuthMode, MetricsAccess};
+pub use crate::auth::{AuthConfig, AuthMode, KeySource};
+pub use crate::governor::{AgentLimits, GovernorConfig};
+pub use crate::policy::PolicyConfig;
+pub use raw::MetricsAccess;
 use raw::{RawAgent, RawConfig, RawLocal};
 
 use crate::audit::AuditConfig;
+pub use crate::backend::local::DeviceSpec;
+pub use crate::backend::provider::config::{ProviderConfig, ProviderKind};
 use crate::cost::PriceTable;
+use crate::route::config::validate_routing;
+pub use crate::route::config::{RoutingConfig, Thresholds};
+use crate::route::TableSource;
 use crate::runs::RunsConfig;
-pub use routing::{ProviderConfig, ProviderKind, RoutingConfig, Thresholds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -62,29 +68,6 @@ pub(crate) fn wait_ms(key: &str, value: u64) -> Result<Duration, Invalid> {
     Ok(Duration::from_millis(value))
 }
 
-/// Refuses the text of a file read for a reload when it cannot be a whole
-/// configuration: empty (or only comments), or cut off mid-line, as a write still under
-/// way or an interrupted copy leaves it. At start an empty file means defaults; swapped
-/// in at run time it would silently drop everything the running one holds.
-pub fn check_reloaded_text(text: &str) -> Result<(), String> {
-    let meaningful = text
-        .lines()
-        .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'));
-    if !meaningful {
-        return Err(
-            "the file is empty: refused, the running one stays (a reload never falls back to defaults)"
-                .into(),
-        );
-    }
-    if !text.ends_with('\n') {
-        return Err(
-            "the file does not end with a line break, as a file cut short (a write still under way) does: refused, the running one stays"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this was read from; relative paths inside it resolve against its folder.
@@ -100,14 +83,6 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
     pub policy: PolicyConfig,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicyConfig {
-    pub file: PathBuf,
-    /// The file was named explicitly, so it must exist.
-    pub file_named: bool,
-    pub approvals_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,21 +102,6 @@ pub struct ServerConfig {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct AuthConfig {
-    pub mode: AuthMode,
-    pub open_agent: Option<String>,
-    pub admin_key_env: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// Lower-case hex SHA-256 of the key.
-    Sha256(String),
-    /// Name of the environment variable holding the key.
-    Env(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     pub id: String,
     pub tenant: String,
@@ -149,37 +109,6 @@ pub struct AgentConfig {
     pub key: KeySource,
     pub limits: AgentLimits,
     pub autonomy: crate::policy::AutonomyMode,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-    Metal(usize),
-}
-
-impl FromStr for DeviceSpec {
-    type Err = String;
-
-    fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (kind, ordinal) = match spec.split_once(':') {
-            Some((kind, ordinal)) => (
-                kind,
-                ordinal
-                    .parse::<usize>()
-                    .map_err(|_| format!("device ordinal `{ordinal}` is not a number"))?,
-            ),
-            None => (spec, 0),
-        };
-        match kind {
-            "cpu" if !spec.contains(':') => Ok(DeviceSpec::Cpu),
-            "cuda" => Ok(DeviceSpec::Cuda(ordinal)),
-            "metal" => Ok(DeviceSpec::Metal(ordinal)),
-            _ => Err(format!(
-                "unknown device `{spec}`: expected cpu, cuda, cuda:N, metal or metal:N"
-            )),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,7 +135,7 @@ impl Config {
     /// refused rather than read as defaults.
     pub fn reload(path: &Path) -> Result<Self, ConfigError> {
         let text = read(path)?;
-        check_reloaded_text(&text).map_err(|message| ConfigError::Incomplete {
+        crate::reload::check_reloaded_text(&text).map_err(|message| ConfigError::Incomplete {
             file: path.to_path_buf(),
             message,
         })?;
@@ -284,6 +213,17 @@ impl Config {
 
     pub fn agent(&self, id: &str) -> Option<&AgentConfig> {
         self.agents.iter().find(|agent| agent.id == id)
+    }
+
+    /// The parts of this configuration a routing table holds.
+    pub fn table_source(&self) -> TableSource<'_> {
+        TableSource {
+            providers: &self.providers,
+            routing: &self.routing,
+            prices: &self.prices,
+            agents: self.agents.iter().map(|agent| agent.id.clone()).collect(),
+            queue_timeout: self.governor.queue_timeout,
+        }
     }
 }
 
@@ -371,7 +311,7 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     let providers = routing::validate_providers(raw.providers)?;
     let agent_ids: Vec<String> = agents.iter().map(|agent| agent.id.clone()).collect();
     let governor = governor::validate_governor(raw.governor, &agents)?;
-    let routing = routing::validate_routing(
+    let routing = validate_routing(
         raw.routing,
         &providers,
         &agent_ids,
@@ -719,7 +659,10 @@ agents:
         let openai = &config.providers[0];
         assert_eq!(openai.base_url, "http://127.0.0.1:9/v1");
         assert_eq!(openai.models[0].upstream, "gpt-4o-mini");
-        assert_eq!(openai.retries, routing::DEFAULT_PROVIDER_RETRIES);
+        assert_eq!(
+            openai.retries,
+            crate::backend::provider::config::DEFAULT_PROVIDER_RETRIES
+        );
         assert_eq!(config.providers[1].default_max_tokens, 512);
         assert_eq!(config.providers[1].models[0].upstream, "haiku");
         let usage = crate::chat::Usage {
@@ -738,7 +681,7 @@ agents:
         assert_eq!(routing.thresholds.min_mean_logprob, -0.7);
         assert_eq!(
             routing.thresholds.min_token_logprob,
-            routing::DEFAULT_MIN_TOKEN_LOGPROB
+            crate::route::config::DEFAULT_MIN_TOKEN_LOGPROB
         );
         let a = routing.thresholds_for("a");
         assert_eq!((a.min_mean_logprob, a.min_token_logprob), (-0.7, -5.0));
@@ -747,7 +690,7 @@ agents:
         assert_eq!(
             routing.local_queue_fallback(),
             Some(std::time::Duration::from_millis(
-                routing::DEFAULT_LOCAL_QUEUE_FALLBACK_MS
+                crate::route::config::DEFAULT_LOCAL_QUEUE_FALLBACK_MS
             ))
         );
         // A shorter queue timeout: a quarter of it. 0: off.

@@ -6,9 +6,15 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+pub use crate::auth::AuthMode;
+pub use crate::governor::config::{
+    DEFAULT_AGING_MS, DEFAULT_GOVERNOR_QUEUE_TIMEOUT_MS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PRIORITY,
+    DEFAULT_PRIORITY_CEILING, DEFAULT_QUEUE_CAPACITY,
+};
 use crate::governor::Priority;
 
-use super::routing::{RawProvider, RawRouting};
+use super::routing::RawProvider;
+use crate::route::config::RawRouting;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Large enough for long conversations with tool outputs, small enough that one
@@ -60,19 +66,6 @@ pub const DEFAULT_RUN_MAX_COST_CENTS: i64 = 500;
 /// one run is a loop.
 pub const DEFAULT_RUN_MAX_REPEATED_TOOL_CALLS: u32 = 5;
 pub const DEFAULT_RUN_IDLE_EXPIRY_S: u64 = 24 * 3600;
-/// In-flight requests across every agent and backend.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
-/// Requests that may wait, per priority class, beyond which a request gets 429.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
-/// Longest wait in the governor's queue before a request gets 503.
-pub const DEFAULT_GOVERNOR_QUEUE_TIMEOUT_MS: u64 = 30_000;
-/// A waiting request gains one class per period: a P2 request ranks with new P0
-/// requests after 10 s, well inside the queue timeout.
-pub const DEFAULT_AGING_MS: u64 = 5_000;
-/// What an agent may claim: what it asks for, unless the operator lowers its ceiling.
-pub const DEFAULT_PRIORITY_CEILING: Priority = Priority::P0;
-/// The class of a request that names none.
-pub const DEFAULT_PRIORITY: Priority = Priority::P1;
 pub const DEFAULT_POLICY_FILE: &str = "policy.yaml";
 /// Tickets live with the other runtime state, outside the operator's config folder.
 pub const DEFAULT_APPROVALS_FILE: &str = "../data/approvals.jsonl";
@@ -188,16 +181,6 @@ pub struct RawMetrics {
     /// A listener of its own for `/metrics` (e.g. `10.0.0.5:9464`); the API listener
     /// then no longer serves it.
     pub listen: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMode {
-    /// Every request needs an agent's key.
-    #[default]
-    Keys,
-    /// Requests without a key act as `open_agent`. For a developer's own machine only.
-    Open,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,9 @@
 //! in the governor as well would make a request wait twice.
 
 mod docket;
+pub mod operator;
 mod report;
+mod screen;
 mod trail;
 
 use std::collections::BTreeMap;
@@ -36,11 +38,12 @@ use crate::cost::outcome::Outcome as BusinessOutcome;
 use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
 use crate::metrics::{Metrics, PANIC_IN_HANDLER};
-use crate::policy::{PolicyEngine, Screen, Screened};
+use crate::policy::PolicyEngine;
 use crate::route::{
     assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
 };
 use crate::runs::RunTracker;
+use screen::{Screen, Screened};
 use trail::Trail;
 
 pub use docket::Bookkeeper;
@@ -256,7 +259,7 @@ impl Gateway {
         // whichever answer is finally chosen passes the same snapshot.
         let policy = self.policy.current();
         let mut trail = Trail::new(table.clone(), Route::Local);
-        trail.risk = assess_risk(&request, &context.metadata, &table.routing, &policy);
+        trail.risk = assess_risk(&request, &context.metadata.labels, &table.routing, &policy);
         let screen = Screen::new(self.policy.clone(), policy, &request, &context);
         if request.model != AUTO_MODEL {
             return self

@@ -45,6 +45,7 @@
 //! restart (replicas would share them through Redis, see the design).
 
 mod bucket;
+pub mod config;
 mod error;
 mod kill;
 mod priority;
@@ -63,13 +64,13 @@ use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub use config::{AgentLimits, GovernorConfig};
 pub use error::{BudgetScope, GovernorError, RateLimit, UnknownScope};
 pub use kill::{KillScope, KillSwitch, KillSwitches};
 pub use priority::{PerClass, Priority, UnknownPriority};
 pub use snapshot::{AgentView, BackendView, ClassWaits, GovernorSnapshot, LimitsView, SpendView};
 pub use spend::{Period, SpendCaps};
 
-use crate::config::{AgentLimits, Config, GovernorConfig};
 use crate::metrics::GovernorMetrics;
 use state::{Admitted, Left, QueueKey, Reply, Slot, State};
 
@@ -90,24 +91,6 @@ pub struct AgentSettings {
 }
 
 impl GovernorSettings {
-    /// The `governor:` section and every agent's limits; backends are added with
-    /// `backend`.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            governor: config.governor.clone(),
-            agents: config
-                .agents
-                .iter()
-                .map(|agent| AgentSettings {
-                    id: agent.id.clone(),
-                    tenant: agent.tenant.clone(),
-                    limits: agent.limits.clone(),
-                })
-                .collect(),
-            backends: Vec::new(),
-        }
-    }
-
     /// Limits `name` to `limit` generations at once.
     pub fn backend(mut self, name: impl Into<String>, limit: usize) -> Self {
         self.backends.push((name.into(), limit));

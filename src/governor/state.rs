@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::bucket::TokenBucket;
+use super::config::{AgentLimits, GovernorConfig};
 use super::error::{BudgetScope, GovernorError, RateLimit, UnknownScope};
 use super::kill::{KillScope, KillSwitch, KillSwitches};
 use super::snapshot::{
@@ -19,7 +20,6 @@ use super::snapshot::{
 };
 use super::spend::{Spend, SpendCaps};
 use super::{Admission, GovernorSettings, PerClass, Priority};
-use crate::config::{AgentLimits, GovernorConfig};
 use crate::metrics::GovernorMetrics;
 
 /// The shortest `Retry-After` given: sooner retries would only add load.

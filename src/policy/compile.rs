@@ -69,7 +69,7 @@ impl Policy {
     /// safety and the catalog).
     pub fn reload(path: &Path) -> Result<Self, PolicyError> {
         let text = read(path)?;
-        crate::config::check_reloaded_text(&text).map_err(|message| PolicyError::Incomplete {
+        crate::reload::check_reloaded_text(&text).map_err(|message| PolicyError::Incomplete {
             file: path.to_path_buf(),
             message,
         })?;

@@ -1,8 +1,10 @@
 //! The tool-call policy engine. Every tool call a backend generates is decided here
 //! before the agent sees it (ALLOW, DENY, REQUIRE_APPROVAL, ALLOW_WITH_CONSTRAINTS),
 //! generated text is screened for personal data and secrets, and requests yield risk
-//! signals (tool tiers, planted instructions) for routing. The policy (`routing/policy.yaml`) is swapped atomically on
-//! reload; a file that fails validation leaves the running policy in place.
+//! signals (tool tiers, planted instructions) for routing; the gateway's screen applies
+//! it to each response as it streams. The policy (`routing/policy.yaml`) is swapped
+//! atomically on reload; a file that fails validation leaves the running policy in
+//! place.
 
 pub mod approvals;
 pub mod args;
@@ -23,13 +25,11 @@ pub mod path;
 pub mod replay;
 pub mod report;
 pub mod risk;
-mod screen;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
-use prometheus::IntCounterVec;
 
 pub use approvals::{
     ApprovalError, ApprovalStore, Held, HeldCall, Review, Ticket, TicketFilter, TicketStatus,
@@ -39,17 +39,16 @@ pub use compile::PolicyError;
 pub use decide::{CheckedCall, Decision, Policy, ReasonCode, Subject, Verdict};
 pub use report::{DecisionRecord, Outcome, PolicyReport};
 pub use risk::RiskSignal;
-pub use screen::{Screen, Screened};
 
-use crate::config::PolicyConfig;
+use crate::metrics::PolicyCounters;
 
-/// Counters the engine keeps (registered in `crate::metrics`).
-#[derive(Clone)]
-pub struct PolicyCounters {
-    /// Tool-call decisions by verdict and reason code.
-    pub decisions: IntCounterVec,
-    /// Output findings acted on, by detector and action.
-    pub findings: IntCounterVec,
+/// Where the policy and its approval tickets live (`policy:` in the configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    pub file: PathBuf,
+    /// The file was named explicitly, so it must exist.
+    pub file_named: bool,
+    pub approvals_file: PathBuf,
 }
 
 /// The running policy, its file and the approval tickets.
@@ -100,6 +99,11 @@ impl PolicyEngine {
 
     pub fn approvals(&self) -> &Arc<ApprovalStore> {
         &self.approvals
+    }
+
+    /// The counters decisions and output findings are counted in.
+    pub fn counters(&self) -> &PolicyCounters {
+        &self.counters
     }
 
     /// Reads the policy file again and swaps it in whole; on any error the running

@@ -2,6 +2,7 @@
 //! whole on reload), the risk of a request, the targets an escalation may try, and the
 //! check that decides whether a local answer is good enough.
 
+pub mod config;
 mod reason;
 mod risk;
 mod table;
@@ -9,5 +10,5 @@ mod verdict;
 
 pub use reason::{Reason, Route};
 pub use risk::{assess_risk, Risk};
-pub use table::{RoutingState, RoutingTable, Target};
+pub use table::{RoutingState, RoutingTable, TableSource, Target};
 pub use verdict::check_local_answer;

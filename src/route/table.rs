@@ -8,9 +8,9 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use super::config::{validate_routing, RawRouting, RoutingConfig};
+use crate::backend::provider::config::ProviderConfig;
 use crate::backend::provider::Provider;
-use crate::config::routing::{validate_routing, RawRouting};
-use crate::config::{Config, RoutingConfig};
 use crate::cost::{Metered, PriceTable};
 
 /// One place a request may be sent: a provider and the model name it serves.
@@ -32,6 +32,17 @@ pub struct RoutingTable {
     queue_timeout: Duration,
 }
 
+/// What a table is built from: the parts of the configuration it holds.
+pub struct TableSource<'a> {
+    pub providers: &'a [ProviderConfig],
+    pub routing: &'a RoutingConfig,
+    pub prices: &'a PriceTable,
+    /// Agents the routing may name in per-agent overrides.
+    pub agents: Vec<String>,
+    /// The governor's, which the local queue fallback must come before.
+    pub queue_timeout: Duration,
+}
+
 /// What the admin API shows of a table.
 #[derive(Debug, Serialize)]
 pub struct TableView<'a> {
@@ -48,15 +59,15 @@ pub struct ProviderView {
 }
 
 impl RoutingTable {
-    /// Builds providers from `config`. Providers whose configuration is unchanged from
+    /// Builds providers from `source`. Providers whose configuration is unchanged from
     /// `previous` are kept as they are, circuit state and all.
     pub fn build(
-        config: &Config,
+        source: &TableSource,
         version: u64,
         previous: Option<&RoutingTable>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let providers = config
+        let providers = source
             .providers
             .iter()
             .map(|provider_config| {
@@ -80,13 +91,12 @@ impl RoutingTable {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             version,
-            routing: config.routing.clone(),
+            routing: source.routing.clone(),
             providers,
-            prices: config.prices.clone(),
-            agents: config.agents.iter().map(|agent| agent.id.clone()).collect(),
+            prices: source.prices.clone(),
+            agents: source.agents.clone(),
             // The governor reads its settings at start only; a reload keeps them.
-            queue_timeout: previous
-                .map_or(config.governor.queue_timeout, |table| table.queue_timeout),
+            queue_timeout: previous.map_or(source.queue_timeout, |table| table.queue_timeout),
         })
     }
 
@@ -208,11 +218,11 @@ impl RoutingState {
     /// A reloaded configuration file (SIGHUP): providers, routing and prices.
     pub fn reload(
         &self,
-        config: &Config,
+        source: &TableSource,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Arc<RoutingTable>, (String, String)> {
         self.swap(|current| {
-            RoutingTable::build(config, current.version + 1, Some(current), env)
+            RoutingTable::build(source, current.version + 1, Some(current), env)
                 .map_err(|message| ("providers".to_string(), message))
         })
     }
@@ -236,6 +246,7 @@ impl RoutingState {
 mod tests {
     use super::*;
     use crate::chat::Usage;
+    use crate::config::Config;
 
     /// A configuration file in a folder without a prices file.
     fn table(routing: &str) -> RoutingTable {
@@ -246,7 +257,7 @@ mod tests {
              routing:\n{routing}"
         );
         let config = Config::from_yaml(&text, &dir.path().join("warden.yaml")).unwrap();
-        RoutingTable::build(&config, 1, None, &|_| None).unwrap()
+        RoutingTable::build(&config.table_source(), 1, None, &|_| None).unwrap()
     }
 
     #[test]

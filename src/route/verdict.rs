@@ -2,8 +2,8 @@
 //! log-probability above the agent's thresholds), and its tool calls well formed and
 //! valid against the schemas the request declared.
 
+use super::config::Thresholds;
 use crate::chat::{FinishReason, GenerationSummary, ToolSpec};
-use crate::config::Thresholds;
 
 use super::Reason;
 

@@ -27,7 +27,6 @@ pub use scheduler::Capacity;
 
 use super::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::ChatRequest;
-use crate::config::DeviceSpec;
 use llama::kv_cache::KvCache;
 use scheduler::{Occupancy, Scheduler, Submission};
 
@@ -41,6 +40,38 @@ const EVENT_BUFFER: usize = 32;
 pub const DEFAULT_KV_CACHE_BYTES: usize = 1024 * 1024 * 1024;
 /// How long a generation may run when no deadline is configured.
 pub const DEFAULT_MAX_GENERATION: Duration = Duration::from_secs(120);
+
+/// Where the local engine runs (`local.device`): the CPU, or an accelerator by ordinal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (kind, ordinal) = match spec.split_once(':') {
+            Some((kind, ordinal)) => (
+                kind,
+                ordinal
+                    .parse::<usize>()
+                    .map_err(|_| format!("device ordinal `{ordinal}` is not a number"))?,
+            ),
+            None => (spec, 0),
+        };
+        match kind {
+            "cpu" if !spec.contains(':') => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(ordinal)),
+            "metal" => Ok(DeviceSpec::Metal(ordinal)),
+            _ => Err(format!(
+                "unknown device `{spec}`: expected cpu, cuda, cuda:N, metal or metal:N"
+            )),
+        }
+    }
+}
 
 pub fn device(spec: DeviceSpec) -> Result<candle_core::Device, BackendError> {
     let device = match spec {

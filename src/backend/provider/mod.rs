@@ -7,6 +7,7 @@
 mod anthropic;
 pub mod assemble;
 pub mod breaker;
+pub mod config;
 mod dialect;
 mod openai;
 pub mod retry;
@@ -29,7 +30,7 @@ use super::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{
     ChatRequest, Confidence, GenerationEvent, GenerationSummary, StreamEvent, Timings,
 };
-use crate::config::{ProviderConfig, ProviderKind};
+use config::{ProviderConfig, ProviderKind};
 
 /// Connecting never takes longer than this, whatever the response deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

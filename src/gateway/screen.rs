@@ -12,16 +12,18 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures::{Stream, StreamExt};
 
-use super::approvals::{ApprovalError, ApprovalStore, Held, HeldCall, Ticket, TicketStatus};
-use super::autonomy::AutonomyMode;
-use super::decide::{CheckedCall, Policy, Subject, Verdict};
-use super::output::{Detector, GuardEnd, OutputAction, OutputGuard};
-use super::report::{DecisionRecord, Outcome, OutputRecord, PolicyReport};
-use super::PolicyEngine;
+use super::RequestContext;
 use crate::backend::EventStream;
 use crate::chat::{ChatRequest, FinishReason, GenerationSummary, StreamEvent, ToolCall, ToolSpec};
 use crate::error::GatewayError;
-use crate::gateway::RequestContext;
+use crate::policy::approvals::{
+    ApprovalError, ApprovalStore, Held, HeldCall, Ticket, TicketStatus,
+};
+use crate::policy::autonomy::AutonomyMode;
+use crate::policy::decide::{CheckedCall, Policy, Subject, Verdict};
+use crate::policy::output::{Detector, GuardEnd, OutputAction, OutputGuard};
+use crate::policy::report::{DecisionRecord, Outcome, OutputRecord, PolicyReport};
+use crate::policy::PolicyEngine;
 
 /// A generation's end after policy: the summary carries only the calls let through.
 #[derive(Debug, Clone)]
@@ -151,7 +153,7 @@ impl Screen {
         let mut notices = Vec::new();
         for ((detector, action), count) in &end.findings {
             self.engine
-                .counters
+                .counters()
                 .findings
                 .with_label_values(&[detector.as_str(), action_name(*action)])
                 .inc_by(u64::from(*count));
@@ -171,7 +173,7 @@ impl Screen {
                 None,
                 quarantine_reason(&findings),
             );
-            let ticket = blocking(self.engine.approvals.clone(), move |store| {
+            let ticket = blocking(self.engine.approvals().clone(), move |store| {
                 store.create(ticket)
             })
             .await?;
@@ -224,7 +226,7 @@ impl Screen {
         };
         let checked = self.policy.check(call, Some(&self.declared), &subject);
         self.engine
-            .counters
+            .counters()
             .decisions
             .with_label_values(&[
                 checked.decision.verdict.as_str(),
@@ -241,7 +243,7 @@ impl Screen {
                     checked.hash.clone(),
                     self.who.request_id.clone(),
                 );
-                let redeemed = blocking(self.engine.approvals.clone(), move |store| {
+                let redeemed = blocking(self.engine.approvals().clone(), move |store| {
                     store.redeem(&agent, &hash, &request_id, Utc::now())
                 })
                 .await?;
@@ -249,7 +251,7 @@ impl Screen {
                     Some(ticket) => (Outcome::Released, Some(ticket.id), true),
                     None => {
                         let ticket = self.held_call(&checked);
-                        let ticket = blocking(self.engine.approvals.clone(), move |store| {
+                        let ticket = blocking(self.engine.approvals().clone(), move |store| {
                             store.create(ticket)
                         })
                         .await?;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{AuditError, AuditLog, Receipt};
-use crate::config::routing::RoutingConfig;
+use crate::audit::{AuditError, AuditLog, Receipt};
 use crate::governor::KillScope;
 use crate::policy::{PolicyError, Reloaded};
+use crate::route::config::RoutingConfig;
 use crate::route::RoutingTable;
 
 /// Who acted when the admin API was called without naming an operator.
