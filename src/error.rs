@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::backend::BackendError;
+use crate::cost::outcome::InvalidOutcome;
 use crate::governor::GovernorError;
 use crate::policy::{ApprovalError, PolicyError};
 use crate::runs::RunBudgetExceeded;
@@ -86,6 +87,12 @@ impl GatewayError {
             message: message.into(),
             param: Some(param.into()),
         }
+    }
+}
+
+impl From<InvalidOutcome> for GatewayError {
+    fn from(error: InvalidOutcome) -> Self {
+        GatewayError::invalid(error.field, error.message)
     }
 }
 

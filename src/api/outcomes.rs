@@ -37,7 +37,8 @@ pub async fn record_outcome(
         Some(Value::String(text)) => Some(decimal(&text)?),
         Some(_) => return Err(invalid_value().into()),
     };
-    let outcome = Outcome::new(&principal, wire.run_id, wire.outcome, wire.status, value)?;
+    let outcome = Outcome::new(&principal, wire.run_id, wire.outcome, wire.status, value)
+        .map_err(GatewayError::from)?;
     let receipt = state.gateway.record_outcome(&outcome).await?;
     let run = state.gateway.runs().usage(&outcome.tenant, &outcome.run_id);
     Ok(Json(json!({

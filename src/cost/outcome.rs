@@ -6,12 +6,19 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
-use crate::error::GatewayError;
 
 pub const OUTCOME_KIND: &str = "outcome";
 /// As long as a run id may be in request metadata.
 const MAX_RUN_ID_LEN: usize = 512;
 const MAX_OUTCOME_LEN: usize = 128;
+
+/// An outcome the agent described wrongly; `field` names the part to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidOutcome {
+    pub field: &'static str,
+    pub message: String,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,7 +47,7 @@ impl Outcome {
         outcome: String,
         status: OutcomeStatus,
         value: Option<Decimal>,
-    ) -> Result<Self, GatewayError> {
+    ) -> Result<Self, InvalidOutcome> {
         check_text("run_id", &run_id, MAX_RUN_ID_LEN)?;
         check_text("outcome", &outcome, MAX_OUTCOME_LEN)?;
         Ok(Self {
@@ -54,18 +61,18 @@ impl Outcome {
     }
 }
 
-fn check_text(param: &str, text: &str, max_len: usize) -> Result<(), GatewayError> {
+fn check_text(field: &'static str, text: &str, max_len: usize) -> Result<(), InvalidOutcome> {
     if text.trim().is_empty() {
-        return Err(GatewayError::invalid(
-            param,
-            format!("`{param}` must not be empty"),
-        ));
+        return Err(InvalidOutcome {
+            field,
+            message: format!("`{field}` must not be empty"),
+        });
     }
     if text.len() > max_len || text.chars().any(char::is_control) {
-        return Err(GatewayError::invalid(
-            param,
-            format!("`{param}` must be at most {max_len} bytes of printable text"),
-        ));
+        return Err(InvalidOutcome {
+            field,
+            message: format!("`{field}` must be at most {max_len} bytes of printable text"),
+        });
     }
     Ok(())
 }
@@ -96,15 +103,9 @@ mod tests {
             (outcome.agent.as_str(), outcome.tenant.as_str()),
             ("a", "t")
         );
-        let param = |result: Result<Outcome, GatewayError>| match result {
-            Err(GatewayError::InvalidRequest { param, .. }) => param,
-            other => panic!("expected invalid, got {other:?}"),
-        };
-        assert_eq!(param(make(" ", "x")).as_deref(), Some("run_id"));
-        assert_eq!(param(make("r", "a\nb")).as_deref(), Some("outcome"));
-        assert_eq!(
-            param(make("r", &"x".repeat(129))).as_deref(),
-            Some("outcome")
-        );
+        let field = |result: Result<Outcome, InvalidOutcome>| result.unwrap_err().field;
+        assert_eq!(field(make(" ", "x")), "run_id");
+        assert_eq!(field(make("r", "a\nb")), "outcome");
+        assert_eq!(field(make("r", &"x".repeat(129))), "outcome");
     }
 }
