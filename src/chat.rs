@@ -75,6 +75,20 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// Something a backend proposed as a tool call that cannot be read as one (its stream
+/// contradicts itself, it names no tool, the model's call block never closes). It is
+/// never delivered: the tool-call gate refuses it like any other call, with `problem`
+/// as the reason, so the agent is told and the audit record keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MalformedToolCall {
+    pub id: String,
+    /// As much of the name as arrived; may be empty.
+    pub name: String,
+    /// As much of the arguments as arrived, as written.
+    pub arguments: String,
+    pub problem: String,
+}
+
 impl ToolCall {
     /// A fresh id in OpenAI's style, for calls whose backend gave none.
     pub fn new_id() -> String {
@@ -255,9 +269,9 @@ pub struct GenerationSummary {
     pub model: String,
     pub finish_reason: FinishReason,
     pub tool_calls: Vec<ToolCall>,
-    /// The model wrote something shaped like a tool call that could not be used: it was
-    /// withheld, and the flag lets routing escalate.
-    pub malformed_tool_call: bool,
+    /// What the backend proposed as calls but could not be read as such: routing may
+    /// escalate for them, and the tool-call gate refuses them.
+    pub malformed_tool_calls: Vec<MalformedToolCall>,
     pub usage: Usage,
     pub confidence: Option<Confidence>,
     pub timings: Timings,

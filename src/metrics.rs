@@ -90,8 +90,6 @@ pub struct RequestMetrics {
     pub tokens: IntCounterVec,
     /// US dollars by model. A float, for dashboards: the audit log is the ledger.
     pub cost_usd: CounterVec,
-    /// Decisions on generated tool calls, by decision (`returned`, `loop_detected`…).
-    pub tool_decisions: IntCounterVec,
     /// Panics caught while handling a request (there should be none; each answered
     /// 500 or an error event), by where: `handler` before the answer, `response` while
     /// it streams.
@@ -313,12 +311,6 @@ impl RequestMetrics {
                     Opts::new("cost_usd_total", "Spend in US dollars by model"),
                     &["model"],
                 )?,
-            )?,
-            tool_decisions: counter(
-                registry,
-                "tool_call_decisions_total",
-                "Decisions on generated tool calls, by decision",
-                &["decision"],
             )?,
             panics: {
                 let panics = counter(

@@ -355,3 +355,111 @@ async fn planted_instructions_route_a_request_away_from_the_local_model() {
     assert_eq!(calm["warden"]["route"], "local", "{calm}");
     assert_eq!(calm["warden"]["risk"], json!({"score": 0, "reasons": []}));
 }
+
+/// The audit records of the requests of run `run`.
+async fn records_of_run(gateway: &Gateway, run: &str) -> Vec<Value> {
+    let (status, body) = gateway
+        .json(
+            reqwest::Method::GET,
+            &format!("/admin/audit?run_id={run}&kind=request"),
+            ADMIN_KEY,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_provider_s_malformed_calls_are_refused_explained_and_recorded_plain_and_streamed() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = serve(&mock, NEVER_ESCALATE, &dir.path().join("a.jsonl")).await;
+    // What a provider may send as a call: arguments no JSON reader takes whole, JSON
+    // that is not an object, and a call with no name at all.
+    let cases = [
+        ("send_email", "1e999", "malformed_arguments"),
+        ("send_email", "not json", "malformed_arguments"),
+        (
+            "send_email",
+            r#"{"to": "bob@acme.com""#,
+            "malformed_arguments",
+        ),
+        ("send_email", "[1,2]", "arguments_not_object"),
+        ("send_email", "null", "arguments_not_object"),
+        ("", r#"{"to": "bob@acme.com"}"#, "malformed_call"),
+    ];
+    for (case, (name, arguments, code)) in cases.iter().enumerate() {
+        for (model, stream) in [
+            ("mock-large", false),
+            ("mock-large", true),
+            ("claude-mock", false),
+            ("claude-mock", true),
+        ] {
+            let what = format!("{model} {name:?} {arguments} stream={stream}");
+            mock.always(proposes("Here goes.", name, arguments));
+            let run = format!("malformed-{case}-{model}-{stream}");
+            let mut request = asking(model, "Email bob.");
+            request["metadata"] = json!({"run_id": run});
+            let (report, content, calls, finish) = if stream {
+                let (chunks, _) = gateway.stream(request).await;
+                let frames: Vec<String> = chunks.iter().map(Value::to_string).collect();
+                let last = chunks.last().unwrap();
+                (
+                    last["warden"].clone(),
+                    streamed_content(&frames),
+                    streamed_calls(&chunks),
+                    last["choices"][0]["finish_reason"].clone(),
+                )
+            } else {
+                let body = gateway.chat(request).await;
+                let message = &body["choices"][0]["message"];
+                (
+                    body["warden"].clone(),
+                    message["content"].as_str().unwrap_or_default().to_string(),
+                    message["tool_calls"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                    body["choices"][0]["finish_reason"].clone(),
+                )
+            };
+            // Decided: refused, with its code.
+            assert!(calls.is_empty(), "{what}: {calls:?}");
+            assert_eq!(finish, "stop", "{what}");
+            let decision = only_decision(&report);
+            assert_eq!(decision["verdict"], "DENY", "{what}: {report}");
+            assert_eq!(decision["code"], *code, "{what}: {report}");
+            assert_eq!(decision["outcome"], "refused", "{what}");
+            // Explained: the agent reads why, after what the model said.
+            assert!(content.starts_with("Here goes."), "{what}: {content}");
+            assert!(
+                content.contains("[warden]") && content.contains(&format!("({code}, policy ")),
+                "{what}: {content}"
+            );
+            // Recorded: the audit record lists the call with its decision.
+            let records = records_of_run(&gateway, &run).await;
+            assert_eq!(records.len(), 1, "{what}");
+            let recorded = records[0]["tool_calls"].as_array().unwrap();
+            assert_eq!(recorded.len(), 1, "{what}: {recorded:?}");
+            assert_eq!(recorded[0]["returned"], false);
+            assert_eq!(recorded[0]["decision"], "DENY");
+            assert_eq!(recorded[0]["reason"], *code);
+            assert_eq!(recorded[0]["sha256"], decision["call_hash"]);
+        }
+    }
+    // Counted, in the one metric every decision goes to.
+    let (status, metrics) = gateway
+        .send(reqwest::Method::GET, "/metrics", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200);
+    for (code, count) in [
+        ("malformed_arguments", 12),
+        ("arguments_not_object", 8),
+        ("malformed_call", 4),
+    ] {
+        let line =
+            format!("warden_policy_decisions_total{{code=\"{code}\",verdict=\"DENY\"}} {count}");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+}

@@ -147,9 +147,11 @@ async fn the_same_call_proposed_too_often_is_withheld_as_a_loop() {
     assert_eq!(choice["finish_reason"], "stop");
     let content = choice["message"]["content"].as_str().unwrap();
     assert!(content.contains("loop_detected"), "{content}");
-    let withheld = &body["warden"]["withheld_tool_calls"][0];
-    assert_eq!(withheld["reason"], "loop_detected");
-    assert_eq!(withheld["name"], "get_weather");
+    let decision = &body["warden"]["policy"]["decisions"][0];
+    assert_eq!(decision["code"], "loop_detected");
+    assert_eq!(decision["verdict"], "DENY");
+    assert_eq!(decision["outcome"], "refused");
+    assert_eq!(decision["name"], "get_weather");
 
     // Streamed, the same: no tool-call chunk, the explanation as content.
     let mut request = tool_step("loop");
@@ -164,34 +166,32 @@ async fn the_same_call_proposed_too_often_is_withheld_as_a_loop() {
         .iter()
         .all(|chunk| chunk["choices"][0]["delta"].get("tool_calls").is_none()));
 
-    // The audit log has the proposals, the withheld ones marked.
+    // The audit log has every proposal with its decision, the withheld ones marked.
     let recorded = records(&server, "loop").await;
-    let verdicts: Vec<(bool, Value)> = recorded
+    let verdicts: Vec<(bool, Value, Value)> = recorded
         .iter()
         .map(|record| {
             let call = &record["tool_calls"][0];
             (
                 call["returned"].as_bool().unwrap(),
-                call["withheld_reason"].clone(),
+                call["decision"].clone(),
+                call["reason"].clone(),
             )
         })
         .collect();
-    assert_eq!(
-        verdicts,
-        [
-            (true, Value::Null),
-            (true, Value::Null),
-            (false, json!("loop_detected")),
-            (false, json!("loop_detected"))
-        ]
+    let (allowed, looped) = (
+        (true, json!("ALLOW"), json!("rule")),
+        (false, json!("DENY"), json!("loop_detected")),
     );
+    assert_eq!(verdicts, [allowed.clone(), allowed, looped.clone(), looped]);
     assert_eq!(
         recorded[0]["tool_calls"][0]["sha256"],
         recorded[2]["tool_calls"][0]["sha256"]
     );
     let metrics = server.metrics().await;
     assert!(
-        metrics.contains("warden_tool_call_decisions_total{decision=\"loop_detected\"} 2"),
+        metrics
+            .contains("warden_policy_decisions_total{code=\"loop_detected\",verdict=\"DENY\"} 2"),
         "{metrics}"
     );
 }

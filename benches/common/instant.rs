@@ -44,7 +44,7 @@ impl Backend for InstantBackend {
                 model: "instant".into(),
                 finish_reason: FinishReason::Stop,
                 tool_calls: Vec::new(),
-                malformed_tool_call: false,
+                malformed_tool_calls: Vec::new(),
                 usage: Usage {
                     prompt_tokens: 27,
                     completion_tokens: 7,

@@ -21,7 +21,8 @@
 //!   (`completed`, `refused`, `failed`, `cancelled`), `error` (`type`, `message`),
 //!   `received_at`, `latency_ms`, `model_requested`, `prompt` and `completion`
 //!   (`sha256`, `bytes`, and `text` only with `audit.store_text`), `tool_calls` (each
-//!   proposed call: `id`, `name`, `sha256`, `returned`, `withheld_reason`), and `report`:
+//!   call a backend proposed, well formed or not: `id`, `name`, `sha256`, `returned`,
+//!   `decision`, `reason`), and `report`:
 //!   the response's `warden` object whole (route and reasons, backend, model, confidence,
 //!   usage, timings with queue wait, cost and its attempts, policy decisions, run usage).
 //!   A request that got no answer after trying backends has their `attempts` instead.

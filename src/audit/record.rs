@@ -127,17 +127,24 @@ impl TextHasher {
     }
 }
 
-/// A tool call the model proposed, and what became of it.
+/// A tool call a backend proposed, well formed or not, and the tool-call gate's
+/// decision on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedToolCall {
     pub id: String,
+    /// The name as the backend wrote it.
     pub name: String,
-    /// [`crate::runs::call_hash`]: name and canonical arguments.
+    /// The call's identity as policy hashes it (normalised name and canonical
+    /// arguments): what approvals bind to and loop detection counts.
     pub sha256: String,
     /// Whether the agent received it.
     pub returned: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub withheld_reason: Option<String>,
+    /// The verdict: `ALLOW`, `ALLOW_WITH_CONSTRAINTS`, `REQUIRE_APPROVAL` or `DENY`.
+    #[serde(default)]
+    pub decision: String,
+    /// Its reason code (`rule`, `default`, `malformed_arguments`, `loop_detected`…).
+    #[serde(default)]
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,7 +260,8 @@ mod tests {
                 name: "n".into(),
                 sha256: "s".into(),
                 returned: false,
-                withheld_reason: Some("loop_detected".into()),
+                decision: "DENY".into(),
+                reason: "loop_detected".into(),
             }],
             attempts: vec![json!({"backend": "b"})],
             report: Some(json!({"route": "local"})),

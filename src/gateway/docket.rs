@@ -1,7 +1,7 @@
 //! What the gateway writes down about each request (its docket), at both ends: the run budget at
-//! admission; at completion the run checks on generated tool calls, the audit record
-//! (written, and fsynced, before the answer's last event is released) and the request
-//! metrics. A request that ends any other way (refused, failed, abandoned by its
+//! admission; at completion the run's cost, the audit record (written, and fsynced,
+//! before the answer's last event is released, with every tool call the gate decided)
+//! and the request metrics. A request that ends any other way (refused, failed, abandoned by its
 //! client) is recorded too.
 
 use std::panic::AssertUnwindSafe;
@@ -16,14 +16,16 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::screen::RunCheck;
 use super::{Completed, Recorded, RequestContext, ResponseEvent, Started, Unanswered};
 use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
-use crate::chat::{ChatRequest, FinishReason, StreamEvent};
+use crate::chat::{ChatRequest, StreamEvent};
 use crate::cost::outcome::{Outcome, OUTCOME_KIND};
 use crate::error::{panic_message, GatewayError};
 use crate::metrics::{RequestMetrics, PANIC_IN_RESPONSE};
-use crate::runs::{call_hash, RunTicket, RunTracker, Withheld};
+use crate::policy::report::{DecisionRecord, Outcome as CallOutcome};
+use crate::runs::{RunTicket, RunTracker};
 
 /// The route label of a request that was never routed.
 const UNROUTED: &str = "none";
@@ -151,16 +153,21 @@ pub struct Docket {
 }
 
 impl Docket {
-    /// Admits the request into its run, if it names one.
-    pub fn admit(&mut self) -> Result<(), GatewayError> {
-        if let Some(run_id) = &self.run_id {
-            let ticket =
-                self.books
-                    .runs
-                    .admit(&self.agent, &self.tenant, run_id, self.offers_tools)?;
-            self.ticket = Some(ticket);
-        }
-        Ok(())
+    /// Admits the request into its run, if it names one; returns what the tool-call
+    /// gate counts the answer's calls against.
+    pub(super) fn admit(&mut self) -> Result<Option<RunCheck>, GatewayError> {
+        let Some(run_id) = &self.run_id else {
+            return Ok(None);
+        };
+        let ticket = self
+            .books
+            .runs
+            .admit(&self.agent, &self.tenant, run_id, self.offers_tools)?;
+        self.ticket = Some(ticket.clone());
+        Ok(Some(RunCheck {
+            runs: self.books.runs.clone(),
+            ticket,
+        }))
     }
 
     /// Records a request that ended before its answer started (turned away, or every
@@ -225,61 +232,22 @@ impl Docket {
         self.completion.push(text);
     }
 
-    /// Screens the tool calls, settles the run, and writes the record; the completion is
-    /// released only once the record is durable.
+    /// Settles the run and writes the record; the completion is released only once the
+    /// record is durable.
     async fn complete(
         &mut self,
         mut completed: Completed,
     ) -> Vec<Result<ResponseEvent, GatewayError>> {
-        let proposed = std::mem::take(&mut completed.summary.tool_calls);
-        let (returned, withheld) = match &self.ticket {
-            Some(ticket) => {
-                let screened = self.books.runs.screen(ticket, proposed);
-                (screened.returned, screened.withheld)
-            }
-            None => (proposed, Vec::new()),
-        };
-        let mut events = Vec::new();
-        if !withheld.is_empty() {
-            let note = explain(&withheld);
-            self.saw_content(&note);
-            events.push(Ok(StreamEvent::Content {
-                text: note,
-                logprobs: Vec::new(),
-            }));
-            if returned.is_empty() && completed.summary.finish_reason == FinishReason::ToolCalls {
-                completed.summary.finish_reason = FinishReason::Stop;
-            }
-        }
-        for call in &withheld {
-            self.books
-                .metrics
-                .tool_decisions
-                .with_label_values(&[call.reason.as_str()])
-                .inc();
-        }
         if let Some(ticket) = &self.ticket {
             completed.report.run = Some(self.books.runs.settle(ticket, completed.report.cost_usd));
         }
-        let tool_calls = returned
+        let tool_calls = completed
+            .report
+            .policy
             .iter()
-            .map(|call| RecordedToolCall {
-                id: call.id.clone(),
-                name: call.name.clone(),
-                sha256: call_hash(call),
-                returned: true,
-                withheld_reason: None,
-            })
-            .chain(withheld.iter().map(|call| RecordedToolCall {
-                id: call.id.clone(),
-                name: call.name.clone(),
-                sha256: call.sha256.clone(),
-                returned: false,
-                withheld_reason: Some(call.reason.as_str().to_string()),
-            }))
+            .flat_map(|policy| &policy.decisions)
+            .map(recorded_call)
             .collect();
-        completed.summary.tool_calls = returned;
-        completed.report.withheld_tool_calls = withheld;
         let usage = completed.summary.usage;
         let report_json = match serde_json::value::to_raw_value(&completed.report) {
             Ok(json) => json,
@@ -317,12 +285,11 @@ impl Docket {
                     .inc_by(cost.to_f64().unwrap_or(0.0));
             }
         }
-        events.push(Ok(StreamEvent::Finished(Box::new(Recorded {
+        vec![Ok(StreamEvent::Finished(Box::new(Recorded {
             summary,
             report,
             report_json,
-        }))));
-        events
+        })))]
     }
 
     /// Records a generation that broke off; returns its error.
@@ -453,18 +420,17 @@ fn recorded(error: &GatewayError) -> RecordedError {
     }
 }
 
-/// The note the agent reads in place of the calls it did not get.
-fn explain(withheld: &[Withheld]) -> String {
-    withheld
-        .iter()
-        .map(|call| {
-            format!(
-                "[warden] tool call `{}` withheld ({}): {}",
-                call.name,
-                call.reason.as_str(),
-                call.detail
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// A decision of the tool-call gate as the audit record lists it.
+fn recorded_call(decision: &DecisionRecord) -> RecordedToolCall {
+    RecordedToolCall {
+        id: decision.call_id.clone(),
+        name: decision.name.clone(),
+        sha256: decision.call_hash.clone(),
+        returned: matches!(
+            decision.outcome,
+            CallOutcome::Delivered | CallOutcome::Released
+        ),
+        decision: decision.verdict.as_str().to_string(),
+        reason: decision.code.as_str().to_string(),
+    }
 }

@@ -43,7 +43,7 @@ use crate::route::{
     assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
 };
 use crate::runs::RunTracker;
-use screen::{Screen, Screened};
+use screen::{RunCheck, Screen, Screened};
 use trail::Trail;
 
 pub use docket::Bookkeeper;
@@ -229,12 +229,13 @@ impl Gateway {
         stream: bool,
     ) -> Result<Started, GatewayError> {
         let mut docket = self.books.open(&context, &request);
-        if let Err(error) = docket.admit() {
-            return Err(docket.refuse(error.into()).await);
-        }
+        let run = match docket.admit() {
+            Ok(run) => run,
+            Err(error) => return Err(docket.refuse(error.into()).await),
+        };
         // A panic on the way to an answer (there should be none) is still a request
         // that ended: answered 500 and recorded as such.
-        let routed = AssertUnwindSafe(self.route(context, request, stream))
+        let routed = AssertUnwindSafe(self.route(context, request, stream, run))
             .catch_unwind()
             .await;
         match routed {
@@ -253,6 +254,7 @@ impl Gateway {
         context: RequestContext,
         request: ChatRequest,
         stream: bool,
+        run: Option<RunCheck>,
     ) -> Result<Started<Completed>, Unanswered> {
         let table = self.routing.current();
         // The policy is fixed for the whole request: its risk signals route it, and
@@ -260,7 +262,7 @@ impl Gateway {
         let policy = self.policy.current();
         let mut trail = Trail::new(table.clone(), Route::Local);
         trail.risk = assess_risk(&request, &context.metadata.labels, &table.routing, &policy);
-        let screen = Screen::new(self.policy.clone(), policy, &request, &context);
+        let screen = Screen::new(self.policy.clone(), policy, &request, &context, run);
         if request.model != AUTO_MODEL {
             return self
                 .start_named(context, request, stream, trail, screen)

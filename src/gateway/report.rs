@@ -13,7 +13,7 @@ use crate::cost::Metered;
 use crate::governor::Priority;
 use crate::policy::PolicyReport;
 use crate::route::{Reason, Risk, Route};
-use crate::runs::{RunUsage, Withheld};
+use crate::runs::RunUsage;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WardenReport {
@@ -44,9 +44,6 @@ pub struct WardenReport {
     /// The run this request is a step of, after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunUsage>,
-    /// Tool calls the run checks kept from the agent (loops, the tool-call budget).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub withheld_tool_calls: Vec<Withheld>,
     /// Tool-call decisions, output findings and tickets under the policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyReport>,
@@ -83,7 +80,7 @@ impl WardenReport {
             backend: summary.backend.clone(),
             model: summary.model.clone(),
             confidence: summary.confidence,
-            malformed_tool_call: summary.malformed_tool_call,
+            malformed_tool_call: !summary.malformed_tool_calls.is_empty(),
             cost_usd: trail.cost(),
             reference_cost_usd: trail.table.reference_cost(&Metered::from(summary)),
             routing_version: trail.table.version,
@@ -96,7 +93,6 @@ impl WardenReport {
                 total_ms: context.received.elapsed().as_secs_f64() * 1000.0,
             },
             run: None,
-            withheld_tool_calls: Vec::new(),
             policy: None,
         }
     }

@@ -1,9 +1,13 @@
 //! Policy on a response as it streams out of a backend (steps 8 and 9 of a request).
-//! Text passes the output guard; tool calls arrive whole in the backend's summary and
-//! are decided there, before any of them is sent: allowed calls go out (with
-//! constraints applied), refused ones are removed and explained to the agent in the
-//! content, approval-bound ones are held as tickets. Whatever happens, the record of
-//! it goes into the report.
+//! Text passes the output guard. Tool calls arrive whole in the backend's summary and
+//! pass the tool-call gate there, before any of them is sent: every call any backend
+//! proposed, well formed or not, gets one decision. Policy decides first (one canonical
+//! form and hash, the schema the request declared, the rules); a call it lets through
+//! then counts against its run (loops, the tool-call budget). Allowed calls go out
+//! (with constraints applied), refused ones are removed and explained to the agent in
+//! the content, approval-bound ones are held as tickets. Each decision is counted in
+//! one metric and recorded once in the report, which the audit record's `tool_calls`
+//! is drawn from.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
@@ -20,10 +24,11 @@ use crate::policy::approvals::{
     ApprovalError, ApprovalStore, Held, HeldCall, Ticket, TicketStatus,
 };
 use crate::policy::autonomy::AutonomyMode;
-use crate::policy::decide::{CheckedCall, Policy, Subject, Verdict};
+use crate::policy::decide::{CheckedCall, Decision, Policy, ReasonCode, Subject, Verdict};
 use crate::policy::output::{Detector, GuardEnd, OutputAction, OutputGuard};
 use crate::policy::report::{DecisionRecord, Outcome, OutputRecord, PolicyReport};
 use crate::policy::PolicyEngine;
+use crate::runs::{RunTicket, RunTracker, WithholdReason};
 
 /// A generation's end after policy: the summary carries only the calls let through.
 #[derive(Debug, Clone)]
@@ -46,6 +51,12 @@ struct Who {
     run_id: Option<String>,
 }
 
+/// The run a response's calls count against, when its request names one.
+pub(super) struct RunCheck {
+    pub(super) runs: Arc<RunTracker>,
+    pub(super) ticket: RunTicket,
+}
+
 /// Policy for one response, fixed when the request starts: a reload mid-generation
 /// does not change the snapshot its decisions are stamped with.
 pub struct Screen {
@@ -55,17 +66,19 @@ pub struct Screen {
     who: Who,
     report: PolicyReport,
     guard: Option<OutputGuard>,
+    run: Option<RunCheck>,
     /// Text already went out: notices then start a paragraph of their own.
     sent_text: bool,
 }
 
 impl Screen {
     /// `policy` is the snapshot the request runs under (from `engine.current()`).
-    pub fn new(
+    pub(super) fn new(
         engine: Arc<PolicyEngine>,
         policy: Arc<Policy>,
         request: &ChatRequest,
         context: &RequestContext,
+        run: Option<RunCheck>,
     ) -> Self {
         let principal = &context.principal;
         let report = PolicyReport {
@@ -92,6 +105,7 @@ impl Screen {
             engine,
             policy,
             report,
+            run,
             sent_text: false,
         }
     }
@@ -184,15 +198,37 @@ impl Screen {
             ));
             self.report.tickets.push(ticket.id);
         }
-        let calls = std::mem::take(&mut summary.tool_calls);
-        for call in calls {
-            if let Some(delivered) = self.decide(&call).await? {
+        let subject = Subject {
+            agent: &self.who.agent,
+            tenant: &self.who.tenant,
+            role: self.who.role.as_deref(),
+            labels: &self.who.labels,
+            autonomy: self.who.autonomy,
+        };
+        let checked: Vec<CheckedCall> = summary
+            .tool_calls
+            .iter()
+            .map(|call| self.policy.check(call, Some(&self.declared), &subject))
+            .chain(
+                summary
+                    .malformed_tool_calls
+                    .iter()
+                    .map(|call| self.policy.refuse_malformed(call)),
+            )
+            .collect();
+        summary.tool_calls.clear();
+        for checked in checked {
+            if let Some(delivered) = self.decide(checked).await? {
                 summary.tool_calls.push(delivered);
             } else if let Some(record) = self.report.decisions.last() {
                 notices.push(notice_for(record));
             }
         }
-        if summary.tool_calls.is_empty() && summary.finish_reason == FinishReason::ToolCalls {
+        // One rule for every backend: the answer ends in tool calls exactly when the
+        // agent receives some.
+        if !summary.tool_calls.is_empty() {
+            summary.finish_reason = FinishReason::ToolCalls;
+        } else if summary.finish_reason == FinishReason::ToolCalls {
             summary.finish_reason = FinishReason::Stop;
         }
         if !notices.is_empty() {
@@ -215,26 +251,11 @@ impl Screen {
         Ok(events)
     }
 
-    /// Decides one call and records it; returns the call to deliver, if any.
-    async fn decide(&mut self, call: &ToolCall) -> Result<Option<ToolCall>, GatewayError> {
-        let subject = Subject {
-            agent: &self.who.agent,
-            tenant: &self.who.tenant,
-            role: self.who.role.as_deref(),
-            labels: &self.who.labels,
-            autonomy: self.who.autonomy,
-        };
-        let checked = self.policy.check(call, Some(&self.declared), &subject);
-        self.engine
-            .counters()
-            .decisions
-            .with_label_values(&[
-                checked.decision.verdict.as_str(),
-                checked.decision.code.as_str(),
-            ])
-            .inc();
+    /// Settles one call policy has checked (approvals, then the run's checks), counts
+    /// and records the decision; returns the call to deliver, if any.
+    async fn decide(&mut self, mut checked: CheckedCall) -> Result<Option<ToolCall>, GatewayError> {
         let snapshot = self.policy.snapshot().to_string();
-        let (outcome, ticket, delivered) = match checked.decision.verdict {
+        let (mut outcome, ticket, mut delivered) = match checked.decision.verdict {
             Verdict::Allow | Verdict::AllowWithConstraints => (Outcome::Delivered, None, true),
             Verdict::Deny => (Outcome::Refused, None, false),
             Verdict::RequireApproval => {
@@ -261,10 +282,41 @@ impl Screen {
                 }
             }
         };
+        // The run counts only what would reach the agent: a refused or held call is
+        // neither a loop nor a use of the budget.
+        if delivered {
+            if let Some(refusal) = self.run_refusal(&checked) {
+                checked.decision = refusal;
+                (outcome, delivered) = (Outcome::Refused, false);
+            }
+        }
+        self.engine
+            .counters()
+            .decisions
+            .with_label_values(&[
+                checked.decision.verdict.as_str(),
+                checked.decision.code.as_str(),
+            ])
+            .inc();
         self.report
             .decisions
             .push(DecisionRecord::new(&checked, &snapshot, outcome, ticket));
         Ok(delivered.then(|| checked.to_tool_call()))
+    }
+
+    /// Counts a call about to be delivered against its run; the refusal when the run
+    /// keeps it back.
+    fn run_refusal(&self, checked: &CheckedCall) -> Option<Decision> {
+        let run = self.run.as_ref()?;
+        let withheld = run
+            .runs
+            .check_call(&run.ticket, &checked.tool, &checked.hash)
+            .err()?;
+        let code = match withheld.reason {
+            WithholdReason::LoopDetected => ReasonCode::LoopDetected,
+            WithholdReason::RunBudgetExceeded => ReasonCode::RunBudgetExceeded,
+        };
+        Some(Decision::refuse(code, withheld.detail))
     }
 
     fn held_call(&self, checked: &CheckedCall) -> Ticket {
@@ -312,14 +364,19 @@ fn notice_for(record: &DecisionRecord) -> String {
         |rule| format!("rule `{rule}`"),
     );
     let snapshot = &record.snapshot[..record.snapshot.len().min(12)];
+    let call = if record.name.is_empty() {
+        format!("A tool call ({})", record.call_id)
+    } else {
+        format!("The tool call `{}` ({})", record.name, record.call_id)
+    };
     match (&record.outcome, &record.ticket) {
         (Outcome::Held, Some(ticket)) => format!(
-            "[warden] The tool call `{}` ({}) is waiting for approval: {} ({rule}, policy {snapshot}). Ticket {ticket}; poll GET /v1/approvals/{ticket}.",
-            record.name, record.call_id, record.reason
+            "[warden] {call} is waiting for approval: {} ({rule}, policy {snapshot}). Ticket {ticket}; poll GET /v1/approvals/{ticket}.",
+            record.reason
         ),
         _ => format!(
-            "[warden] The tool call `{}` ({}) was refused: {} ({rule}, policy {snapshot}).",
-            record.name, record.call_id, record.reason
+            "[warden] {call} was refused: {} ({rule}, policy {snapshot}).",
+            record.reason
         ),
     }
 }

@@ -18,7 +18,7 @@ use super::hosts::HostPattern;
 use super::names::{fold, NamePattern};
 use super::output::OutputPolicy;
 use super::risk::RiskSignals;
-use crate::chat::{ToolCall, ToolSpec};
+use crate::chat::{MalformedToolCall, ToolCall, ToolSpec};
 
 /// The four decisions, in rising strictness: combining two, the later one wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -77,6 +77,13 @@ pub enum ReasonCode {
     ArgumentsNotObject,
     SchemaViolation,
     ConstraintViolated,
+    /// The backend's call could not be read as a call at all (no name, a stream that
+    /// contradicts itself, an unclosed block).
+    MalformedCall,
+    /// The run proposed this exact call more often than `max_repeated_tool_calls`.
+    LoopDetected,
+    /// The run has received its `max_tool_calls`.
+    RunBudgetExceeded,
 }
 
 impl ReasonCode {
@@ -92,6 +99,9 @@ impl ReasonCode {
             ReasonCode::ArgumentsNotObject => "arguments_not_object",
             ReasonCode::SchemaViolation => "schema_violation",
             ReasonCode::ConstraintViolated => "constraint_violated",
+            ReasonCode::MalformedCall => "malformed_call",
+            ReasonCode::LoopDetected => "loop_detected",
+            ReasonCode::RunBudgetExceeded => "run_budget_exceeded",
         }
     }
 }
@@ -236,6 +246,21 @@ impl Policy {
         self.tools
             .get(&fold(name))
             .map_or(MAX_TIER, |tool| tool.tier)
+    }
+
+    /// The refusal of something proposed as a call that cannot be read as one: it gets
+    /// an identity (its raw text's hash) and a record like any refused call.
+    pub fn refuse_malformed(&self, call: &MalformedToolCall) -> CheckedCall {
+        let folded = fold(&call.name);
+        CheckedCall {
+            id: call.id.clone(),
+            proposed_name: call.name.clone(),
+            hash: args::raw_call_hash(&folded, &call.arguments),
+            tier: self.tools.get(&folded).map_or(MAX_TIER, |tool| tool.tier),
+            tool: folded,
+            arguments: call.arguments.clone(),
+            decision: Decision::refuse(ReasonCode::MalformedCall, call.problem.clone()),
+        }
     }
 
     /// Decides one call. `declared` is what the request offered: the call must name

@@ -49,7 +49,8 @@ pub struct Replay {
     pub snapshot: String,
     pub decisions: usize,
     /// Decisions that depended on the request itself (the tools it offered and their
-    /// schemas), which a log does not hold: kept as they were.
+    /// schemas, a call that could not be read) or on its run (loops, the tool-call
+    /// budget), which a log does not hold: kept as they were.
     pub request_bound: usize,
     /// `file:line` of each line that is not a JSON object.
     pub unreadable_lines: Vec<String>,
@@ -103,6 +104,9 @@ impl Replay {
                 ReasonCode::UndeclaredTool
                     | ReasonCode::AmbiguousTool
                     | ReasonCode::SchemaViolation
+                    | ReasonCode::MalformedCall
+                    | ReasonCode::LoopDetected
+                    | ReasonCode::RunBudgetExceeded
             ) {
                 self.request_bound += 1;
                 continue;

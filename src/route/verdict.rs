@@ -22,7 +22,7 @@ pub fn check_local_answer(
             reasons.push(Reason::LowTokenLogprob);
         }
     }
-    if summary.malformed_tool_call {
+    if !summary.malformed_tool_calls.is_empty() {
         reasons.push(Reason::MalformedToolCall);
     }
     // Cut off mid-answer: what was written may be fine, but it is not the whole answer.
@@ -44,15 +44,21 @@ pub fn check_local_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{Confidence, Timings, ToolCall, Usage};
+    use crate::chat::{Confidence, MalformedToolCall, Timings, ToolCall, Usage};
 
     fn summary(mean: f32, min: f32, calls: Vec<ToolCall>, malformed: bool) -> GenerationSummary {
+        let malformed = malformed.then(|| MalformedToolCall {
+            id: "call_1".into(),
+            name: String::new(),
+            arguments: String::new(),
+            problem: "unclosed".into(),
+        });
         GenerationSummary {
             backend: "local".into(),
             model: "m".into(),
             finish_reason: FinishReason::Stop,
             tool_calls: calls,
-            malformed_tool_call: malformed,
+            malformed_tool_calls: malformed.into_iter().collect(),
             usage: Usage::default(),
             confidence: Some(Confidence {
                 mean_logprob: mean,

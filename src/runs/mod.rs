@@ -1,8 +1,8 @@
 //! Runs: the requests that share a `run_id` (`x-run-id` or `metadata.run_id`), and what
 //! they may spend together. A request is admitted only while its run is within every
-//! budget (steps, tool calls, wall time, cost); the tool calls it produces are screened
-//! for loops (the same call proposed more than `max_repeated_tool_calls` times) and for
-//! the tool-call budget, and withheld calls never reach the agent.
+//! budget (steps, tool calls, wall time, cost). The tool-call gate asks the run about
+//! every call policy lets through: one proposed more than `max_repeated_tool_calls`
+//! times (a loop) or past the tool-call budget is refused and never reaches the agent.
 //!
 //! Runs are keyed by tenant and run id, so one tenant's run ids never touch another's.
 //! State lives in memory and is rebuilt from the audit log at start-up
@@ -13,7 +13,6 @@
 //! cost budget by the requests in flight when it crossed it, and is then refused.
 
 pub mod limits;
-mod loops;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -29,12 +28,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 pub use limits::{RunLimit, RunLimits, RunsConfig};
-pub use loops::call_hash;
 
 use crate::audit::query::{self, Filter};
 use crate::audit::record::REQUEST_KIND;
 use crate::audit::{AuditError, RequestRecord, RequestStatus};
-use crate::chat::ToolCall;
 
 /// How often idle runs are swept out, at most.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -61,7 +58,7 @@ struct RunState {
     steps: u32,
     tool_calls: u32,
     cost_usd: Decimal,
-    /// How often each call (by [`call_hash`]) was proposed.
+    /// How often each call (by the hash policy gives it) was proposed.
     proposals: HashMap<String, u32>,
 }
 
@@ -109,38 +106,18 @@ impl RunTicket {
     }
 }
 
-/// Why a tool call was withheld from the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Why the run keeps a call from the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WithholdReason {
     LoopDetected,
     RunBudgetExceeded,
 }
 
-impl WithholdReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WithholdReason::LoopDetected => "loop_detected",
-            WithholdReason::RunBudgetExceeded => "run_budget_exceeded",
-        }
-    }
-}
-
-/// A tool call the run checks kept from the agent.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A call the run keeps from the agent: why, and the sentence the agent reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Withheld {
-    pub id: String,
-    pub name: String,
-    pub sha256: String,
     pub reason: WithholdReason,
     pub detail: String,
-}
-
-/// The tool calls of one generation after the run checks.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Screened {
-    pub returned: Vec<ToolCall>,
-    pub withheld: Vec<Withheld>,
 }
 
 pub struct RunTracker {
@@ -226,56 +203,46 @@ impl RunTracker {
         }
     }
 
-    /// Counts each proposed call and keeps back those that repeat too often or would
-    /// exceed the run's tool-call budget.
-    pub fn screen(&self, ticket: &RunTicket, calls: Vec<ToolCall>) -> Screened {
+    /// Counts one call that policy let through (`name`, and `call_hash`, the hash
+    /// policy gave it) and says whether it may reach the agent: not when this exact
+    /// call has been proposed more than `max_repeated_tool_calls` times in the run, nor
+    /// once the run has received its `max_tool_calls`.
+    pub fn check_call(
+        &self,
+        ticket: &RunTicket,
+        name: &str,
+        call_hash: &str,
+    ) -> Result<(), Withheld> {
         let mut state = self
             .runs
             .entry(ticket.key.clone())
             .or_insert_with(|| RunState::new(Instant::now()));
         let limits = &ticket.limits;
-        let mut screened = Screened::default();
-        for call in calls {
-            let sha256 = call_hash(&call);
-            let proposed = {
-                let count = state.proposals.entry(sha256.clone()).or_insert(0);
-                *count += 1;
-                *count
-            };
-            let withheld = if proposed > limits.max_repeated_tool_calls {
-                Some((
-                    WithholdReason::LoopDetected,
-                    format!(
-                        "`{}` with these arguments was proposed {} times in run `{}`; the limit is {}",
-                        call.name, proposed, ticket.key.run_id, limits.max_repeated_tool_calls
-                    ),
-                ))
-            } else if state.tool_calls >= limits.max_tool_calls {
-                Some((
-                    WithholdReason::RunBudgetExceeded,
-                    format!(
-                        "run `{}` has received its {} tool calls (`max_tool_calls`)",
-                        ticket.key.run_id, limits.max_tool_calls
-                    ),
-                ))
-            } else {
-                None
-            };
-            match withheld {
-                Some((reason, detail)) => screened.withheld.push(Withheld {
-                    id: call.id,
-                    name: call.name,
-                    sha256,
-                    reason,
-                    detail,
-                }),
-                None => {
-                    state.tool_calls += 1;
-                    screened.returned.push(call);
-                }
-            }
+        let proposed = {
+            let count = state.proposals.entry(call_hash.to_string()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        if proposed > limits.max_repeated_tool_calls {
+            return Err(Withheld {
+                reason: WithholdReason::LoopDetected,
+                detail: format!(
+                    "`{name}` with these arguments was proposed {proposed} times in run `{}`; the limit is {}",
+                    ticket.key.run_id, limits.max_repeated_tool_calls
+                ),
+            });
         }
-        screened
+        if state.tool_calls >= limits.max_tool_calls {
+            return Err(Withheld {
+                reason: WithholdReason::RunBudgetExceeded,
+                detail: format!(
+                    "run `{}` has received its {} tool calls (`max_tool_calls`)",
+                    ticket.key.run_id, limits.max_tool_calls
+                ),
+            });
+        }
+        state.tool_calls += 1;
+        Ok(())
     }
 
     /// Adds a completed request's cost to its run; returns what the run has used.
@@ -392,12 +359,11 @@ mod tests {
         })
     }
 
-    fn call(arguments: &str) -> ToolCall {
-        ToolCall {
-            id: format!("call_{arguments}"),
-            name: "lookup".into(),
-            arguments: arguments.into(),
-        }
+    /// Whether the run lets `hash` through, or why not.
+    fn check(runs: &RunTracker, ticket: &RunTicket, hash: &str) -> Option<WithholdReason> {
+        runs.check_call(ticket, "lookup", hash)
+            .err()
+            .map(|withheld| withheld.reason)
     }
 
     fn refused(result: Result<RunTicket, RunBudgetExceeded>) -> RunLimit {
@@ -463,14 +429,12 @@ mod tests {
     async fn tool_call_budget_withholds_extra_calls_and_refuses_tool_requests() {
         let runs = tracker();
         let ticket = runs.admit("a", "t", "r", true).unwrap();
-        let screened = runs.screen(&ticket, vec![call("{\"q\":1}"), call("{\"q\":2}")]);
-        assert_eq!(screened.returned.len(), 2);
+        assert_eq!(check(&runs, &ticket, "q1"), None);
+        assert_eq!(check(&runs, &ticket, "q2"), None);
         let ticket = runs.admit("a", "t", "r", false).unwrap();
-        let screened = runs.screen(&ticket, vec![call("{\"q\":3}")]);
-        assert!(screened.returned.is_empty());
         assert_eq!(
-            screened.withheld[0].reason,
-            WithholdReason::RunBudgetExceeded
+            check(&runs, &ticket, "q3"),
+            Some(WithholdReason::RunBudgetExceeded)
         );
         assert_eq!(
             refused(runs.admit("a", "t", "r", true)),
@@ -492,27 +456,15 @@ mod tests {
         let mut verdicts = Vec::new();
         for step in 0..4 {
             let ticket = runs.admit("a", "t", "r", true).unwrap();
-            // The same call, written differently each time.
-            let arguments = if step % 2 == 0 {
-                "{\"q\":1,\"n\":2}"
-            } else {
-                "{ \"n\": 2, \"q\": 1 }"
-            };
-            let other = call(&format!("{{\"other\":{step}}}"));
-            let screened = runs.screen(&ticket, vec![call(arguments), other]);
             verdicts.push((
-                screened.returned.len(),
-                screened.withheld.first().map(|w| w.reason),
+                check(&runs, &ticket, "same"),
+                check(&runs, &ticket, &format!("other {step}")),
             ));
         }
+        let looped = Some(WithholdReason::LoopDetected);
         assert_eq!(
             verdicts,
-            [
-                (2, None),
-                (2, None),
-                (1, Some(WithholdReason::LoopDetected)),
-                (1, Some(WithholdReason::LoopDetected))
-            ]
+            [(None, None), (None, None), (looped, None), (looped, None)]
         );
     }
 

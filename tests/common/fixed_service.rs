@@ -79,7 +79,7 @@ impl Backend for FixedServiceBackend {
                     model: FIXED_MODEL.into(),
                     finish_reason: FinishReason::Stop,
                     tool_calls: Vec::new(),
-                    malformed_tool_call: false,
+                    malformed_tool_calls: Vec::new(),
                     usage: Usage {
                         prompt_tokens: 20,
                         completion_tokens: 1,

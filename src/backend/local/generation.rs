@@ -12,8 +12,8 @@ use super::sampler::Sampler;
 use super::token_text::Utf8Stream;
 use super::tool_parse;
 use crate::chat::{
-    ChatRequest, Confidence, FinishReason, GenerationEvent, GenerationSummary, Timings,
-    TokenLogprob, ToolSpec, Usage,
+    ChatRequest, Confidence, FinishReason, GenerationEvent, GenerationSummary, MalformedToolCall,
+    Timings, TokenLogprob, ToolCall, ToolSpec, Usage,
 };
 
 /// What the sequence needs next.
@@ -174,7 +174,18 @@ impl Generation {
             model: engine.model_name.clone(),
             finish_reason: self.finish_reason,
             tool_calls: parsed.tool_calls,
-            malformed_tool_call: parsed.malformed,
+            // What the model wrote is not passed on: it never went through the output
+            // guard, and the problem says enough for the agent to try again.
+            malformed_tool_calls: if parsed.malformed {
+                vec![MalformedToolCall {
+                    id: ToolCall::new_id(),
+                    name: String::new(),
+                    arguments: String::new(),
+                    problem: "the model wrote a tool call that could not be read (an unclosed block, text that is not JSON, an unknown tool, or arguments that are not an object)".into(),
+                }]
+            } else {
+                Vec::new()
+            },
             usage: Usage {
                 prompt_tokens: self.prompt_tokens as u32,
                 completion_tokens: self.sampled_logprobs.len() as u32,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::assemble::ToolCallDeltas;
 use super::dialect::{Delta, Dialect, Ending, StreamDecoder};
 use super::sse::SseEvent;
-use crate::chat::{ChatRequest, FinishReason, Message, Role, ToolChoice, Usage};
+use crate::chat::{ChatRequest, Message, Role, ToolChoice, Usage};
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic's temperature runs from 0 to 1 where OpenAI's runs to 2.
@@ -266,26 +266,15 @@ impl StreamDecoder for Decoder {
     }
 
     fn ending(&mut self) -> Ending {
-        let assembled = std::mem::take(&mut self.calls).finish();
-        let (tool_calls, malformed_tool_call) = (assembled.calls, !assembled.problems.is_empty());
-        let finish_reason = match self.stop_reason.as_deref() {
-            _ if !tool_calls.is_empty() => FinishReason::ToolCalls,
-            Some("max_tokens") => FinishReason::Length,
-            _ => FinishReason::Stop,
-        };
-        Ending {
-            finish_reason,
-            tool_calls,
-            malformed_tool_call,
-            usage: self.usage,
-        }
+        let calls = std::mem::take(&mut self.calls);
+        Ending::new(calls, self.stop_reason.as_deref(), "max_tokens", self.usage)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{Sampling, ToolCall, ToolSpec};
+    use crate::chat::{FinishReason, Sampling, ToolCall, ToolSpec};
 
     fn event(name: &str, data: Value) -> SseEvent {
         SseEvent {

@@ -1,17 +1,16 @@
 //! Tool calls that arrive in pieces, as providers stream them: a call index, then an
 //! id, name fragments and argument fragments, interleaved across calls. Nothing is
-//! decided on a piece; both dialects put their calls back together here and only whole
-//! calls go on to policy. A call whose stream contradicts itself (its id changes, it
-//! never gets a name, its arguments are not one JSON object) is dropped and reported
-//! rather than guessed at. Arguments stay as the upstream wrote them: policy parses
-//! them strictly (a duplicate key is refused there, where re-serialising would keep
-//! one of the values silently) and delivers its own canonical form.
+//! decided on a piece; both dialects put their calls back together here and every call
+//! goes on to the tool-call gate whole. A call whose stream contradicts itself (its id
+//! changes, it never gets a name, its index is out of range) is passed on as malformed,
+//! with what went wrong, rather than guessed at; the gate refuses it and says why.
+//! Arguments stay as the upstream wrote them, even when they are not JSON: policy
+//! parses them strictly (a duplicate key or a number past f64 is refused there, where
+//! re-serialising would change them silently) and delivers its own canonical form.
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
-use crate::chat::ToolCall;
+use crate::chat::{MalformedToolCall, ToolCall};
 
 /// More calls than any model makes in one turn: a stream past this is broken.
 const MAX_CALLS: usize = 128;
@@ -26,9 +25,7 @@ pub enum DeltaError {
     },
     #[error("tool call {0} has no name")]
     MissingName(usize),
-    #[error("tool call {0}: its arguments are not one JSON object")]
-    ArgumentsNotAnObject(usize),
-    #[error("tool call index {0} is out of range")]
+    #[error("tool call index {0} is out of range (at most {MAX_CALLS} calls)")]
     IndexOutOfRange(usize),
 }
 
@@ -37,22 +34,24 @@ struct Partial {
     id: Option<String>,
     name: String,
     arguments: String,
-    broken: bool,
+    /// Set once the pieces contradict each other; later pieces are ignored.
+    problem: Option<DeltaError>,
 }
 
 #[derive(Debug, Default)]
 pub struct ToolCallDeltas {
     calls: BTreeMap<usize, Partial>,
-    problems: Vec<DeltaError>,
+    /// Pieces past [`MAX_CALLS`]: counted once per index, never stored.
+    out_of_range: Vec<usize>,
 }
 
 /// The calls of one answer, put back together.
 #[derive(Debug, Default, PartialEq)]
 pub struct Assembled {
-    /// The usable calls, in index order.
+    /// The calls whose pieces fit together, in index order.
     pub calls: Vec<ToolCall>,
-    /// Why the others were dropped.
-    pub problems: Vec<DeltaError>,
+    /// The others, each with what went wrong.
+    pub malformed: Vec<MalformedToolCall>,
 }
 
 impl ToolCallDeltas {
@@ -65,23 +64,22 @@ impl ToolCallDeltas {
         arguments: Option<&str>,
     ) {
         if index >= MAX_CALLS {
-            if !self.problems.contains(&DeltaError::IndexOutOfRange(index)) {
-                self.problems.push(DeltaError::IndexOutOfRange(index));
+            if !self.out_of_range.contains(&index) {
+                self.out_of_range.push(index);
             }
             return;
         }
         let call = self.calls.entry(index).or_default();
-        if call.broken {
+        if call.problem.is_some() {
             return;
         }
         match (&call.id, id.filter(|id| !id.is_empty())) {
             (Some(first), Some(second)) if first != second => {
-                self.problems.push(DeltaError::IdChanged {
+                call.problem = Some(DeltaError::IdChanged {
                     index,
                     first: first.clone(),
                     second: second.to_string(),
                 });
-                call.broken = true;
                 return;
             }
             (None, Some(id)) => call.id = Some(id.to_string()),
@@ -94,16 +92,21 @@ impl ToolCallDeltas {
     /// The whole calls; a call that never got an id gets a fresh one, one that never
     /// got arguments gets `{}`.
     pub fn finish(self) -> Assembled {
-        let mut assembled = Assembled {
-            calls: Vec::new(),
-            problems: self.problems,
-        };
+        let mut assembled = Assembled::default();
         for (index, call) in self.calls {
-            if call.broken {
-                continue;
-            }
-            if call.name.is_empty() {
-                assembled.problems.push(DeltaError::MissingName(index));
+            let id = call.id.unwrap_or_else(ToolCall::new_id);
+            let problem = call.problem.or_else(|| {
+                call.name
+                    .is_empty()
+                    .then_some(DeltaError::MissingName(index))
+            });
+            if let Some(problem) = problem {
+                assembled.malformed.push(MalformedToolCall {
+                    id,
+                    name: call.name,
+                    arguments: call.arguments,
+                    problem: problem.to_string(),
+                });
                 continue;
             }
             let arguments = if call.arguments.trim().is_empty() {
@@ -111,18 +114,22 @@ impl ToolCallDeltas {
             } else {
                 call.arguments
             };
-            if !matches!(serde_json::from_str(&arguments), Ok(Value::Object(_))) {
-                assembled
-                    .problems
-                    .push(DeltaError::ArgumentsNotAnObject(index));
-                continue;
-            }
             assembled.calls.push(ToolCall {
-                id: call.id.unwrap_or_else(ToolCall::new_id),
+                id,
                 name: call.name,
                 arguments,
             });
         }
+        assembled.malformed.extend(
+            self.out_of_range
+                .into_iter()
+                .map(|index| MalformedToolCall {
+                    id: ToolCall::new_id(),
+                    name: String::new(),
+                    arguments: String::new(),
+                    problem: DeltaError::IndexOutOfRange(index).to_string(),
+                }),
+        );
         assembled
     }
 }

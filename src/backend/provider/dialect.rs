@@ -3,8 +3,9 @@
 
 use serde_json::Value;
 
+use super::assemble::ToolCallDeltas;
 use super::sse::SseEvent;
-use crate::chat::{ChatRequest, FinishReason, TokenLogprob, ToolCall, Usage};
+use crate::chat::{ChatRequest, FinishReason, MalformedToolCall, TokenLogprob, ToolCall, Usage};
 
 /// A piece of answer text as it arrives.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,9 +19,35 @@ pub struct Delta {
 pub struct Ending {
     pub finish_reason: FinishReason,
     pub tool_calls: Vec<ToolCall>,
-    /// Calls that came back unusable (bad JSON arguments, no name) and were dropped.
-    pub malformed_tool_call: bool,
+    /// Calls whose pieces could not be put back together (no name, an id that changed).
+    pub malformed_tool_calls: Vec<MalformedToolCall>,
     pub usage: Usage,
+}
+
+impl Ending {
+    /// The end of an answer whose calls are `calls`; `stop_reason` is the upstream's
+    /// own word for why it stopped, `length` its word for running out of tokens.
+    pub fn new(
+        calls: ToolCallDeltas,
+        stop_reason: Option<&str>,
+        length: &str,
+        usage: Usage,
+    ) -> Self {
+        let assembled = calls.finish();
+        let finish_reason = match stop_reason {
+            _ if !assembled.calls.is_empty() || !assembled.malformed.is_empty() => {
+                FinishReason::ToolCalls
+            }
+            Some(reason) if reason == length => FinishReason::Length,
+            _ => FinishReason::Stop,
+        };
+        Self {
+            finish_reason,
+            tool_calls: assembled.calls,
+            malformed_tool_calls: assembled.malformed,
+            usage,
+        }
+    }
 }
 
 pub trait Dialect: Send + Sync {

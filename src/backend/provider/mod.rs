@@ -394,7 +394,7 @@ impl Reading {
             model: answer.model.clone(),
             finish_reason: ending.finish_reason,
             tool_calls: ending.tool_calls,
-            malformed_tool_call: ending.malformed_tool_call,
+            malformed_tool_calls: ending.malformed_tool_calls,
             usage: ending.usage,
             confidence: Confidence::from_logprobs(std::mem::take(&mut self.logprobs)),
             timings: Timings {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::assemble::ToolCallDeltas;
 use super::dialect::{Delta, Dialect, Ending, StreamDecoder};
 use super::sse::SseEvent;
-use crate::chat::{ChatRequest, FinishReason, Message, Role, TokenLogprob, ToolChoice, Usage};
+use crate::chat::{ChatRequest, Message, Role, TokenLogprob, ToolChoice, Usage};
 
 pub struct OpenAi;
 
@@ -255,19 +255,8 @@ impl StreamDecoder for Decoder {
     }
 
     fn ending(&mut self) -> Ending {
-        let assembled = std::mem::take(&mut self.calls).finish();
-        let (tool_calls, malformed_tool_call) = (assembled.calls, !assembled.problems.is_empty());
-        let finish_reason = match self.finish_reason.as_deref() {
-            _ if !tool_calls.is_empty() => FinishReason::ToolCalls,
-            Some("length") => FinishReason::Length,
-            _ => FinishReason::Stop,
-        };
-        Ending {
-            finish_reason,
-            tool_calls,
-            malformed_tool_call,
-            usage: self.usage,
-        }
+        let calls = std::mem::take(&mut self.calls);
+        Ending::new(calls, self.finish_reason.as_deref(), "length", self.usage)
     }
 }
 
@@ -291,7 +280,7 @@ fn token_logprob(wire: WireLogprob) -> TokenLogprob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{Sampling, ToolCall, ToolSpec};
+    use crate::chat::{FinishReason, Sampling, ToolCall, ToolSpec};
 
     fn data(text: &str) -> SseEvent {
         SseEvent {
@@ -366,19 +355,49 @@ mod tests {
         assert_eq!(ending.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
         assert_eq!(ending.usage.completion_tokens, 7);
         assert_eq!(ending.usage.cached_prompt_tokens, 8);
-        assert!(!ending.malformed_tool_call);
+        assert!(ending.malformed_tool_calls.is_empty());
     }
 
     #[test]
-    fn broken_upstream_calls_are_dropped_and_flagged() {
+    fn arguments_that_are_not_json_go_on_as_written_for_policy_to_refuse() {
         let mut decoder = OpenAi.decoder();
         decoder
             .event(&data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{\"a\":"}}]},"finish_reason":"tool_calls"}]}"#))
             .unwrap();
         let ending = decoder.ending();
+        assert_eq!(ending.tool_calls[0].arguments, r#"{"a":"#);
+        assert!(ending.malformed_tool_calls.is_empty());
+        assert_eq!(ending.finish_reason, FinishReason::ToolCalls);
+    }
+
+    #[test]
+    fn calls_whose_pieces_contradict_each_other_are_passed_on_as_malformed() {
+        let mut decoder = OpenAi.decoder();
+        for piece in [
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"b","function":{"arguments":"x"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"c","function":{"arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":500,"id":"d","function":{"name":"g"}}]}}]}"#,
+        ] {
+            decoder.event(&data(piece)).unwrap();
+        }
+        let ending = decoder.ending();
         assert!(ending.tool_calls.is_empty());
-        assert!(ending.malformed_tool_call);
-        assert_eq!(ending.finish_reason, FinishReason::Stop);
+        let malformed: Vec<(&str, &str, &str)> = ending
+            .malformed_tool_calls
+            .iter()
+            .map(|call| (call.id.as_str(), call.name.as_str(), call.problem.as_str()))
+            .collect();
+        assert_eq!(
+            malformed[0],
+            ("a", "f", "tool call 0: its id changed from `a` to `b`")
+        );
+        assert_eq!(malformed[1], ("c", "", "tool call 1 has no name"));
+        assert_eq!(
+            malformed[2].2,
+            "tool call index 500 is out of range (at most 128 calls)"
+        );
+        assert_eq!(ending.finish_reason, FinishReason::ToolCalls);
     }
 
     #[test]
