@@ -1,6 +1,7 @@
 //! Command-line interface: `warden serve`, `warden model fetch`, `warden tune`,
 //! `warden policy ...`, `warden audit verify` and `warden report`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -136,8 +137,11 @@ enum ModelCommand {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: in a file or a log collector the escape
+    // codes would split every `key=value`.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

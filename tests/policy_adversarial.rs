@@ -168,8 +168,8 @@ fn calls_split_across_streamed_pieces_are_decided_whole() {
         ),
     ];
     for (name, pieces, verdict, rule) in cases {
-        let Assembled { calls, problems } = assemble(&pieces);
-        assert_eq!(problems, [], "{name}");
+        let Assembled { calls, malformed } = assemble(&pieces);
+        assert_eq!(malformed, [], "{name}");
         assert_eq!(calls.len(), 1, "{name}");
         let (got, _, got_rule) = decide(&calls[0]);
         assert_eq!(got, verdict, "{name}");
@@ -186,38 +186,56 @@ fn calls_split_across_streamed_pieces_are_decided_whole() {
 
 #[test]
 fn interleaved_calls_stay_apart_and_contradictions_are_refused() {
-    let Assembled { calls, problems } = assemble(&[
+    let Assembled { calls, malformed } = assemble(&[
         piece(0, Some("call_a"), Some("refund"), Some("{\"amount\":")),
         piece(1, Some("call_b"), Some("send_email"), Some("{\"to\":")),
         piece(0, None, None, Some(" 20}")),
         piece(1, None, None, Some(" \"eve@evil.com\"}")),
     ]);
-    assert_eq!(problems, []);
+    assert_eq!(malformed, []);
     assert_eq!(calls[0].id, "call_a");
     assert_eq!(decide(&calls[0]).0, Verdict::Allow);
     assert_eq!(calls[1].id, "call_b");
     assert_eq!(decide(&calls[1]).0, Verdict::Deny);
 
-    // A second call smuggled in under the first one's index: neither goes out.
+    // A second call smuggled in under the first one's index: neither goes out, and the
+    // call is passed on as malformed, for the gate to refuse and record.
+    let problem = |assembled: &Assembled| {
+        assert_eq!(assembled.calls, []);
+        assert_eq!(assembled.malformed.len(), 1);
+        assembled.malformed[0].problem.clone()
+    };
     let smuggled = assemble(&[
         piece(0, Some("call_a"), Some("refund"), Some("{\"amount\": 20}")),
         piece(0, Some("call_b"), Some("send_email"), Some("{}")),
     ]);
-    assert_eq!(smuggled.calls, []);
-    assert!(matches!(
-        smuggled.problems[..],
-        [DeltaError::IdChanged { .. }]
-    ));
+    assert_eq!(
+        problem(&smuggled),
+        DeltaError::IdChanged {
+            index: 0,
+            first: "call_a".into(),
+            second: "call_b".into()
+        }
+        .to_string()
+    );
+    assert_eq!(smuggled.malformed[0].id, "call_a");
     let nameless = assemble(&[piece(0, Some("call_a"), None, Some("{}"))]);
-    assert_eq!(nameless.problems, [DeltaError::MissingName(0)]);
+    assert_eq!(problem(&nameless), DeltaError::MissingName(0).to_string());
+    let far = assemble(&[piece(100_000, None, Some("x"), None)]);
+    assert_eq!(
+        problem(&far),
+        DeltaError::IndexOutOfRange(100_000).to_string()
+    );
+    // Arguments cut short are still a call: policy refuses them for what they are.
     let unfinished = assemble(&[piece(
         0,
         Some("call_a"),
         Some("refund"),
         Some("{\"amount\": 2"),
     )]);
-    assert_eq!(unfinished.problems, [DeltaError::ArgumentsNotAnObject(0)]);
-    let far = assemble(&[piece(100_000, None, Some("x"), None)]);
-    assert_eq!(far.calls, []);
-    assert_eq!(far.problems, [DeltaError::IndexOutOfRange(100_000)]);
+    assert_eq!(unfinished.malformed, []);
+    assert_eq!(
+        decide(&unfinished.calls[0]).1,
+        ReasonCode::MalformedArguments
+    );
 }

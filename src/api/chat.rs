@@ -12,6 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{stream, Stream, StreamExt};
+use tracing::{Instrument, Span};
 
 use super::error::ApiError;
 use super::extract::{Caller, RawBody};
@@ -34,8 +35,45 @@ pub async fn chat_completions(
     Caller(principal): Caller,
     headers: HeaderMap,
     RawBody(body): RawBody,
+) -> Response {
+    let context = RequestContext::new(principal, RequestMetadata::default());
+    // Every line logged on the request's behalf carries its id and who sent it; the
+    // gateway fills in the rest as it learns it. At error level, so that no log level
+    // an operator picks can drop it from the lines it does keep.
+    let span = tracing::error_span!(
+        "request",
+        request_id = %context.request_id,
+        agent = %context.principal.agent_id,
+        tenant = %context.principal.tenant,
+        priority = tracing::field::Empty,
+        route = tracing::field::Empty,
+        backend = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    // The error becomes a response inside the span too: a failure is logged there.
+    let request_id = HeaderValue::from_str(&context.request_id).ok();
+    let inner = span.clone();
+    let answered = async move {
+        answer(state, context, headers, body, inner)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    };
+    let mut response = answered.instrument(span).await;
+    // On refusals and failures too: the id is what an operator looks the request up by.
+    if let Some(id) = request_id {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+async fn answer(
+    state: AppState,
+    mut context: RequestContext,
+    headers: HeaderMap,
+    body: Result<Bytes, ApiError>,
+    span: Span,
 ) -> Result<Response, ApiError> {
-    let mut context = RequestContext::new(principal, RequestMetadata::default());
     let (body, parsed) = match body {
         Ok(bytes) => {
             let agent = context.principal.agent_id.clone();
@@ -77,6 +115,7 @@ pub async fn chat_completions(
     };
     let mut response = if stream {
         let events = sse_events(started.events, identity, include_usage, logprobs);
+        let events = in_span(span, Box::pin(events));
         Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response()
@@ -85,9 +124,6 @@ pub async fn chat_completions(
         log_completed(&response.finished);
         Json(identity.completion(response, logprobs)).into_response()
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
     if let Ok(value) = HeaderValue::from_str(&route) {
         response.headers_mut().insert("x-warden-route", value);
     }
@@ -143,12 +179,19 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
     }
 }
 
+/// `events`, polled inside `span`: the server polls a streamed answer after the handler
+/// has returned, and what the answer logs must stay tied to its request.
+fn in_span<S: Stream + Unpin>(span: Span, mut events: S) -> impl Stream<Item = S::Item> {
+    stream::poll_fn(move |cx| {
+        let _inside = span.enter();
+        events.poll_next_unpin(cx)
+    })
+}
+
 fn log_completed(completed: &Recorded) {
     let report = &completed.report;
+    // Who and which request: the request's span says it.
     tracing::info!(
-        request_id = %report.request_id,
-        agent = %report.agent,
-        backend = %report.backend,
         completion_tokens = completed.summary.usage.completion_tokens,
         total_ms = report.timings.total_ms,
         "completed"

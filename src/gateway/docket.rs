@@ -78,6 +78,7 @@ impl Bookkeeper {
             prompt: TextDigest::of_prompt(request, self.store_text),
             completion: TextHasher::new(self.store_text),
             first_content: None,
+            span: tracing::Span::current(),
             open: true,
         }
     }
@@ -119,7 +120,7 @@ impl Bookkeeper {
             Err(error) => Err(error),
         };
         if let Err(error) = written {
-            tracing::error!(%error, request_id = %context.request_id, "could not record a refused request");
+            tracing::error!(%error, "could not record a refused request");
         }
         self.metrics
             .requests
@@ -148,6 +149,8 @@ pub struct Docket {
     prompt: TextDigest,
     completion: TextHasher,
     first_content: Option<Instant>,
+    /// The request's span (see `api::chat`): its end is written into it.
+    span: tracing::Span,
     /// Until a record is queued; dropping an open docket records a cancellation.
     open: bool,
 }
@@ -178,6 +181,7 @@ impl Docket {
         if let Some(ticket) = &self.ticket {
             self.books.runs.release(ticket);
         }
+        self.span.record("attempts", attempts.len());
         let mut record = self.record(status_before_answer(&error), Some(recorded(&error)));
         record.attempts = attempts.iter().filter_map(as_written).collect();
         self.write_end(&record).await;
@@ -267,6 +271,9 @@ impl Docket {
             return vec![Err(error)];
         }
         let Completed { summary, report } = completed;
+        self.span.record("priority", report.priority.as_str());
+        self.span.record("backend", report.backend.as_str());
+        self.span.record("attempts", report.attempts.len());
         let metrics = &self.books.metrics;
         self.observe(RequestStatus::Completed, report.route.as_str());
         metrics
@@ -307,7 +314,7 @@ impl Docket {
     async fn write_end(&mut self, record: &RequestRecord) {
         let status = record.status;
         if let Err(audit) = self.write(record).await {
-            tracing::error!(error = %audit, request_id = %self.request_id, "could not record a {} request", status.as_str());
+            tracing::error!(error = %audit, "could not record a {} request", status.as_str());
         }
         self.observe(status, UNROUTED);
     }
@@ -347,6 +354,8 @@ impl Docket {
     }
 
     fn observe(&self, status: RequestStatus, route: &str) {
+        self.span.record("status", status.as_str());
+        self.span.record("route", route);
         let metrics = &self.books.metrics;
         metrics
             .requests
@@ -373,6 +382,7 @@ impl Drop for Docket {
             return;
         }
         self.open = false;
+        let _inside = self.span.clone().entered();
         let reason = RecordedError {
             kind: "client_disconnected".into(),
             message: "the client disconnected before the end".into(),

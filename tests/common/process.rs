@@ -109,6 +109,11 @@ impl Spawned {
         }
     }
 
+    /// Every line read so far, in order.
+    pub fn lines_read(&self) -> &[String] {
+        &self.read
+    }
+
     /// A line containing `needle` among those already read (by `start`, or while
     /// waiting for another).
     pub fn logged(&self, needle: &str) -> Option<&str> {
