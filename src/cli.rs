@@ -1,7 +1,6 @@
 //! Command-line interface: `warden serve`, `warden model fetch`, `warden tune`,
 //! `warden policy ...`, `warden audit verify` and `warden report`.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -12,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, DeviceSpec};
 use crate::cost::report::{self, GroupBy, Window};
 use crate::model::{ensure_available, FetchOptions, ModelRef};
+use crate::telemetry::{Telemetry, TelemetryConfig};
 
 const DEFAULT_CONFIG: &str = "routing/warden.yaml";
 
@@ -134,19 +134,13 @@ enum ModelCommand {
     },
 }
 
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal: in a file or a log collector the escape
-    // codes would split every `key=value`.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // `serve` logs (and traces) as its configuration says, once it has read it; every
+    // other command logs to stderr from the start.
+    let _telemetry = match &cli.command {
+        Command::Serve { .. } => None,
+        _ => Some(Telemetry::start(&TelemetryConfig::default())?),
+    };
     match cli.command {
         Command::Serve {
             config,
@@ -154,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             device,
         } => {
             let file = Config::load(&config)?;
+            let _telemetry = Telemetry::start(&file.telemetry)
+                .with_context(|| format!("{}: `telemetry`", config.display()))?;
             let mut config = file.clone();
             if let Some(listen) = listen {
                 config.server.listen = listen;

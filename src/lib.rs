@@ -23,6 +23,7 @@ pub mod route;
 pub mod runs;
 pub mod schema;
 pub mod server;
+pub mod telemetry;
 pub mod tune;
 
 pub use api::{build_app, AppState};

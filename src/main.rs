@@ -9,7 +9,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = warden::cli::Cli::parse();
-    warden::cli::init_logging();
     match warden::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "domain",
         &["route", "cost", "auth", "runs", "governor", "policy"],
     ),
-    ("infrastructure", &["backend", "audit"]),
+    ("infrastructure", &["backend", "audit", "telemetry"]),
     ("foundations", &["chat", "schema", "metrics", "reload"]),
 ];
 

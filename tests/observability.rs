@@ -1,23 +1,35 @@
 //! What an operator reads about one request: every line `warden serve` logs on a
 //! request's behalf (a provider's retry, its failure, the answer's end) carries the
-//! request's id, whether the answer is whole or streamed.
+//! request's id, whether the answer is whole or streamed; and with
+//! `telemetry.otlp_endpoint` set, its trace reaches an OTLP/HTTP receiver this test
+//! runs, decoded from the protobuf warden sends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
 use common::mock_upstream::{Behaviour, MockUpstream};
 use common::process::Spawned;
 use common::{user, ServerOptions, KEY_A};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
 use serde_json::json;
 
-/// Sends one request for the mock's model; returns its id (`x-request-id`).
-async fn ask(server: &Spawned, stream: bool) -> String {
+/// Sends one request for `model`; returns its id (`x-request-id`).
+async fn ask_model(server: &Spawned, model: &str, stream: bool) -> String {
     let response = reqwest::Client::new()
         .post(server.url("/v1/chat/completions"))
         .bearer_auth(KEY_A)
-        .json(&json!({"model": "mock-large", "messages": user("Hi"), "stream": stream}))
+        .json(&json!({"model": model, "messages": user("Hi"), "stream": stream, "max_tokens": 4}))
         .send()
         .await
         .unwrap();
@@ -30,18 +42,27 @@ async fn ask(server: &Spawned, stream: bool) -> String {
     id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_line_a_request_logs_carries_its_id_whole_and_streamed() {
-    let mock = MockUpstream::start().await;
-    let options = ServerOptions {
+/// Sends one request for the mock's model; returns its id.
+async fn ask(server: &Spawned, stream: bool) -> String {
+    ask_model(server, "mock-large", stream).await
+}
+
+/// The configuration of a gateway whose `mock-large` is served by `mock`, retrying once.
+fn with_mock(mock: &MockUpstream, more: &str) -> ServerOptions {
+    ServerOptions {
         extra_config: format!(
             "providers:\n\
-             \x20 - {{name: mock, kind: openai, base_url: \"{}\", timeout_ms: 5000, retries: 1, backoff_base_ms: 1, backoff_max_ms: 1, models: [{{name: mock-large}}]}}\n",
+             \x20 - {{name: mock, kind: openai, base_url: \"{}\", timeout_ms: 5000, retries: 1, backoff_base_ms: 1, backoff_max_ms: 1, models: [{{name: mock-large}}]}}\n{more}",
             mock.base
         ),
         ..ServerOptions::default()
-    };
-    let (_dir, path) = common::config_file(&options);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_a_request_logs_carries_its_id_whole_and_streamed() {
+    let mock = MockUpstream::start().await;
+    let (_dir, path) = common::config_file(&with_mock(&mock, ""));
     let mut server = Spawned::start(&path, &[]);
     assert!(server.wait_ready(Duration::from_secs(120)).await);
     // Whatever start-up logged is behind us: from here on, only the requests log.
@@ -92,5 +113,178 @@ async fn every_line_a_request_logs_carries_its_id_whole_and_streamed() {
     assert!(
         strays.is_empty(),
         "lines logged without their request's id: {strays:#?}"
+    );
+}
+
+/// An OTLP/HTTP receiver on a loopback port: every span of every export it is sent.
+struct Receiver {
+    base: String,
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        async fn traces(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> &'static str {
+            let export = ExportTraceServiceRequest::decode(body).unwrap();
+            let mut kept = spans.lock().unwrap();
+            for resource in export.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| a.value.as_ref()?.value.clone());
+                assert_eq!(service, Some(AnyValue::StringValue("warden-test".into())));
+                kept.extend(resource.scope_spans.into_iter().flat_map(|s| s.spans));
+            }
+            ""
+        }
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/v1/traces", post(traces))
+            .with_state(spans.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base, spans }
+    }
+
+    /// The spans of the trace whose root is request `id`'s span, by name; waits for
+    /// them up to `limit` (export runs in batches).
+    async fn trace_of(
+        &self,
+        id: &str,
+        wanted: &[&str],
+        limit: Duration,
+    ) -> BTreeMap<String, Vec<Span>> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let found = self.collect(id);
+            let complete = wanted.iter().all(|name| found.contains_key(*name));
+            if complete || std::time::Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn collect(&self, id: &str) -> BTreeMap<String, Vec<Span>> {
+        let spans = self.spans.lock().unwrap();
+        let Some(root) = spans.iter().find(|span| {
+            span.name == "request" && attribute(span, "request_id").as_deref() == Some(id)
+        }) else {
+            return BTreeMap::new();
+        };
+        let mut trace: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+        for span in spans.iter().filter(|span| span.trace_id == root.trace_id) {
+            trace
+                .entry(span.name.clone())
+                .or_default()
+                .push(span.clone());
+        }
+        trace
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    let value = span
+        .attributes
+        .iter()
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?;
+    match value.value.as_ref()? {
+        AnyValue::StringValue(text) => Some(text.clone()),
+        AnyValue::IntValue(number) => Some(number.to_string()),
+        AnyValue::DoubleValue(number) => Some(number.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_s_trace_reaches_an_otlp_receiver_with_a_span_per_step() {
+    let receiver = Receiver::start().await;
+    let mock = MockUpstream::start().await;
+    let telemetry = format!(
+        "telemetry: {{otlp_endpoint: \"{}\", service_name: warden-test}}\n",
+        receiver.base
+    );
+    let (_dir, path) = common::config_file(&with_mock(&mock, &telemetry));
+    let server = Spawned::start(&path, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    assert!(server.wait_ready(Duration::from_secs(120)).await);
+
+    // A provider that fails once, then answers.
+    mock.script([Behaviour::fail(500), Behaviour::answer("Hello.")]);
+    let external = ask(&server, false).await;
+    let wanted = [
+        "request",
+        "queue_wait",
+        "provider_attempt",
+        "policy",
+        "audit_commit",
+    ];
+    let trace = receiver
+        .trace_of(&external, &wanted, Duration::from_secs(20))
+        .await;
+    for name in wanted {
+        assert!(
+            trace.contains_key(name),
+            "no `{name}` span: {:?}",
+            trace.keys()
+        );
+    }
+    let root = &trace["request"][0];
+    assert_eq!(attribute(root, "agent").as_deref(), Some("agent-a"));
+    assert_eq!(attribute(root, "tenant").as_deref(), Some("acme"));
+    assert_eq!(attribute(root, "route").as_deref(), Some("external"));
+    assert_eq!(attribute(root, "backend").as_deref(), Some("mock"));
+    assert_eq!(attribute(root, "status").as_deref(), Some("completed"));
+    // Every other span hangs off the request's.
+    for (name, spans) in &trace {
+        for span in spans {
+            if name != "request" {
+                assert_eq!(span.parent_span_id, root.span_id, "`{name}`'s parent");
+            }
+        }
+    }
+    let attempt = &trace["provider_attempt"][0];
+    assert_eq!(attribute(attempt, "provider").as_deref(), Some("mock"));
+    assert_eq!(attribute(attempt, "model").as_deref(), Some("mock-large"));
+
+    // The local model: its generation, split into prefill and decode.
+    let local = ask_model(&server, "smollm2-135m-instruct", true).await;
+    let wanted = [
+        "request",
+        "local_generation",
+        "local_prefill",
+        "local_decode",
+        "policy",
+        "audit_commit",
+    ];
+    let trace = receiver
+        .trace_of(&local, &wanted, Duration::from_secs(20))
+        .await;
+    for name in wanted {
+        assert!(
+            trace.contains_key(name),
+            "no `{name}` span: {:?}",
+            trace.keys()
+        );
+    }
+    let generation = &trace["local_generation"][0];
+    assert_eq!(generation.parent_span_id, trace["request"][0].span_id);
+    for phase in ["local_prefill", "local_decode"] {
+        assert_eq!(
+            trace[phase][0].parent_span_id, generation.span_id,
+            "{phase}"
+        );
+    }
+    assert!(
+        trace["local_prefill"][0].end_time_unix_nano
+            <= trace["local_decode"][0].start_time_unix_nano
+    );
+    assert!(
+        attribute(generation, "decode_ms").is_some(),
+        "{generation:?}"
     );
 }

@@ -26,6 +26,7 @@ use crate::route::config::validate_routing;
 pub use crate::route::config::{RoutingConfig, Thresholds};
 use crate::route::TableSource;
 use crate::runs::RunsConfig;
+use crate::telemetry::{TelemetryConfig, TelemetryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -83,6 +84,7 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub routing: RoutingConfig,
     pub policy: PolicyConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +184,7 @@ impl Config {
             ("runs", self.runs != reloaded.runs),
             ("governor", self.governor != reloaded.governor),
             ("policy", self.policy != reloaded.policy),
+            ("telemetry", self.telemetry != reloaded.telemetry),
         ];
         local
             .into_iter()
@@ -346,7 +349,21 @@ fn validate(mut raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
                     .unwrap_or(raw::DEFAULT_APPROVALS_FILE),
             ),
         },
+        telemetry: validate_telemetry(raw.telemetry)?,
     })
+}
+
+fn validate_telemetry(telemetry: TelemetryConfig) -> Result<TelemetryConfig, Invalid> {
+    match telemetry.validate() {
+        Ok(_) => Ok(telemetry),
+        Err(error) => {
+            let key = match error {
+                TelemetryError::ServiceName => "telemetry.service_name",
+                _ => "telemetry.otlp_endpoint",
+            };
+            Err((key.to_string(), error.to_string()))
+        }
+    }
 }
 
 fn address(key: &str, text: &str) -> Result<SocketAddr, Invalid> {

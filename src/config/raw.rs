@@ -95,6 +95,8 @@ pub struct RawConfig {
     pub routing: RawRouting,
     #[serde(default)]
     pub policy: RawPolicySettings,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 use futures::{stream, FutureExt, StreamExt};
 use rust_decimal::prelude::ToPrimitive;
+use tracing::Instrument;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -325,7 +326,8 @@ impl Docket {
     ) -> Result<Receipt, GatewayError> {
         self.open = false;
         let entry = record.entry()?;
-        Ok(self.books.audit.append(entry).await?)
+        let commit = tracing::info_span!("audit_commit", status = record.status.as_str());
+        Ok(self.books.audit.append(entry).instrument(commit).await?)
     }
 
     fn record<R>(

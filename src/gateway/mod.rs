@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
@@ -292,7 +293,7 @@ impl Gateway {
         }
         let mut escort = Escort { screen, permit };
         let started = Instant::now();
-        let local_events = match self.local.generate(request.clone()).await {
+        let local_events = match self.generate_locally(request.clone()).await {
             Ok(events) => events,
             Err(error) => {
                 if !self.hand_over_from_local(&error, started, &chain, &mut trail) {
@@ -440,7 +441,7 @@ impl Gateway {
         if self.local.models().contains(&request.model) {
             let permit = self.admit(&context, self.local.name()).await?;
             let escort = Escort { screen, permit };
-            let events = self.local.generate(request).await?;
+            let events = self.generate_locally(request).await?;
             let route = trail.header(self.local.name(), &self.local_model(), None);
             return Ok(self.respond(self.local_model(), route, events, context, trail, escort));
         }
@@ -496,7 +497,8 @@ impl Gateway {
     /// Takes a governor permit for a request that starts on `backend`, waiting in the
     /// priority queue if need be.
     async fn admit(&self, context: &RequestContext, backend: &str) -> Result<Permit, GatewayError> {
-        Ok(self.governor.admit(admission(context, backend)).await?)
+        let admitted = self.governor.admit(admission(context, backend));
+        Ok(admitted.instrument(queue_wait(backend)).await?)
     }
 
     /// A permit for the local engine; or, for a request the queue holds past
@@ -517,9 +519,14 @@ impl Gateway {
                     after,
                     backend: &target.provider.config().name,
                 };
-                Ok(self.governor.admit_or_move(local, fallback).await?)
+                let admitted = self.governor.admit_or_move(local, fallback);
+                Ok(admitted.instrument(queue_wait(self.local.name())).await?)
             }
-            _ => Ok(self.governor.admit(local).await?),
+            _ => Ok(self
+                .governor
+                .admit(local)
+                .instrument(queue_wait(self.local.name()))
+                .await?),
         }
     }
 
@@ -542,11 +549,24 @@ impl Gateway {
             permit.move_to(&provider_name)?;
             let mut attempt = request.clone();
             attempt.model = target.model.clone();
-            let outcome = match target.provider.generate(attempt).await {
-                Ok(events) if stream => Ok(events),
-                Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
-                Err(error) => Err(error),
-            };
+            let span = tracing::info_span!(
+                "provider_attempt",
+                provider = %provider_name,
+                model = %target.model,
+                failed = tracing::field::Empty,
+            );
+            let outcome = async {
+                match target.provider.generate(attempt).await {
+                    Ok(events) if stream => Ok(events),
+                    Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
+                    Err(error) => Err(error),
+                }
+            }
+            .instrument(span.clone())
+            .await;
+            if let Err(error) = &outcome {
+                span.record("failed", tracing::field::display(error));
+            }
             match outcome {
                 Ok(events) => {
                     if trail
@@ -673,6 +693,45 @@ impl Gateway {
         }
     }
 
+    /// Starts a local generation inside a span that lasts while its events are read:
+    /// `local_prefill` until the first token, `local_decode` from there to the end, and
+    /// the engine's own timings on `local_generation` once it finishes.
+    async fn generate_locally(&self, request: ChatRequest) -> Result<EventStream, BackendError> {
+        let span = tracing::info_span!(
+            "local_generation",
+            model = %self.local_model(),
+            queue_ms = tracing::field::Empty,
+            prefill_ms = tracing::field::Empty,
+            decode_ms = tracing::field::Empty,
+            completion_tokens = tracing::field::Empty,
+        );
+        // The phase under way; a span ends when it is dropped.
+        let mut phase = Some(tracing::info_span!(parent: &span, "local_prefill"));
+        let mut decoding = false;
+        let events = self
+            .local
+            .generate(request)
+            .instrument(span.clone())
+            .await?;
+        Ok(Box::pin(events.inspect(move |event| match event {
+            Ok(StreamEvent::Content { .. }) if !decoding => {
+                decoding = true;
+                // Prefill ends before decode starts.
+                drop(phase.take());
+                phase = Some(tracing::info_span!(parent: &span, "local_decode"));
+            }
+            Ok(StreamEvent::Finished(summary)) => {
+                drop(phase.take());
+                let timings = &summary.timings;
+                span.record("queue_ms", timings.queue_ms);
+                span.record("prefill_ms", timings.prefill_ms);
+                span.record("decode_ms", timings.decode_ms);
+                span.record("completion_tokens", summary.usage.completion_tokens);
+            }
+            _ => {}
+        })))
+    }
+
     fn local_model(&self) -> String {
         self.local.models().into_iter().next().unwrap_or_default()
     }
@@ -705,6 +764,11 @@ impl From<BackendError> for Unanswered {
 struct Escort {
     screen: Screen,
     permit: Permit,
+}
+
+/// The span of a wait in the governor's queue for `backend`.
+fn queue_wait(backend: &str) -> tracing::Span {
+    tracing::info_span!("queue_wait", backend)
 }
 
 /// What `context` asks of the governor to run on `backend`.

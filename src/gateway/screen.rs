@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
+use tracing::Instrument;
 
 use super::RequestContext;
 use crate::backend::EventStream;
@@ -144,7 +145,12 @@ impl Screen {
                         }
                         Some(Ok(StreamEvent::Finished(summary))) => {
                             done = true;
-                            match screen.finish(*summary).await {
+                            let span = tracing::info_span!(
+                                "policy",
+                                tool_calls =
+                                    summary.tool_calls.len() + summary.malformed_tool_calls.len(),
+                            );
+                            match screen.finish(*summary).instrument(span).await {
                                 Ok(events) => queue.extend(events.into_iter().map(Ok)),
                                 Err(error) => queue.push_back(Err(error)),
                             }
