@@ -142,6 +142,10 @@ impl From<BackendError> for GatewayError {
                 message: error.to_string(),
                 retry_after,
             },
+            BackendError::ProviderSaturated { .. } => GatewayError::Unavailable {
+                message: format!("{error}; retry later"),
+                retry_after: Some(Duration::from_secs(1)),
+            },
             BackendError::CircuitOpen { retry_in, .. } => GatewayError::Unavailable {
                 message: error.to_string(),
                 retry_after: Some(retry_in.max(Duration::from_secs(1))),

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub routes: IntCounterVec,
     /// Local answers sent out, by what was wrong with them.
     pub escalations: IntCounterVec,
+    /// Providers passed over because every one of their slots was busy.
+    pub providers_saturated: IntCounterVec,
     pub policy: PolicyCounters,
     pub governor: GovernorMetrics,
     pub requests: RequestMetrics,
@@ -212,6 +214,14 @@ impl Metrics {
         registry.register(Box::new(http_latency.clone()))?;
         registry.register(Box::new(routes.clone()))?;
         registry.register(Box::new(escalations.clone()))?;
+        let providers_saturated = IntCounterVec::new(
+            Opts::new(
+                "provider_saturated_total",
+                "Attempts that found a provider's max_concurrency slots all busy and failed over at once, by provider",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(providers_saturated.clone()))?;
         let governor = GovernorMetrics::register(&registry)?;
         registry.register(Box::new(policy.decisions.clone()))?;
         registry.register(Box::new(policy.findings.clone()))?;
@@ -224,6 +234,7 @@ impl Metrics {
             http_latency,
             routes,
             escalations,
+            providers_saturated,
             governor,
             policy,
         })

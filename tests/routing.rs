@@ -292,7 +292,7 @@ async fn a_provider_error_then_success_is_retried() {
             "openai",
             &mock.base,
             "mock-large",
-            &[("retries", "2")],
+            &[("retries", "2"), ("backoff_base_ms", "200")],
         )],
         "  escalation_models: [mock-large]\n",
     )
@@ -304,7 +304,14 @@ async fn a_provider_error_then_success_is_retried() {
     assert_eq!(content(&body), "Hello from upstream.");
     assert_eq!(body["warden"]["route"], "external");
     assert_eq!(reasons(&body), vec!["named_model"]);
-    assert_eq!(mock.received().len(), 2);
+    let sent = mock.received();
+    assert_eq!(sent.len(), 2);
+    // The retry waited its backoff: at least half of `backoff_base_ms`.
+    let waited = sent[1].at - sent[0].at;
+    assert!(
+        waited >= Duration::from_millis(100),
+        "retried after {waited:?}"
+    );
 
     // A client error is not retried: the request would fail the same way again.
     mock.script([Behaviour::fail(400)]);
@@ -473,6 +480,63 @@ async fn an_upstream_that_does_not_answer_in_time_is_failed_over() {
     assert_eq!(content(&body), "Hello from upstream.");
     let error = body["warden"]["attempts"][0]["error"].as_str().unwrap();
     assert!(error.contains("no response within"), "{error}");
+}
+
+#[tokio::test]
+async fn a_provider_with_every_slot_busy_is_failed_over_at_once() {
+    let busy = MockUpstream::start().await;
+    let spare = MockUpstream::start().await;
+    busy.always(Behaviour::Delay(
+        Duration::from_secs(2),
+        Box::new(Behaviour::answer("Slow but sure.")),
+    ));
+    let server = server_with(
+        &[
+            provider(
+                "busy",
+                "openai",
+                &busy.base,
+                "large",
+                &[("max_concurrency", "1"), ("timeout_ms", "5000")],
+            ),
+            provider("spare", "openai", &spare.base, "large", &[]),
+        ],
+        "",
+    )
+    .await;
+    let request = json!({"model": "large", "messages": user("Hi")});
+    // The first request takes `busy`'s only slot for two seconds.
+    let first = server.chat(request.clone());
+    let second = async {
+        // Let the first one reach the provider.
+        while busy.received().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = std::time::Instant::now();
+        let answered = server.chat(request.clone()).await;
+        (answered, started.elapsed())
+    };
+    let ((status, body), ((second_status, second_body), waited)) = tokio::join!(first, second);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content(&body), "Slow but sure.");
+    // The second did not wait for the slot: it went on to `spare` at once.
+    assert_eq!(second_status, 200, "{second_body}");
+    assert_eq!(content(&second_body), "Hello from upstream.");
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    assert_eq!(
+        attempts(&second_body),
+        [
+            ("busy".to_string(), "skipped".to_string()),
+            ("spare".to_string(), "served".to_string())
+        ]
+    );
+    assert!(reasons(&second_body).contains(&"provider_saturated".to_string()));
+    assert_eq!(busy.received().len(), 1);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("warden_provider_saturated_total{provider=\"busy\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

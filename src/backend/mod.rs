@@ -31,6 +31,10 @@ pub enum BackendError {
     DeadlineExceeded { limit: Duration },
     #[error("all {slots} engine slots stayed busy for {waited:?}")]
     Saturated { slots: usize, waited: Duration },
+    /// A provider's `max_concurrency` calls are all in flight: the request goes on to
+    /// the next provider at once rather than wait for this one.
+    #[error("{provider}: all {slots} of its slots (`max_concurrency`) are busy")]
+    ProviderSaturated { provider: String, slots: usize },
     #[error("{provider}: {message}")]
     Upstream {
         provider: String,

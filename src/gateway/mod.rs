@@ -580,6 +580,13 @@ impl Gateway {
                 }
                 Err(error) => {
                     tracing::warn!(provider = %provider_name, %error, "provider failed");
+                    if matches!(error, BackendError::ProviderSaturated { .. }) {
+                        trail.reason(Reason::ProviderSaturated);
+                        self.metrics
+                            .providers_saturated
+                            .with_label_values(&[provider_name.as_str()])
+                            .inc();
+                    }
                     only_refusals &= matches!(
                         error,
                         BackendError::Upstream {

@@ -84,7 +84,9 @@ impl Trail {
     /// A backend that could not answer.
     pub fn failed(&mut self, backend: &str, model: &str, error: &BackendError, latency_ms: f64) {
         let outcome = match error {
-            BackendError::CircuitOpen { .. } => Outcome::Skipped,
+            BackendError::CircuitOpen { .. } | BackendError::ProviderSaturated { .. } => {
+                Outcome::Skipped
+            }
             _ => Outcome::Failed,
         };
         self.attempts.push(Attempt {

@@ -54,6 +54,8 @@ pub enum Reason {
     InvalidToolArguments,
     /// A provider failed and the next in the chain answered.
     ProviderFailover,
+    /// A provider had every slot busy; the request moved on without waiting.
+    ProviderSaturated,
     /// Escalation was wanted, every provider failed, the local answer was served.
     FallbackLocal,
     /// No escalation target is configured, so local answers are served unchecked.
@@ -77,6 +79,7 @@ impl Reason {
             Reason::MalformedToolCall => "malformed_tool_call",
             Reason::InvalidToolArguments => "invalid_tool_arguments",
             Reason::ProviderFailover => "provider_failover",
+            Reason::ProviderSaturated => "provider_saturated",
             Reason::FallbackLocal => "fallback_local",
             Reason::NoEscalationTarget => "no_escalation_target",
             Reason::GenerationDeadline => "generation_deadline",

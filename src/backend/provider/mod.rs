@@ -199,6 +199,15 @@ impl Backend for Provider {
         let provider = self.config.name.clone();
         let mut attempt = 0;
         loop {
+            // A full provider is a reason to fail over, not to wait: the chain's next
+            // target may answer now. The slot first, so a half-open breaker's probe is
+            // never spent on a call that is not made.
+            let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+                BackendError::ProviderSaturated {
+                    provider: provider.clone(),
+                    slots: self.config.max_concurrency,
+                }
+            })?;
             let permit =
                 self.breaker
                     .try_acquire()
@@ -206,18 +215,6 @@ impl Backend for Provider {
                         provider: provider.clone(),
                         retry_in: rejected.retry_in,
                     })?;
-            let slot =
-                match tokio::time::timeout(self.config.timeout, self.slots.clone().acquire_owned())
-                    .await
-                {
-                    Ok(Ok(slot)) => slot,
-                    _ => {
-                        return Err(BackendError::Saturated {
-                            slots: self.config.max_concurrency,
-                            waited: self.config.timeout,
-                        })
-                    }
-                };
             let queue_ms = ms_since(started);
             match self.send(&request, &upstream_model).await {
                 Ok(response) => {

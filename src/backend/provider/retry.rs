@@ -1,6 +1,6 @@
 //! When and how long to wait before trying a provider again: only failures that may
-//! pass (connect errors, timeouts, 429, 5xx), with exponential backoff and full jitter,
-//! and never sooner than the provider's `Retry-After`.
+//! pass (connect errors, timeouts, 429, 5xx), with exponential backoff and jitter, and
+//! never sooner than the provider's `Retry-After`.
 
 use std::time::Duration;
 
@@ -40,15 +40,17 @@ impl Backoff {
         }
     }
 
-    /// Full jitter: anywhere between zero and the exponential ceiling, so clients that
-    /// failed together do not come back together.
+    /// Half the exponential ceiling, plus up to the other half at random: clients that
+    /// failed together do not come back together, and none comes back at once to a
+    /// provider that has just failed (full jitter can draw zero).
     fn jittered(&self, attempt: u32) -> Duration {
         let ceiling = self
             .base
             .saturating_mul(2u32.saturating_pow(attempt.min(16)))
             .min(self.max);
         let millis = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(0..=millis))
+        let floor = millis / 2;
+        Duration::from_millis(rand::rng().random_range(floor..=millis))
     }
 }
 
@@ -73,14 +75,15 @@ mod tests {
     };
 
     #[test]
-    fn jitter_stays_under_the_exponential_ceiling() {
+    fn jitter_stays_between_half_the_exponential_ceiling_and_the_ceiling() {
         for attempt in 0..8 {
             let ceiling =
                 (Duration::from_millis(100) * 2u32.pow(attempt)).min(Duration::from_secs(2));
             for _ in 0..50 {
                 match BACKOFF.decide(attempt, true, true, None) {
                     RetryDecision::RetryAfter(wait) => {
-                        assert!(wait <= ceiling, "{wait:?} > {ceiling:?}")
+                        assert!(wait <= ceiling, "{wait:?} > {ceiling:?}");
+                        assert!(wait >= ceiling / 2, "{wait:?} < half of {ceiling:?}");
                     }
                     RetryDecision::GiveUp => panic!("should retry"),
                 }
