@@ -14,7 +14,7 @@ use crate::backend::local::template::{ChatTemplate, TemplateKind};
 use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
-use crate::gateway::{Bookkeeper, Gateway};
+use crate::gateway::{Gateway, Recorder};
 use crate::governor::{Governor, GovernorSettings};
 use crate::metrics::Metrics;
 use crate::model::{ensure_available, FetchOptions, ModelRef};
@@ -101,7 +101,7 @@ pub fn build_state(
         .restore_from_log(audit.dir())
         .context("rebuilding runs from the audit log")?;
     tracing::debug!(records = restored, "runs rebuilt from the audit log");
-    let books = Bookkeeper::new(
+    let recorder = Recorder::new(
         audit,
         runs,
         metrics.requests.clone(),
@@ -124,7 +124,7 @@ pub fn build_state(
             routing,
             metrics.clone(),
             policy.clone(),
-            books,
+            recorder,
             governor.clone(),
         )),
         governor,

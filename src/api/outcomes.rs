@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{Caller, OpenAiJson};
 use super::AppState;
-use crate::cost::outcome::{Outcome, OutcomeStatus};
+use crate::cost::outcome::{BusinessOutcome, OutcomeStatus};
 use crate::error::GatewayError;
 
 #[derive(Debug, Deserialize)]
@@ -37,7 +37,7 @@ pub async fn record_outcome(
         Some(Value::String(text)) => Some(decimal(&text)?),
         Some(_) => return Err(invalid_value().into()),
     };
-    let outcome = Outcome::new(&principal, wire.run_id, wire.outcome, wire.status, value)
+    let outcome = BusinessOutcome::new(&principal, wire.run_id, wire.outcome, wire.status, value)
         .map_err(GatewayError::from)?;
     let receipt = state.gateway.record_outcome(&outcome).await?;
     let run = state.gateway.runs().usage(&outcome.tenant, &outcome.run_id);

@@ -28,7 +28,7 @@ pub enum OutcomeStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
+pub struct BusinessOutcome {
     pub run_id: String,
     /// What the run was for, e.g. `ticket_closed`: the group of a per-outcome report.
     pub outcome: String,
@@ -40,7 +40,7 @@ pub struct Outcome {
     pub tenant: String,
 }
 
-impl Outcome {
+impl BusinessOutcome {
     pub fn new(
         principal: &Principal,
         run_id: String,
@@ -90,7 +90,7 @@ mod tests {
             autonomy: Default::default(),
         };
         let make = |run: &str, outcome: &str| {
-            Outcome::new(
+            BusinessOutcome::new(
                 &principal,
                 run.into(),
                 outcome.into(),
@@ -103,7 +103,7 @@ mod tests {
             (outcome.agent.as_str(), outcome.tenant.as_str()),
             ("a", "t")
         );
-        let field = |result: Result<Outcome, InvalidOutcome>| result.unwrap_err().field;
+        let field = |result: Result<BusinessOutcome, InvalidOutcome>| result.unwrap_err().field;
         assert_eq!(field(make(" ", "x")), "run_id");
         assert_eq!(field(make("r", "a\nb")), "outcome");
         assert_eq!(field(make("r", &"x".repeat(129))), "outcome");

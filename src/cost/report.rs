@@ -21,7 +21,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::outcome::{Outcome, OutcomeStatus, OUTCOME_KIND};
+use super::outcome::{BusinessOutcome, OutcomeStatus, OUTCOME_KIND};
 use crate::audit::query::{self, Filter};
 use crate::audit::record::{decimal_field, REQUEST_KIND};
 use crate::audit::{AuditError, RequestRecord, RequestStatus};
@@ -171,7 +171,7 @@ impl Served {
 }
 
 /// Outcomes by run (tenant and run id), the latest winning.
-type Outcomes = HashMap<(String, String), Outcome>;
+type Outcomes = HashMap<(String, String), BusinessOutcome>;
 
 /// Reads the log under `dir` and reports on `window`, grouped by `group_by`.
 pub fn from_log(dir: &Path, group_by: GroupBy, window: Window) -> Result<CostReport, AuditError> {
@@ -185,7 +185,7 @@ pub fn from_log(dir: &Path, group_by: GroupBy, window: Window) -> Result<CostRep
     query::for_each(dir, &filter, |record| {
         match read(&record, &window) {
             Ok(Some(Read::Request(request))) => served.push(Served::from_record(&request)),
-            Ok(Some(Read::Outcome(outcome))) => {
+            Ok(Some(Read::BusinessOutcome(outcome))) => {
                 outcomes.insert((outcome.tenant.clone(), outcome.run_id.clone()), outcome);
             }
             Ok(None) => {}
@@ -204,7 +204,7 @@ pub fn from_log(dir: &Path, group_by: GroupBy, window: Window) -> Result<CostRep
 
 enum Read {
     Request(Box<RequestRecord>),
-    Outcome(Outcome),
+    BusinessOutcome(BusinessOutcome),
 }
 
 fn read(record: &Value, window: &Window) -> Result<Option<Read>, AuditError> {
@@ -225,7 +225,7 @@ fn read(record: &Value, window: &Window) -> Result<Option<Read>, AuditError> {
             let request = serde_json::from_value(record.clone()).map_err(unreadable)?;
             Ok(Some(Read::Request(Box::new(request))))
         }
-        Some(OUTCOME_KIND) => Ok(Some(Read::Outcome(
+        Some(OUTCOME_KIND) => Ok(Some(Read::BusinessOutcome(
             serde_json::from_value(record.clone()).map_err(unreadable)?,
         ))),
         _ => Ok(None),
@@ -434,8 +434,8 @@ mod tests {
         }
     }
 
-    fn outcome(agent: &str, run: &str, name: &str, status: OutcomeStatus) -> Outcome {
-        Outcome {
+    fn outcome(agent: &str, run: &str, name: &str, status: OutcomeStatus) -> BusinessOutcome {
+        BusinessOutcome {
             run_id: run.into(),
             outcome: name.into(),
             status,

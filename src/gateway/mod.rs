@@ -12,11 +12,11 @@
 //! alone: a saturated provider is a failover signal for the chain, and queueing for it
 //! in the governor as well would make a request wait twice.
 
-mod docket;
+mod history;
 pub mod operator;
+mod record;
 mod report;
 mod screen;
-mod trail;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -35,7 +35,7 @@ use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{
     ChatRequest, Collected, FinishReason, GenerationEvent, GenerationSummary, StreamEvent,
 };
-use crate::cost::outcome::Outcome as BusinessOutcome;
+use crate::cost::outcome::BusinessOutcome;
 use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
 use crate::metrics::{Metrics, PANIC_IN_HANDLER};
@@ -44,12 +44,12 @@ use crate::route::{
     assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
 };
 use crate::runs::RunTracker;
+use history::RouteHistory;
 use screen::{RunCheck, Screen, Screened};
-use trail::Trail;
 
-pub use docket::Bookkeeper;
+pub use history::{Attempt, AttemptOutcome};
+pub use record::Recorder;
 pub use report::{ReportTimings, WardenReport};
-pub use trail::{Attempt, Outcome};
 
 /// The model name that lets warden choose where a request runs.
 pub const AUTO_MODEL: &str = "auto";
@@ -60,7 +60,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     governor: Governor,
     policy: Arc<PolicyEngine>,
-    books: Arc<Bookkeeper>,
+    recorder: Arc<Recorder>,
 }
 
 /// One request as it travels: who sent it, when, under which id, and what the client
@@ -151,7 +151,7 @@ impl Gateway {
         routing: Arc<RoutingState>,
         metrics: Arc<Metrics>,
         policy: Arc<PolicyEngine>,
-        books: Bookkeeper,
+        recorder: Recorder,
         governor: Governor,
     ) -> Self {
         Self {
@@ -160,25 +160,25 @@ impl Gateway {
             metrics,
             governor,
             policy,
-            books: Arc::new(books),
+            recorder: Arc::new(recorder),
         }
     }
 
     pub fn audit(&self) -> &AuditLog {
-        self.books.audit()
+        self.recorder.audit()
     }
 
     pub fn runs(&self) -> &RunTracker {
-        self.books.runs()
+        self.recorder.runs()
     }
 
     /// Attaches a business outcome to a run; returns once it is recorded.
     pub async fn record_outcome(&self, outcome: &BusinessOutcome) -> Result<Receipt, GatewayError> {
-        self.books.record_outcome(outcome).await
+        self.recorder.record_outcome(outcome).await
     }
 
     /// Records a request refused before the gateway could take it (see
-    /// `Bookkeeper::record_unread`).
+    /// `Recorder::record_unread`).
     pub async fn record_unread(
         &self,
         context: &RequestContext,
@@ -186,7 +186,9 @@ impl Gateway {
         kind: &str,
         message: &str,
     ) {
-        self.books.record_unread(context, body, kind, message).await;
+        self.recorder
+            .record_unread(context, body, kind, message)
+            .await;
     }
 
     pub fn routing(&self) -> &Arc<RoutingState> {
@@ -229,10 +231,10 @@ impl Gateway {
         request: ChatRequest,
         stream: bool,
     ) -> Result<Started, GatewayError> {
-        let mut docket = self.books.open(&context, &request);
-        let run = match docket.admit() {
+        let mut pending = self.recorder.open(&context, &request);
+        let run = match pending.admit() {
             Ok(run) => run,
-            Err(error) => return Err(docket.refuse(error.into()).await),
+            Err(error) => return Err(pending.refuse(error.into()).await),
         };
         // A panic on the way to an answer (there should be none) is still a request
         // that ended: answered 500 and recorded as such.
@@ -240,12 +242,12 @@ impl Gateway {
             .catch_unwind()
             .await;
         match routed {
-            Ok(Ok(started)) => Ok(docket.follow(started)),
-            Ok(Err(unanswered)) => Err(docket.refuse(unanswered).await),
+            Ok(Ok(started)) => Ok(pending.follow(started)),
+            Ok(Err(unanswered)) => Err(pending.refuse(unanswered).await),
             Err(panic) => {
                 self.metrics.requests.count_panic(PANIC_IN_HANDLER);
                 let error = GatewayError::Panicked(panic_message(panic.as_ref()));
-                Err(docket.refuse(error.into()).await)
+                Err(pending.refuse(error.into()).await)
             }
         }
     }
@@ -261,61 +263,61 @@ impl Gateway {
         // The policy is fixed for the whole request: its risk signals route it, and
         // whichever answer is finally chosen passes the same snapshot.
         let policy = self.policy.current();
-        let mut trail = Trail::new(table.clone(), Route::Local);
-        trail.risk = assess_risk(&request, &context.metadata.labels, &table.routing, &policy);
+        let mut history = RouteHistory::new(table.clone(), Route::Local);
+        history.risk = assess_risk(&request, &context.metadata.labels, &table.routing, &policy);
         let screen = Screen::new(self.policy.clone(), policy, &request, &context, run);
         if request.model != AUTO_MODEL {
             return self
-                .start_named(context, request, stream, trail, screen)
+                .start_named(context, request, stream, history, screen)
                 .await;
         }
         let thresholds = table.routing.thresholds_for(&context.principal.agent_id);
         let chain = table.escalation_chain();
-        if trail.risk.score > thresholds.local_risk_ceiling {
-            trail.route = Route::External;
-            trail.reason(Reason::RiskAboveCeiling);
+        if history.risk.score > thresholds.local_risk_ceiling {
+            history.route = Route::External;
+            history.reason(Reason::RiskAboveCeiling);
             let permit = self.admit_external(&context, &chain).await?;
-            let escort = Escort { screen, permit };
+            let guards = ResponseGuards { screen, permit };
             return self
-                .start_external(context, request, stream, chain, trail, escort)
+                .start_external(context, request, stream, chain, history, guards)
                 .await;
         }
-        trail.reason(Reason::LocalFirst);
+        history.reason(Reason::LocalFirst);
 
         let permit = self.admit_local_first(&context, &table, &chain).await?;
         if permit.moved() {
-            trail.route = Route::External;
-            trail.reason(Reason::LocalSaturated);
-            let escort = Escort { screen, permit };
+            history.route = Route::External;
+            history.reason(Reason::LocalSaturated);
+            let guards = ResponseGuards { screen, permit };
             return self
-                .start_external(context, request, stream, chain, trail, escort)
+                .start_external(context, request, stream, chain, history, guards)
                 .await;
         }
-        let mut escort = Escort { screen, permit };
+        let mut guards = ResponseGuards { screen, permit };
         let started = Instant::now();
         let local_events = match self.generate_locally(request.clone()).await {
             Ok(events) => events,
             Err(error) => {
-                if !self.hand_over_from_local(&error, started, &chain, &mut trail) {
+                if !self.hand_over_from_local(&error, started, &chain, &mut history) {
                     return Err(error.into());
                 }
                 return self
-                    .start_external(context, request, stream, chain, trail, escort)
+                    .start_external(context, request, stream, chain, history, guards)
                     .await;
             }
         };
         if chain.is_empty() || (stream && !table.routing.verify_before_stream) {
             if chain.is_empty() {
-                trail.reason(Reason::NoEscalationTarget);
+                history.reason(Reason::NoEscalationTarget);
             }
-            let route = trail.header(self.local.name(), &self.local_model(), None);
+            let route = history.header(self.local.name(), &self.local_model(), None);
             return Ok(self.respond(
                 self.local_model(),
                 route,
                 local_events,
                 context,
-                trail,
-                escort,
+                history,
+                guards,
             ));
         }
 
@@ -324,17 +326,17 @@ impl Gateway {
         let local = match collect_events(local_events).await {
             Ok(local) => local,
             Err(error) => {
-                if !self.hand_over_from_local(&error, started, &chain, &mut trail) {
+                if !self.hand_over_from_local(&error, started, &chain, &mut history) {
                     return Err(error.into());
                 }
                 return self
-                    .start_external(context, request, stream, chain, trail, escort)
+                    .start_external(context, request, stream, chain, history, guards)
                     .await;
             }
         };
         let shortfalls = check_local_answer(&local.summary, request.callable_tools(), &thresholds);
         if shortfalls.is_empty() {
-            let route = trail.header(
+            let route = history.header(
                 self.local.name(),
                 &self.local_model(),
                 local.summary.confidence,
@@ -344,8 +346,8 @@ impl Gateway {
                 route,
                 local.replay(),
                 context,
-                trail,
-                escort,
+                history,
+                guards,
             ));
         }
         for shortfall in &shortfalls {
@@ -354,31 +356,31 @@ impl Gateway {
                 .with_label_values(&[shortfall.as_str()])
                 .inc();
         }
-        trail.reasons.extend(shortfalls);
-        trail.answered(&local.summary, Outcome::Rejected);
-        trail.route = Route::Escalated;
+        history.reasons.extend(shortfalls);
+        history.answered(&local.summary, AttemptOutcome::Rejected);
+        history.route = Route::Escalated;
         match self
-            .try_chain(&request, stream, &chain, &mut trail, &mut escort.permit)
+            .try_chain(&request, stream, &chain, &mut history, &mut guards.permit)
             .await
         {
             Ok((target, events)) => {
                 let route =
-                    trail.header(target.provider.config().name.as_str(), &target.model, None);
-                Ok(self.respond(target.model, route, events, context, trail, escort))
+                    history.header(target.provider.config().name.as_str(), &target.model, None);
+                Ok(self.respond(target.model, route, events, context, history, guards))
             }
             Err(_) => {
                 // The local answer was already paid for and the risk allowed it: better a
                 // flagged local answer than none.
-                let rejected = trail
+                let rejected = history
                     .attempts
                     .iter()
-                    .position(|a| a.outcome == Outcome::Rejected);
+                    .position(|a| a.outcome == AttemptOutcome::Rejected);
                 if let Some(index) = rejected {
-                    trail.attempts.remove(index);
+                    history.attempts.remove(index);
                 }
-                trail.route = Route::FallbackLocal;
-                trail.reason(Reason::FallbackLocal);
-                let route = trail.header(
+                history.route = Route::FallbackLocal;
+                history.reason(Reason::FallbackLocal);
+                let route = history.header(
                     self.local.name(),
                     &self.local_model(),
                     local.summary.confidence,
@@ -388,8 +390,8 @@ impl Gateway {
                     route,
                     local.replay(),
                     context,
-                    trail,
-                    escort,
+                    history,
+                    guards,
                 ))
             }
         }
@@ -403,7 +405,7 @@ impl Gateway {
         error: &BackendError,
         started: Instant,
         chain: &[Target],
-        trail: &mut Trail,
+        history: &mut RouteHistory,
     ) -> bool {
         let reason = match error {
             BackendError::ContextLengthExceeded { .. } => Reason::ContextOverflow,
@@ -416,14 +418,14 @@ impl Gateway {
         if chain.is_empty() {
             return false;
         }
-        trail.failed(
+        history.failed(
             self.local.name(),
             &self.local_model(),
             error,
             ms_since(started),
         );
-        trail.route = Route::External;
-        trail.reason(reason);
+        history.route = Route::External;
+        history.reason(reason);
         true
     }
 
@@ -433,26 +435,26 @@ impl Gateway {
         context: RequestContext,
         request: ChatRequest,
         stream: bool,
-        mut trail: Trail,
+        mut history: RouteHistory,
         screen: Screen,
     ) -> Result<Started<Completed>, Unanswered> {
-        let table = trail.table.clone();
-        trail.reason(Reason::NamedModel);
+        let table = history.table.clone();
+        history.reason(Reason::NamedModel);
         if self.local.models().contains(&request.model) {
             let permit = self.admit(&context, self.local.name()).await?;
-            let escort = Escort { screen, permit };
+            let guards = ResponseGuards { screen, permit };
             let events = self.generate_locally(request).await?;
-            let route = trail.header(self.local.name(), &self.local_model(), None);
-            return Ok(self.respond(self.local_model(), route, events, context, trail, escort));
+            let route = history.header(self.local.name(), &self.local_model(), None);
+            return Ok(self.respond(self.local_model(), route, events, context, history, guards));
         }
         let targets = table.targets_for(&request.model);
         if targets.is_empty() {
             return Err(GatewayError::ModelNotFound(request.model).into());
         }
-        trail.route = Route::External;
+        history.route = Route::External;
         let permit = self.admit_external(&context, &targets).await?;
-        let escort = Escort { screen, permit };
-        self.start_external(context, request, stream, targets, trail, escort)
+        let guards = ResponseGuards { screen, permit };
+        self.start_external(context, request, stream, targets, history, guards)
             .await
     }
 
@@ -462,26 +464,26 @@ impl Gateway {
         request: ChatRequest,
         stream: bool,
         targets: Vec<Target>,
-        mut trail: Trail,
-        mut escort: Escort,
+        mut history: RouteHistory,
+        mut guards: ResponseGuards,
     ) -> Result<Started<Completed>, Unanswered> {
         if targets.is_empty() {
             return Err(no_provider().into());
         }
         let (target, events) = match self
-            .try_chain(&request, stream, &targets, &mut trail, &mut escort.permit)
+            .try_chain(&request, stream, &targets, &mut history, &mut guards.permit)
             .await
         {
             Ok(found) => found,
             Err(error) => {
                 return Err(Unanswered {
                     error,
-                    attempts: trail.attempts,
+                    attempts: history.attempts,
                 })
             }
         };
-        let route = trail.header(target.provider.config().name.as_str(), &target.model, None);
-        Ok(self.respond(target.model, route, events, context, trail, escort))
+        let route = history.header(target.provider.config().name.as_str(), &target.model, None);
+        Ok(self.respond(target.model, route, events, context, history, guards))
     }
 
     /// A permit for a request that goes straight to `targets`, admitted for the first.
@@ -538,7 +540,7 @@ impl Gateway {
         request: &ChatRequest,
         stream: bool,
         targets: &[Target],
-        trail: &mut Trail,
+        history: &mut RouteHistory,
         permit: &mut Permit,
     ) -> Result<(Target, EventStream), GatewayError> {
         let mut retry_after = None;
@@ -569,19 +571,17 @@ impl Gateway {
             }
             match outcome {
                 Ok(events) => {
-                    if trail
-                        .attempts
-                        .iter()
-                        .any(|a| a.outcome == Outcome::Failed || a.outcome == Outcome::Skipped)
-                    {
-                        trail.reason(Reason::ProviderFailover);
+                    if history.attempts.iter().any(|a| {
+                        a.outcome == AttemptOutcome::Failed || a.outcome == AttemptOutcome::Skipped
+                    }) {
+                        history.reason(Reason::ProviderFailover);
                     }
                     return Ok((target.clone(), events));
                 }
                 Err(error) => {
                     tracing::warn!(provider = %provider_name, %error, "provider failed");
                     if matches!(error, BackendError::ProviderSaturated { .. }) {
-                        trail.reason(Reason::ProviderSaturated);
+                        history.reason(Reason::ProviderSaturated);
                         self.metrics
                             .providers_saturated
                             .with_label_values(&[provider_name.as_str()])
@@ -603,11 +603,11 @@ impl Gateway {
                         retry_after =
                             Some(retry_after.map_or(*wait, |known: Duration| known.min(*wait)));
                     }
-                    trail.failed(&provider_name, &target.model, &error, ms_since(started));
+                    history.failed(&provider_name, &target.model, &error, ms_since(started));
                 }
             }
         }
-        let failures: Vec<String> = trail
+        let failures: Vec<String> = history
             .attempts
             .iter()
             .filter_map(|a| {
@@ -650,13 +650,13 @@ impl Gateway {
         route: String,
         events: EventStream,
         context: RequestContext,
-        trail: Trail,
-        escort: Escort,
+        history: RouteHistory,
+        guards: ResponseGuards,
     ) -> Started<Completed> {
-        let Escort { screen, permit } = escort;
+        let ResponseGuards { screen, permit } = guards;
         let metrics = self.metrics.clone();
         let (priority, governor_wait) = (permit.priority(), permit.waited());
-        let mut trail = Some(trail);
+        let mut history = Some(history);
         let mut permit = Some(permit);
         let events = screen.apply(events).map(move |event| match event {
             Ok(StreamEvent::Content { text, logprobs }) => {
@@ -664,14 +664,14 @@ impl Gateway {
             }
             Ok(StreamEvent::Finished(screened)) => {
                 let Screened { summary, policy } = *screened;
-                let mut trail = trail
+                let mut history = history
                     .take()
                     .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
                 if summary.finish_reason == FinishReason::Deadline {
-                    trail.reason(Reason::GenerationDeadline);
+                    history.reason(Reason::GenerationDeadline);
                 }
                 let mut report =
-                    WardenReport::new(&context, &summary, trail, priority, governor_wait);
+                    WardenReport::new(&context, &summary, history, priority, governor_wait);
                 if let Some(permit) = permit.take() {
                     // Every attempt's tokens and cost count, not only the served one's.
                     let tokens = report
@@ -768,7 +768,7 @@ impl From<BackendError> for Unanswered {
 
 /// What travels with a request to its answer: the policy screen the answer passes and
 /// the governor permit the request holds until the answer ends.
-struct Escort {
+struct ResponseGuards {
     screen: Screen,
     permit: Permit,
 }

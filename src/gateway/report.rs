@@ -6,7 +6,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::trail::{Attempt, Outcome, Trail};
+use super::history::{Attempt, AttemptOutcome, RouteHistory};
 use super::RequestContext;
 use crate::chat::{Confidence, GenerationSummary};
 use crate::cost::Metered;
@@ -63,28 +63,28 @@ impl WardenReport {
     pub fn new(
         context: &RequestContext,
         summary: &GenerationSummary,
-        mut trail: Trail,
+        mut history: RouteHistory,
         priority: Priority,
         governor_wait: Duration,
     ) -> Self {
-        trail.answered(summary, Outcome::Served);
+        history.answered(summary, AttemptOutcome::Served);
         Self {
             request_id: context.request_id.clone(),
             agent: context.principal.agent_id.clone(),
             tenant: context.principal.tenant.clone(),
             run_id: context.metadata.run_id.clone(),
-            route: trail.route,
-            reasons: trail.reasons.clone(),
-            risk: trail.risk.clone(),
+            route: history.route,
+            reasons: history.reasons.clone(),
+            risk: history.risk.clone(),
             priority,
             backend: summary.backend.clone(),
             model: summary.model.clone(),
             confidence: summary.confidence,
             malformed_tool_call: !summary.malformed_tool_calls.is_empty(),
-            cost_usd: trail.cost(),
-            reference_cost_usd: trail.table.reference_cost(&Metered::from(summary)),
-            routing_version: trail.table.version,
-            attempts: trail.attempts,
+            cost_usd: history.cost(),
+            reference_cost_usd: history.table.reference_cost(&Metered::from(summary)),
+            routing_version: history.table.version,
+            attempts: history.attempts,
             timings: ReportTimings {
                 queue_ms: governor_wait.as_secs_f64() * 1000.0 + summary.timings.queue_ms,
                 prefill_ms: summary.timings.prefill_ms,

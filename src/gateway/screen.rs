@@ -27,7 +27,7 @@ use crate::policy::approvals::{
 use crate::policy::autonomy::AutonomyMode;
 use crate::policy::decide::{CheckedCall, Decision, Policy, ReasonCode, Subject, Verdict};
 use crate::policy::output::{Detector, GuardEnd, OutputAction, OutputGuard};
-use crate::policy::report::{DecisionRecord, Outcome, OutputRecord, PolicyReport};
+use crate::policy::report::{CallOutcome, DecisionRecord, OutputRecord, PolicyReport};
 use crate::policy::PolicyEngine;
 use crate::runs::{RunTicket, RunTracker, WithholdReason};
 
@@ -41,8 +41,8 @@ pub struct Screened {
 pub type ScreenedStream =
     Pin<Box<dyn Stream<Item = Result<StreamEvent<Screened>, GatewayError>> + Send>>;
 
-/// Who the response is for, owned so the stream can outlive the request context.
-struct Who {
+/// Whom the response is for, owned so the stream can outlive the request context.
+struct Recipient {
     agent: String,
     tenant: String,
     role: Option<String>,
@@ -64,7 +64,7 @@ pub struct Screen {
     engine: Arc<PolicyEngine>,
     policy: Arc<Policy>,
     declared: Vec<ToolSpec>,
-    who: Who,
+    recipient: Recipient,
     report: PolicyReport,
     guard: Option<OutputGuard>,
     run: Option<RunCheck>,
@@ -94,7 +94,7 @@ impl Screen {
                 policy.output().scanner(&principal.agent_id),
             )),
             declared: request.callable_tools().to_vec(),
-            who: Who {
+            recipient: Recipient {
                 agent: principal.agent_id.clone(),
                 tenant: principal.tenant.clone(),
                 role: principal.role.clone(),
@@ -205,11 +205,11 @@ impl Screen {
             self.report.tickets.push(ticket.id);
         }
         let subject = Subject {
-            agent: &self.who.agent,
-            tenant: &self.who.tenant,
-            role: self.who.role.as_deref(),
-            labels: &self.who.labels,
-            autonomy: self.who.autonomy,
+            agent: &self.recipient.agent,
+            tenant: &self.recipient.tenant,
+            role: self.recipient.role.as_deref(),
+            labels: &self.recipient.labels,
+            autonomy: self.recipient.autonomy,
         };
         let checked: Vec<CheckedCall> = summary
             .tool_calls
@@ -262,20 +262,20 @@ impl Screen {
     async fn decide(&mut self, mut checked: CheckedCall) -> Result<Option<ToolCall>, GatewayError> {
         let snapshot = self.policy.snapshot().to_string();
         let (mut outcome, ticket, mut delivered) = match checked.decision.verdict {
-            Verdict::Allow | Verdict::AllowWithConstraints => (Outcome::Delivered, None, true),
-            Verdict::Deny => (Outcome::Refused, None, false),
+            Verdict::Allow | Verdict::AllowWithConstraints => (CallOutcome::Delivered, None, true),
+            Verdict::Deny => (CallOutcome::Refused, None, false),
             Verdict::RequireApproval => {
                 let (agent, hash, request_id) = (
-                    self.who.agent.clone(),
+                    self.recipient.agent.clone(),
                     checked.hash.clone(),
-                    self.who.request_id.clone(),
+                    self.recipient.request_id.clone(),
                 );
                 let redeemed = blocking(self.engine.approvals().clone(), move |store| {
                     store.redeem(&agent, &hash, &request_id, Utc::now())
                 })
                 .await?;
                 match redeemed {
-                    Some(ticket) => (Outcome::Released, Some(ticket.id), true),
+                    Some(ticket) => (CallOutcome::Released, Some(ticket.id), true),
                     None => {
                         let ticket = self.held_call(&checked);
                         let ticket = blocking(self.engine.approvals().clone(), move |store| {
@@ -283,7 +283,7 @@ impl Screen {
                         })
                         .await?;
                         self.report.tickets.push(ticket.id.clone());
-                        (Outcome::Held, Some(ticket.id), false)
+                        (CallOutcome::Held, Some(ticket.id), false)
                     }
                 }
             }
@@ -293,7 +293,7 @@ impl Screen {
         if delivered {
             if let Some(refusal) = self.run_refusal(&checked) {
                 checked.decision = refusal;
-                (outcome, delivered) = (Outcome::Refused, false);
+                (outcome, delivered) = (CallOutcome::Refused, false);
             }
         }
         self.engine
@@ -347,10 +347,10 @@ impl Screen {
         Ticket {
             id: Ticket::new_id(),
             held,
-            agent: self.who.agent.clone(),
-            tenant: self.who.tenant.clone(),
-            request_id: self.who.request_id.clone(),
-            run_id: self.who.run_id.clone(),
+            agent: self.recipient.agent.clone(),
+            tenant: self.recipient.tenant.clone(),
+            request_id: self.recipient.request_id.clone(),
+            run_id: self.recipient.run_id.clone(),
             snapshot: self.policy.snapshot().to_string(),
             rule,
             reason,
@@ -376,7 +376,7 @@ fn notice_for(record: &DecisionRecord) -> String {
         format!("The tool call `{}` ({})", record.name, record.call_id)
     };
     match (&record.outcome, &record.ticket) {
-        (Outcome::Held, Some(ticket)) => format!(
+        (CallOutcome::Held, Some(ticket)) => format!(
             "[warden] {call} is waiting for approval: {} ({rule}, policy {snapshot}). Ticket {ticket}; poll GET /v1/approvals/{ticket}.",
             record.reason
         ),

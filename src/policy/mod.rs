@@ -37,7 +37,7 @@ pub use approvals::{
 pub use autonomy::AutonomyMode;
 pub use compile::PolicyError;
 pub use decide::{CheckedCall, Decision, Policy, ReasonCode, Subject, Verdict};
-pub use report::{DecisionRecord, Outcome, PolicyReport};
+pub use report::{CallOutcome, DecisionRecord, PolicyReport};
 pub use risk::RiskSignal;
 
 use crate::metrics::PolicyCounters;

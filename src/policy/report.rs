@@ -31,7 +31,7 @@ pub struct PolicyReport {
 /// What became of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum CallOutcome {
     /// Sent to the agent.
     Delivered,
     /// Removed; the agent was told why.
@@ -60,7 +60,7 @@ pub struct DecisionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraint: Option<String>,
     pub snapshot: String,
-    pub outcome: Outcome,
+    pub outcome: CallOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
 }
@@ -69,7 +69,7 @@ impl DecisionRecord {
     pub fn new(
         checked: &CheckedCall,
         snapshot: &str,
-        outcome: Outcome,
+        outcome: CallOutcome,
         ticket: Option<String>,
     ) -> Self {
         Self {

@@ -14,7 +14,8 @@ use serde_json::Value;
 use crate::audit::segment::{holds_no_record, jsonl_files};
 use crate::backend::local::BACKEND_NAME as LOCAL_BACKEND;
 use crate::chat::{Confidence, Usage};
-use crate::gateway::Outcome;
+use crate::cost::outcome::OutcomeStatus;
+use crate::gateway::AttemptOutcome;
 use crate::route::{Reason, Route};
 
 const OUTCOME_KIND: &str = "outcome";
@@ -84,7 +85,7 @@ struct RecordedReport {
 #[derive(Deserialize)]
 struct RecordedAttempt {
     backend: String,
-    outcome: Outcome,
+    outcome: AttemptOutcome,
     usage: Usage,
     #[serde(default)]
     confidence: Option<Confidence>,
@@ -96,13 +97,6 @@ struct RecordedAttempt {
 struct RecordedOutcome {
     run_id: String,
     status: OutcomeStatus,
-}
-
-#[derive(Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase")]
-enum OutcomeStatus {
-    Success,
-    Failure,
 }
 
 impl Log {
@@ -185,7 +179,10 @@ impl From<RecordedReport> for Decision {
         });
         let is_local_answer = |attempt: &RecordedAttempt| {
             attempt.backend == LOCAL_BACKEND
-                && matches!(attempt.outcome, Outcome::Served | Outcome::Rejected)
+                && matches!(
+                    attempt.outcome,
+                    AttemptOutcome::Served | AttemptOutcome::Rejected
+                )
                 && attempt.confidence.is_some()
         };
         let local = report
@@ -208,7 +205,7 @@ impl From<RecordedReport> for Decision {
             local,
             external_cost: external().filter_map(|a| a.cost_usd).sum(),
             answered_externally: external()
-                .any(|a| a.backend != LOCAL_BACKEND && a.outcome == Outcome::Served),
+                .any(|a| a.backend != LOCAL_BACKEND && a.outcome == AttemptOutcome::Served),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::route::{Reason, Risk, Route, RoutingTable};
 pub struct Attempt {
     pub backend: String,
     pub model: String,
-    pub outcome: Outcome,
+    pub outcome: AttemptOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub usage: Usage,
@@ -30,7 +30,7 @@ pub struct Attempt {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum AttemptOutcome {
     /// Its answer is the response.
     Served,
     /// It answered, but the answer was not good enough and was replaced.
@@ -41,7 +41,7 @@ pub enum Outcome {
     Skipped,
 }
 
-pub struct Trail {
+pub struct RouteHistory {
     pub table: Arc<RoutingTable>,
     pub route: Route,
     pub reasons: Vec<Reason>,
@@ -49,7 +49,7 @@ pub struct Trail {
     pub attempts: Vec<Attempt>,
 }
 
-impl Trail {
+impl RouteHistory {
     pub fn new(table: Arc<RoutingTable>, route: Route) -> Self {
         Self {
             table,
@@ -67,7 +67,7 @@ impl Trail {
     }
 
     /// A generation that finished, served or not.
-    pub fn answered(&mut self, summary: &GenerationSummary, outcome: Outcome) {
+    pub fn answered(&mut self, summary: &GenerationSummary, outcome: AttemptOutcome) {
         let timings = summary.timings;
         self.attempts.push(Attempt {
             backend: summary.backend.clone(),
@@ -85,9 +85,9 @@ impl Trail {
     pub fn failed(&mut self, backend: &str, model: &str, error: &BackendError, latency_ms: f64) {
         let outcome = match error {
             BackendError::CircuitOpen { .. } | BackendError::ProviderSaturated { .. } => {
-                Outcome::Skipped
+                AttemptOutcome::Skipped
             }
-            _ => Outcome::Failed,
+            _ => AttemptOutcome::Failed,
         };
         self.attempts.push(Attempt {
             backend: backend.to_string(),

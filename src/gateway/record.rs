@@ -1,4 +1,4 @@
-//! What the gateway writes down about each request (its docket), at both ends: the run budget at
+//! What the gateway writes down about each request, at both ends: the run budget at
 //! admission; at completion the run's cost, the audit record (written, and fsynced,
 //! before the answer's last event is released, with every tool call the gate decided)
 //! and the request metrics. A request that ends any other way (refused, failed, abandoned by its
@@ -22,24 +22,24 @@ use super::{Completed, Recorded, RequestContext, ResponseEvent, Started, Unanswe
 use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
 use crate::chat::{ChatRequest, StreamEvent};
-use crate::cost::outcome::{Outcome, OUTCOME_KIND};
+use crate::cost::outcome::{BusinessOutcome, OUTCOME_KIND};
 use crate::error::{panic_message, GatewayError};
 use crate::metrics::{RequestMetrics, PANIC_IN_RESPONSE};
-use crate::policy::report::{DecisionRecord, Outcome as CallOutcome};
+use crate::policy::report::{CallOutcome, DecisionRecord};
 use crate::runs::{RunTicket, RunTracker};
 
 /// The route label of a request that was never routed.
 const UNROUTED: &str = "none";
 
-/// What every request's docket writes to.
-pub struct Bookkeeper {
+/// Where every request's record goes: the audit log, its run and the request metrics.
+pub struct Recorder {
     audit: AuditLog,
     runs: Arc<RunTracker>,
     metrics: RequestMetrics,
     store_text: bool,
 }
 
-impl Bookkeeper {
+impl Recorder {
     pub fn new(
         audit: AuditLog,
         runs: Arc<RunTracker>,
@@ -62,10 +62,14 @@ impl Bookkeeper {
         &self.runs
     }
 
-    /// Starts the docket of a request that has reached the gateway.
-    pub fn open(self: &Arc<Self>, context: &RequestContext, request: &ChatRequest) -> Docket {
-        Docket {
-            books: self.clone(),
+    /// Starts the record of a request that has reached the gateway.
+    pub fn open(
+        self: &Arc<Self>,
+        context: &RequestContext,
+        request: &ChatRequest,
+    ) -> PendingRecord {
+        PendingRecord {
+            recorder: self.clone(),
             request_id: context.request_id.clone(),
             agent: context.principal.agent_id.clone(),
             tenant: context.principal.tenant.clone(),
@@ -130,14 +134,14 @@ impl Bookkeeper {
     }
 
     /// Records a business outcome for a run; returns once it is durable.
-    pub async fn record_outcome(&self, outcome: &Outcome) -> Result<Receipt, GatewayError> {
+    pub async fn record_outcome(&self, outcome: &BusinessOutcome) -> Result<Receipt, GatewayError> {
         Ok(self.audit.append_event(OUTCOME_KIND, outcome).await?)
     }
 }
 
 /// One request's record in the making.
-pub struct Docket {
-    books: Arc<Bookkeeper>,
+pub struct PendingRecord {
+    recorder: Arc<Recorder>,
     request_id: String,
     agent: String,
     tenant: String,
@@ -152,24 +156,24 @@ pub struct Docket {
     first_content: Option<Instant>,
     /// The request's span (see `api::chat`): its end is written into it.
     span: tracing::Span,
-    /// Until a record is queued; dropping an open docket records a cancellation.
+    /// Until a record is queued; dropping an open one records a cancellation.
     open: bool,
 }
 
-impl Docket {
+impl PendingRecord {
     /// Admits the request into its run, if it names one; returns what the tool-call
     /// gate counts the answer's calls against.
     pub(super) fn admit(&mut self) -> Result<Option<RunCheck>, GatewayError> {
         let Some(run_id) = &self.run_id else {
             return Ok(None);
         };
-        let ticket = self
-            .books
-            .runs
-            .admit(&self.agent, &self.tenant, run_id, self.offers_tools)?;
+        let ticket =
+            self.recorder
+                .runs
+                .admit(&self.agent, &self.tenant, run_id, self.offers_tools)?;
         self.ticket = Some(ticket.clone());
         Ok(Some(RunCheck {
-            runs: self.books.runs.clone(),
+            runs: self.recorder.runs.clone(),
             ticket,
         }))
     }
@@ -180,7 +184,7 @@ impl Docket {
     pub(crate) async fn refuse(mut self, unanswered: Unanswered) -> GatewayError {
         let Unanswered { error, attempts } = unanswered;
         if let Some(ticket) = &self.ticket {
-            self.books.runs.release(ticket);
+            self.recorder.runs.release(ticket);
         }
         self.span.record("attempts", attempts.len());
         let mut record = self.record(status_before_answer(&error), Some(recorded(&error)));
@@ -193,30 +197,32 @@ impl Docket {
     pub fn follow(self, started: Started<Completed>) -> Started {
         let events = stream::unfold(
             (started.events, Some(self)),
-            |(mut events, docket)| async move {
-                let mut docket = docket?;
+            |(mut events, pending)| async move {
+                let mut pending = pending?;
                 // A panic while producing the answer (there should be none) ends it
                 // with an error the client sees and the record keeps, not as a
                 // dropped connection taken for the client's own.
                 let next = match AssertUnwindSafe(events.next()).catch_unwind().await {
                     Ok(next) => next,
                     Err(panic) => {
-                        docket.books.metrics.count_panic(PANIC_IN_RESPONSE);
+                        pending.recorder.metrics.count_panic(PANIC_IN_RESPONSE);
                         Some(Err(GatewayError::Panicked(panic_message(panic.as_ref()))))
                     }
                 };
                 let out = match next {
                     Some(Ok(StreamEvent::Content { text, logprobs })) => {
-                        docket.saw_content(&text);
+                        pending.saw_content(&text);
                         let content = StreamEvent::Content { text, logprobs };
-                        return Some((vec![Ok(content)], (events, Some(docket))));
+                        return Some((vec![Ok(content)], (events, Some(pending))));
                     }
-                    Some(Ok(StreamEvent::Finished(completed))) => docket.complete(*completed).await,
-                    Some(Err(error)) => vec![Err(docket.fail(error).await)],
+                    Some(Ok(StreamEvent::Finished(completed))) => {
+                        pending.complete(*completed).await
+                    }
+                    Some(Err(error)) => vec![Err(pending.fail(error).await)],
                     None => {
                         let error =
                             GatewayError::Internal("the response ended without completing".into());
-                        vec![Err(docket.fail(error).await)]
+                        vec![Err(pending.fail(error).await)]
                     }
                 };
                 Some((out, (events, None)))
@@ -244,7 +250,8 @@ impl Docket {
         mut completed: Completed,
     ) -> Vec<Result<ResponseEvent, GatewayError>> {
         if let Some(ticket) = &self.ticket {
-            completed.report.run = Some(self.books.runs.settle(ticket, completed.report.cost_usd));
+            completed.report.run =
+                Some(self.recorder.runs.settle(ticket, completed.report.cost_usd));
         }
         let tool_calls = completed
             .report
@@ -275,7 +282,7 @@ impl Docket {
         self.span.record("priority", report.priority.as_str());
         self.span.record("backend", report.backend.as_str());
         self.span.record("attempts", report.attempts.len());
-        let metrics = &self.books.metrics;
+        let metrics = &self.recorder.metrics;
         self.observe(RequestStatus::Completed, report.route.as_str());
         metrics
             .tokens
@@ -327,7 +334,7 @@ impl Docket {
         self.open = false;
         let entry = record.entry()?;
         let commit = tracing::info_span!("audit_commit", status = record.status.as_str());
-        Ok(self.books.audit.append(entry).instrument(commit).await?)
+        Ok(self.recorder.audit.append(entry).instrument(commit).await?)
     }
 
     fn record<R>(
@@ -358,7 +365,7 @@ impl Docket {
     fn observe(&self, status: RequestStatus, route: &str) {
         self.span.record("status", status.as_str());
         self.span.record("route", route);
-        let metrics = &self.books.metrics;
+        let metrics = &self.recorder.metrics;
         metrics
             .requests
             .with_label_values(&[route, status.as_str()])
@@ -376,7 +383,7 @@ impl Docket {
     }
 }
 
-impl Drop for Docket {
+impl Drop for PendingRecord {
     /// A response dropped before its end: its client left. Nothing can wait here, so the
     /// record is queued without waiting for it.
     fn drop(&mut self) {
@@ -391,7 +398,7 @@ impl Drop for Docket {
         };
         let record: RequestRecord = self.record(RequestStatus::Cancelled, Some(reason));
         match record.entry() {
-            Ok(entry) => self.books.audit.append_detached(entry),
+            Ok(entry) => self.recorder.audit.append_detached(entry),
             Err(error) => tracing::error!(%error, "could not record a cancelled request"),
         }
         self.observe(RequestStatus::Cancelled, UNROUTED);
