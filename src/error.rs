@@ -9,6 +9,7 @@ use crate::backend::BackendError;
 use crate::cost::outcome::InvalidOutcome;
 use crate::governor::GovernorError;
 use crate::policy::{ApprovalError, PolicyError};
+use crate::route::plan::PlanError;
 use crate::runs::RunBudgetExceeded;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,18 @@ impl GatewayError {
         GatewayError::InvalidRequest {
             message: message.into(),
             param: Some(param.into()),
+        }
+    }
+}
+
+impl From<PlanError> for GatewayError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::ModelNotFound(model) => GatewayError::ModelNotFound(model),
+            PlanError::NoProvider => GatewayError::Unavailable {
+                message: error.to_string(),
+                retry_after: None,
+            },
         }
     }
 }

@@ -40,6 +40,7 @@ use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
 use crate::metrics::{Metrics, PANIC_IN_HANDLER};
 use crate::policy::PolicyEngine;
+use crate::route::plan::{self, Steps};
 use crate::route::{
     assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
 };
@@ -51,8 +52,7 @@ pub use history::{Attempt, AttemptOutcome};
 pub use record::Recorder;
 pub use report::{ReportTimings, WardenReport};
 
-/// The model name that lets warden choose where a request runs.
-pub const AUTO_MODEL: &str = "auto";
+pub use crate::route::plan::AUTO_MODEL;
 
 pub struct Gateway {
     local: Arc<dyn Backend>,
@@ -266,23 +266,45 @@ impl Gateway {
         let mut history = RouteHistory::new(table.clone(), Route::Local);
         history.risk = assess_risk(&request, &context.metadata.labels, &table.routing, &policy);
         let screen = Screen::new(self.policy.clone(), policy, &request, &context, run);
-        if request.model != AUTO_MODEL {
-            return self
-                .start_named(context, request, stream, history, screen)
-                .await;
+        let asked = plan::Request {
+            model: &request.model,
+            stream,
+            agent: &context.principal.agent_id,
+        };
+        let planned = plan::plan(asked, &table, &self.local.models(), &history.risk)
+            .map_err(GatewayError::from)?;
+        history.route = planned.route;
+        for reason in planned.reasons {
+            history.reason(reason);
         }
-        let thresholds = table.routing.thresholds_for(&context.principal.agent_id);
-        let chain = table.escalation_chain();
-        if history.risk.score > thresholds.local_risk_ceiling {
-            history.route = Route::External;
-            history.reason(Reason::RiskAboveCeiling);
-            let permit = self.admit_external(&context, &chain).await?;
-            let guards = ResponseGuards { screen, permit };
-            return self
-                .start_external(context, request, stream, chain, history, guards)
-                .await;
-        }
-        history.reason(Reason::LocalFirst);
+        let (chain, verify, thresholds) = match planned.steps {
+            Steps::Local => {
+                let permit = self.admit(&context, self.local.name()).await?;
+                let guards = ResponseGuards { screen, permit };
+                let events = self.generate_locally(request).await?;
+                let route = history.header(self.local.name(), &self.local_model(), None);
+                return Ok(self.respond(
+                    self.local_model(),
+                    route,
+                    events,
+                    context,
+                    history,
+                    guards,
+                ));
+            }
+            Steps::External { targets } => {
+                let permit = self.admit_external(&context, &targets).await?;
+                let guards = ResponseGuards { screen, permit };
+                return self
+                    .start_external(context, request, stream, targets, history, guards)
+                    .await;
+            }
+            Steps::LocalFirst {
+                escalation,
+                verify,
+                thresholds,
+            } => (escalation, verify, thresholds),
+        };
 
         let permit = self.admit_local_first(&context, &table, &chain).await?;
         if permit.moved() {
@@ -306,10 +328,7 @@ impl Gateway {
                     .await;
             }
         };
-        if chain.is_empty() || (stream && !table.routing.verify_before_stream) {
-            if chain.is_empty() {
-                history.reason(Reason::NoEscalationTarget);
-            }
+        if !verify {
             let route = history.header(self.local.name(), &self.local_model(), None);
             return Ok(self.respond(
                 self.local_model(),
@@ -427,35 +446,6 @@ impl Gateway {
         history.route = Route::External;
         history.reason(reason);
         true
-    }
-
-    /// A model named by the client: the local one, or the providers serving it.
-    async fn start_named(
-        &self,
-        context: RequestContext,
-        request: ChatRequest,
-        stream: bool,
-        mut history: RouteHistory,
-        screen: Screen,
-    ) -> Result<Started<Completed>, Unanswered> {
-        let table = history.table.clone();
-        history.reason(Reason::NamedModel);
-        if self.local.models().contains(&request.model) {
-            let permit = self.admit(&context, self.local.name()).await?;
-            let guards = ResponseGuards { screen, permit };
-            let events = self.generate_locally(request).await?;
-            let route = history.header(self.local.name(), &self.local_model(), None);
-            return Ok(self.respond(self.local_model(), route, events, context, history, guards));
-        }
-        let targets = table.targets_for(&request.model);
-        if targets.is_empty() {
-            return Err(GatewayError::ModelNotFound(request.model).into());
-        }
-        history.route = Route::External;
-        let permit = self.admit_external(&context, &targets).await?;
-        let guards = ResponseGuards { screen, permit };
-        self.start_external(context, request, stream, targets, history, guards)
-            .await
     }
 
     async fn start_external(
@@ -789,11 +779,7 @@ fn admission<'a>(context: &'a RequestContext, backend: &'a str) -> Admission<'a>
 }
 
 fn no_provider() -> GatewayError {
-    GatewayError::Unavailable {
-        message: "this request must be served by an external provider and none is configured"
-            .into(),
-        retry_after: None,
-    }
+    plan::PlanError::NoProvider.into()
 }
 
 /// When every provider failed and none said when to come back.

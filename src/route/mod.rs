@@ -3,6 +3,7 @@
 //! check that decides whether a local answer is good enough.
 
 pub mod config;
+pub mod plan;
 mod reason;
 mod risk;
 mod table;

@@ -20,6 +20,16 @@ pub struct Target {
     pub model: String,
 }
 
+impl std::fmt::Debug for Target {
+    /// The provider by name: its client and breaker say nothing about where a request goes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("provider", &self.provider.config().name)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
 pub struct RoutingTable {
     /// Increases by one with every change, from 1.
     pub version: u64,

@@ -1,0 +1,232 @@
+//! Where a request goes, decided before anything runs: a pure function of the model the
+//! client named, whether it streams, who sent it, the routing table, the local model's
+//! names and the request's risk. The gateway carries the plan out (admission,
+//! generation, failover). What can only be learnt while it runs (a full local queue, a
+//! failed generation, a weak local answer) the gateway adds to the route's history.
+
+use super::config::Thresholds;
+use super::{Reason, Risk, Route, RoutingTable, Target};
+
+/// The model name that lets warden choose where a request runs.
+pub const AUTO_MODEL: &str = "auto";
+
+/// What a request is planned to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The route as planned; the gateway may change it (escalated, fallback).
+    pub route: Route,
+    pub reasons: Vec<Reason>,
+    pub steps: Steps,
+}
+
+#[derive(Debug, Clone)]
+pub enum Steps {
+    /// The local model, because the client named it: nothing to escalate to.
+    Local,
+    /// The local model first. `escalation` takes over a local failure it can take (or
+    /// a weak answer); with `verify`, the whole answer is held and checked against
+    /// `thresholds` before the client sees any of it.
+    LocalFirst {
+        escalation: Vec<Target>,
+        verify: bool,
+        thresholds: Thresholds,
+    },
+    /// Providers only, tried in order.
+    External { targets: Vec<Target> },
+}
+
+/// A request no plan can serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    ModelNotFound(String),
+    /// It must go to a provider and none is configured.
+    #[error("this request must be served by an external provider and none is configured")]
+    NoProvider,
+}
+
+/// What the plan is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The model the client named.
+    pub model: &'a str,
+    /// The client reads the answer as it comes.
+    pub stream: bool,
+    pub agent: &'a str,
+}
+
+/// Plans `request` under `table`, given the local model's `local_models` and the
+/// request's `risk`.
+pub fn plan(
+    request: Request<'_>,
+    table: &RoutingTable,
+    local_models: &[String],
+    risk: &Risk,
+) -> Result<Plan, PlanError> {
+    if request.model != AUTO_MODEL {
+        if local_models.iter().any(|name| name == request.model) {
+            return Ok(Plan {
+                route: Route::Local,
+                reasons: vec![Reason::NamedModel],
+                steps: Steps::Local,
+            });
+        }
+        let targets = table.targets_for(request.model);
+        if targets.is_empty() {
+            return Err(PlanError::ModelNotFound(request.model.to_string()));
+        }
+        return Ok(Plan {
+            route: Route::External,
+            reasons: vec![Reason::NamedModel],
+            steps: Steps::External { targets },
+        });
+    }
+    let thresholds = table.routing.thresholds_for(request.agent);
+    let chain = table.escalation_chain();
+    if risk.score > thresholds.local_risk_ceiling {
+        if chain.is_empty() {
+            return Err(PlanError::NoProvider);
+        }
+        return Ok(Plan {
+            route: Route::External,
+            reasons: vec![Reason::RiskAboveCeiling],
+            steps: Steps::External { targets: chain },
+        });
+    }
+    let mut reasons = vec![Reason::LocalFirst];
+    if chain.is_empty() {
+        reasons.push(Reason::NoEscalationTarget);
+    }
+    // A stream shows the answer as it comes unless the routing says to check it first;
+    // with nothing to escalate to there is nothing to check it for.
+    let verify = !chain.is_empty() && (!request.stream || table.routing.verify_before_stream);
+    Ok(Plan {
+        route: Route::Local,
+        reasons,
+        steps: Steps::LocalFirst {
+            escalation: chain,
+            verify,
+            thresholds,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table(routing: &str) -> RoutingTable {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "providers:\n  - {{name: acme, kind: openai, base_url: \"http://127.0.0.1:9/v1\", \
+             models: [{{name: big}}]}}\n\
+             routing:\n{routing}"
+        );
+        let config = Config::from_yaml(&text, &dir.path().join("warden.yaml")).unwrap();
+        RoutingTable::build(&config.table_source(), 1, None, &|_| None).unwrap()
+    }
+
+    fn risk(score: u8) -> Risk {
+        Risk {
+            score,
+            reasons: Vec::new(),
+        }
+    }
+
+    fn ask(model: &str, stream: bool) -> Request<'_> {
+        Request {
+            model,
+            stream,
+            agent: "a",
+        }
+    }
+
+    const LOCAL: &[String] = &[];
+
+    fn local_models() -> Vec<String> {
+        vec!["small".to_string()]
+    }
+
+    fn targets(steps: &Steps) -> Vec<String> {
+        match steps {
+            Steps::Local => Vec::new(),
+            Steps::LocalFirst { escalation, .. } => {
+                escalation.iter().map(|t| t.model.clone()).collect()
+            }
+            Steps::External { targets } => targets.iter().map(|t| t.model.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_named_model_goes_to_whoever_serves_it() {
+        let table = table("  escalation_models: [big]\n");
+        let local = plan(ask("small", false), &table, &local_models(), &risk(0)).unwrap();
+        assert!(matches!(local.steps, Steps::Local));
+        assert_eq!(
+            (local.route, local.reasons),
+            (Route::Local, vec![Reason::NamedModel])
+        );
+        let external = plan(ask("big", false), &table, &local_models(), &risk(0)).unwrap();
+        assert_eq!(external.route, Route::External);
+        assert_eq!(targets(&external.steps), ["big"]);
+        assert_eq!(
+            plan(ask("nothing", false), &table, LOCAL, &risk(0)).unwrap_err(),
+            PlanError::ModelNotFound("nothing".into())
+        );
+    }
+
+    #[test]
+    fn risk_above_the_ceiling_skips_the_local_model() {
+        let table = table("  escalation_models: [big]\n  local_risk_ceiling: 40\n");
+        let risky = plan(ask(AUTO_MODEL, false), &table, LOCAL, &risk(41)).unwrap();
+        assert_eq!(risky.route, Route::External);
+        assert_eq!(risky.reasons, [Reason::RiskAboveCeiling]);
+        assert_eq!(targets(&risky.steps), ["big"]);
+        let calm = plan(ask(AUTO_MODEL, false), &table, LOCAL, &risk(40)).unwrap();
+        assert_eq!(calm.route, Route::Local);
+        let nowhere = table_without_chain();
+        assert_eq!(
+            plan(ask(AUTO_MODEL, false), &nowhere, LOCAL, &risk(100)).unwrap_err(),
+            PlanError::NoProvider
+        );
+    }
+
+    fn table_without_chain() -> RoutingTable {
+        table("  {}\n")
+    }
+
+    #[test]
+    fn a_local_answer_is_checked_unless_it_streams_unchecked_or_has_nowhere_to_go() {
+        let verified = |routing: &str, stream: bool| match plan(
+            ask(AUTO_MODEL, stream),
+            &table(routing),
+            LOCAL,
+            &risk(0),
+        )
+        .unwrap()
+        .steps
+        {
+            Steps::LocalFirst { verify, .. } => verify,
+            _ => panic!("an auto request without risk goes local first"),
+        };
+        let chain = "  escalation_models: [big]\n";
+        assert!(verified(chain, false));
+        assert!(verified(chain, true));
+        let unchecked_streams = "  escalation_models: [big]\n  verify_before_stream: false\n";
+        assert!(verified(unchecked_streams, false));
+        assert!(!verified(unchecked_streams, true));
+        assert!(!verified("  {}\n", false));
+        let alone = plan(
+            ask(AUTO_MODEL, false),
+            &table_without_chain(),
+            LOCAL,
+            &risk(0),
+        )
+        .unwrap();
+        assert_eq!(
+            alone.reasons,
+            [Reason::LocalFirst, Reason::NoEscalationTarget]
+        );
+    }
+}
