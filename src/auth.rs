@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use serde::Deserialize;
 
 use crate::policy::AutonomyMode;
@@ -175,5 +173,5 @@ impl KeyStore {
 
 /// Hex SHA-256 of a key, as written in `key_sha256`.
 pub fn digest(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    crate::audit::chain::digest(key.as_bytes())
 }

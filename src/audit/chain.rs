@@ -19,6 +19,8 @@ const HASH_FIELD: &str = ",\"hash\":\"";
 const HASH_HEX_LEN: usize = 64;
 const SEALED_SUFFIX_LEN: usize = HASH_FIELD.len() + HASH_HEX_LEN + "\"}".len();
 
+/// Hex SHA-256 of `bytes`: the one digest warden writes anywhere (records, keys, call
+/// and policy hashes).
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

@@ -86,7 +86,7 @@ impl TextDigest {
     /// Bytes that may not be text at all (a body that failed to parse), digest only.
     pub fn of_bytes(bytes: &[u8]) -> Self {
         Self {
-            sha256: hex::encode(Sha256::digest(bytes)),
+            sha256: super::chain::digest(bytes),
             bytes: bytes.len() as u64,
             text: None,
         }

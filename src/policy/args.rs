@@ -9,7 +9,8 @@ use std::fmt::{self, Write as _};
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
-use sha2::{Digest, Sha256};
+
+use crate::audit::chain::digest;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgumentsError {
@@ -195,10 +196,6 @@ fn write_string(text: &str, out: &mut String) {
     out.push_str(&serde_json::to_string(text).unwrap_or_default());
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// The identity of a call: the folded tool name and the canonical arguments text.
 /// Call ids are left out: they are fresh for every generation of the same call.
 pub fn call_hash(tool: &str, canonical_arguments: &str) -> String {
@@ -206,7 +203,7 @@ pub fn call_hash(tool: &str, canonical_arguments: &str) -> String {
     write_string(tool, &mut text);
     text.push(':');
     text.push_str(canonical_arguments);
-    sha256_hex(text.as_bytes())
+    digest(text.as_bytes())
 }
 
 /// The identity of a call whose arguments could not be parsed: its raw text.
@@ -215,7 +212,7 @@ pub fn raw_call_hash(tool: &str, arguments: &str) -> String {
     write_string(tool, &mut text);
     text.push_str(":raw:");
     text.push_str(arguments);
-    sha256_hex(text.as_bytes())
+    digest(text.as_bytes())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use regex::RegexBuilder;
 use serde_json::Value;
 
-use super::args::{canonical, sha256_hex};
+use super::args::canonical;
 use super::condition::{Condition, Hosts, Op, Operand};
 use super::constraint::Constraint;
 use super::decide::{CatalogTool, Policy, Rule, Verdict};
@@ -21,6 +21,7 @@ use super::names::{fold, NamePattern};
 use super::output::{Actions, Detector, Detectors, OutputAction, OutputPolicy};
 use super::path::JsonPath;
 use super::risk::RiskSignals;
+use crate::audit::chain::digest;
 
 /// What output safety does with a detector the policy file does not mention: redact.
 /// Failing closed means an empty, cut-short or forgotten `output` section can only hide
@@ -96,7 +97,7 @@ impl Policy {
 
 fn compile(raw: RawPolicy) -> Result<Policy, Invalid> {
     let snapshot = serde_json::to_value(&raw)
-        .map(|value| sha256_hex(canonical(&value).as_bytes()))
+        .map(|value| digest(canonical(&value).as_bytes()))
         .map_err(|error| ("".to_string(), error.to_string()))?;
     let default = match Verdict::parse(&raw.default) {
         Some(Verdict::AllowWithConstraints) => {
