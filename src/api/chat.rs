@@ -51,9 +51,9 @@ pub async fn chat_completions(
         attempts = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    // The error becomes a response inside the span too: a failure is logged there.
     let request_id = HeaderValue::from_str(&context.request_id).ok();
     let inner = span.clone();
+    // The error becomes a response inside the span too: a failure is logged there.
     let answered = async move {
         answer(state, context, headers, body, inner)
             .await

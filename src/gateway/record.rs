@@ -1,8 +1,8 @@
 //! What the gateway writes down about each request, at both ends: the run budget at
 //! admission; at completion the run's cost, the audit record (written, and fsynced,
 //! before the answer's last event is released, with every tool call the gate decided)
-//! and the request metrics. A request that ends any other way (refused, failed, abandoned by its
-//! client) is recorded too.
+//! and the request metrics. A request that ends any other way (refused, failed,
+//! abandoned by its client) is recorded too.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
