@@ -149,23 +149,24 @@ impl Receiver {
         Self { base, spans }
     }
 
-    /// The spans of the trace whose root is request `id`'s span, by name; waits for
-    /// them up to `limit` (export runs in batches).
-    async fn trace_of(
-        &self,
-        id: &str,
-        wanted: &[&str],
-        limit: Duration,
-    ) -> BTreeMap<String, Vec<Span>> {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let found = self.collect(id);
-            let complete = wanted.iter().all(|name| found.contains_key(*name));
-            if complete || std::time::Instant::now() > deadline {
-                return found;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// The spans of the trace whose root is request `id`'s span, by name, once every
+    /// one of `wanted` has arrived (export runs in batches); fails naming the missing.
+    async fn expect_trace(&self, id: &str, wanted: &[&str]) -> BTreeMap<String, Vec<Span>> {
+        let complete = |found: &BTreeMap<String, Vec<Span>>| {
+            wanted.iter().all(|name| found.contains_key(*name))
+        };
+        common::wait_until(|| complete(&self.collect(id)), Duration::from_secs(20)).await;
+        let found = self.collect(id);
+        let missing: Vec<&&str> = wanted
+            .iter()
+            .filter(|name| !found.contains_key(**name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "no {missing:?} span: {:?}",
+            found.keys()
+        );
+        found
     }
 
     fn collect(&self, id: &str) -> BTreeMap<String, Vec<Span>> {
@@ -223,16 +224,7 @@ async fn a_request_s_trace_reaches_an_otlp_receiver_with_a_span_per_step() {
         "policy",
         "audit_commit",
     ];
-    let trace = receiver
-        .trace_of(&external, &wanted, Duration::from_secs(20))
-        .await;
-    for name in wanted {
-        assert!(
-            trace.contains_key(name),
-            "no `{name}` span: {:?}",
-            trace.keys()
-        );
-    }
+    let trace = receiver.expect_trace(&external, &wanted).await;
     let root = &trace["request"][0];
     assert_eq!(attribute(root, "agent").as_deref(), Some("agent-a"));
     assert_eq!(attribute(root, "tenant").as_deref(), Some("acme"));
@@ -261,16 +253,7 @@ async fn a_request_s_trace_reaches_an_otlp_receiver_with_a_span_per_step() {
         "policy",
         "audit_commit",
     ];
-    let trace = receiver
-        .trace_of(&local, &wanted, Duration::from_secs(20))
-        .await;
-    for name in wanted {
-        assert!(
-            trace.contains_key(name),
-            "no `{name}` span: {:?}",
-            trace.keys()
-        );
-    }
+    let trace = receiver.expect_trace(&local, &wanted).await;
     let generation = &trace["local_generation"][0];
     assert_eq!(generation.parent_span_id, trace["request"][0].span_id);
     for phase in ["local_prefill", "local_decode"] {

@@ -114,18 +114,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn table(routing: &str) -> RoutingTable {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "providers:\n  - {{name: acme, kind: openai, base_url: \"http://127.0.0.1:9/v1\", \
-             models: [{{name: big}}]}}\n\
-             routing:\n{routing}"
-        );
-        let config = Config::from_yaml(&text, &dir.path().join("warden.yaml")).unwrap();
-        RoutingTable::build(&config.table_source(), 1, None, &|_| None).unwrap()
-    }
+    use crate::route::table::tests::table;
 
     fn risk(score: u8) -> Risk {
         Risk {

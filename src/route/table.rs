@@ -253,13 +253,14 @@ impl RoutingState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::chat::Usage;
     use crate::config::Config;
 
-    /// A configuration file in a folder without a prices file.
-    fn table(routing: &str) -> RoutingTable {
+    /// A table of one provider, `acme`, serving `big` (priced) and `free`, under the
+    /// `routing` section given, from a file in a folder without a prices file.
+    pub(in crate::route) fn table(routing: &str) -> RoutingTable {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "providers:\n  - {{name: acme, kind: openai, base_url: \"http://127.0.0.1:9/v1\", \
