@@ -288,7 +288,7 @@ async fn generate(backend: &LocalBackend, n: usize, max_tokens: u32) -> Vec<(u32
             logprobs: None,
         };
         async move {
-            let generation = collect(backend.generate(request).await.unwrap())
+            let generation = collect(backend.generate(request, Instant::now()).await.unwrap())
                 .await
                 .unwrap();
             let summary = generation.finished;

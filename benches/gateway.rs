@@ -9,6 +9,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::routing::post;
@@ -31,7 +32,7 @@ async fn direct_url(backend: Arc<dyn Backend>) -> String {
                 sampling: Sampling::default(),
                 logprobs: None,
             };
-            let generation = collect(backend.generate(request).await.unwrap())
+            let generation = collect(backend.generate(request, Instant::now()).await.unwrap())
                 .await
                 .unwrap();
             axum::Json(json!({

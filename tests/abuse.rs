@@ -825,7 +825,11 @@ impl Backend for PanickingBackend {
         BackendStatus::Ready
     }
 
-    async fn generate(&self, _request: ChatRequest) -> Result<EventStream, BackendError> {
+    async fn generate(
+        &self,
+        _request: ChatRequest,
+        _ranks_at: Instant,
+    ) -> Result<EventStream, BackendError> {
         if !self.mid_stream {
             panic!("a bug before the answer");
         }

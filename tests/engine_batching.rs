@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use common::{streamed_content, user, ServerOptions, TestServer};
@@ -166,7 +166,7 @@ async fn the_per_sequence_network_of_accelerators_keeps_sequences_apart() {
     let mut alone = Vec::new();
     for (question, max_tokens) in questions {
         let events = backend
-            .generate(request(question, *max_tokens))
+            .generate(request(question, *max_tokens), Instant::now())
             .await
             .unwrap();
         alone.push(collect(events).await.unwrap().content);
@@ -174,7 +174,7 @@ async fn the_per_sequence_network_of_accelerators_keeps_sequences_apart() {
     let together = futures::future::join_all(questions.iter().map(|(question, max_tokens)| {
         let (backend, request) = (backend.clone(), request(question, *max_tokens));
         async move {
-            collect(backend.generate(request).await.unwrap())
+            collect(backend.generate(request, Instant::now()).await.unwrap())
                 .await
                 .unwrap()
                 .content
@@ -183,4 +183,83 @@ async fn the_per_sequence_network_of_accelerators_keeps_sequences_apart() {
     .await;
     assert_eq!(together, alone);
     assert!(alone[1].contains("Paris"), "{}", alone[1]);
+}
+
+/// While the key/value cache is full, the engine lets waiting requests in by the place
+/// the governor gave them (`ranks_at`), not by when they reached it: a request ranked
+/// earlier but arriving later goes first.
+#[tokio::test]
+async fn requests_waiting_for_cache_room_go_in_the_governor_s_order() {
+    let config = common::test_config(&ServerOptions::default());
+    let model = ModelRef::resolve(&config.local.model, &config.local.models_dir).unwrap();
+    let engine = warden::server::load_engine(&model, &config.local).unwrap();
+    let backend = Arc::new(
+        LocalBackend::loading("smollm2-135m-instruct", 4, Duration::from_secs(120))
+            .with_kv_cache_bytes(8 * 1024 * 1024),
+    );
+    backend.set_ready(Arc::new(engine));
+    // Each request reserves over half the cache, so only one runs at a time.
+    let cache_tokens = backend.capacity().unwrap().cache_tokens;
+    let request = |question: &str| ChatRequest {
+        model: "auto".into(),
+        messages: vec![Message::text(Role::User, question)],
+        tools: Vec::new(),
+        tool_choice: ToolChoice::Auto,
+        sampling: Sampling {
+            temperature: 0.0,
+            max_tokens: Some(u32::try_from(cache_tokens / 2 + 1).unwrap()),
+            ..Sampling::default()
+        },
+        logprobs: None,
+    };
+    let wait_for_waiting = |count: usize| {
+        let backend = backend.clone();
+        async move {
+            for _ in 0..600 {
+                if backend.capacity().unwrap().waiting == count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{count} requests never waited together");
+        }
+    };
+
+    // A long answer nobody reads holds the cache: its sequence stalls once its event
+    // buffer is full.
+    let holder = backend
+        .generate(request(REQUESTS[0].0), Instant::now())
+        .await
+        .unwrap();
+    let (admitted, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let start = |label: &'static str, ranks_at: Instant| {
+        let (backend, admitted) = (backend.clone(), admitted.clone());
+        let asked = request("What is the capital of France?");
+        tokio::spawn(async move {
+            let events = backend.generate(asked, ranks_at).await.unwrap();
+            admitted.send(label).unwrap();
+            collect(events).await.unwrap();
+        })
+    };
+    let now = Instant::now();
+    let late_rank = start("ranked later, arrived first", now + Duration::from_secs(10));
+    wait_for_waiting(1).await;
+    let early_rank = start("ranked earlier, arrived second", now);
+    wait_for_waiting(2).await;
+
+    drop(holder);
+    late_rank.await.unwrap();
+    early_rank.await.unwrap();
+    drop(admitted);
+    let mut admissions = Vec::new();
+    while let Some(label) = order.recv().await {
+        admissions.push(label);
+    }
+    assert_eq!(
+        admissions,
+        [
+            "ranked earlier, arrived second",
+            "ranked later, arrived first"
+        ]
+    );
 }

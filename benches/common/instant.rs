@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use futures::stream;
@@ -33,7 +34,11 @@ impl Backend for InstantBackend {
         BackendStatus::Ready
     }
 
-    async fn generate(&self, _request: ChatRequest) -> Result<EventStream, BackendError> {
+    async fn generate(
+        &self,
+        _request: ChatRequest,
+        _ranks_at: Instant,
+    ) -> Result<EventStream, BackendError> {
         let events = vec![
             Ok(GenerationEvent::Content {
                 text: "The capital of France is Paris.".into(),

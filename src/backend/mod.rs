@@ -5,7 +5,7 @@ pub mod local;
 pub mod provider;
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 
@@ -78,8 +78,14 @@ pub trait Backend: Send + Sync {
 
     /// Starts a generation. Errors that can be known up front (context overflow,
     /// saturation) come from this call so the caller can answer with a proper status
-    /// before any byte is streamed.
-    async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError>;
+    /// before any byte is streamed. A backend that queues requests serves them in the
+    /// order of `ranks_at`, earliest first: the gateway passes the governor's order, so
+    /// a request keeps the place its priority gave it.
+    async fn generate(
+        &self,
+        request: ChatRequest,
+        ranks_at: Instant,
+    ) -> Result<EventStream, BackendError>;
 }
 
 /// Drains a backend's events into a whole generation.

@@ -7,8 +7,9 @@
 //! response stream ends or is dropped. The permit is admitted for the backend the
 //! request starts on and moves with each later attempt, so the governor's per-backend
 //! count is always where the work is. The governor limits the local engine (its
-//! `slots`): local generations wait in its priority queue, never in the engine's own
-//! FIFO. A provider's `max_concurrency` is enforced by the provider's own semaphore
+//! `slots`): local generations wait in its priority queue, and a generation that must
+//! then wait for room in the engine's key/value cache keeps the place the governor
+//! gave it ([`Permit::ranks_at`]), so both waits run in one order. A provider's `max_concurrency` is enforced by the provider's own semaphore
 //! alone: a saturated provider is a failover signal for the chain, and queueing for it
 //! in the governor as well would make a request wait twice.
 
@@ -280,8 +281,8 @@ impl Gateway {
         let (chain, verify, thresholds) = match planned.steps {
             Steps::Local => {
                 let permit = self.admit(&context, self.local.name()).await?;
+                let events = self.generate_locally(request, &permit).await?;
                 let guards = ResponseGuards { screen, permit };
-                let events = self.generate_locally(request).await?;
                 let route = history.header(self.local.name(), &self.local_model(), None);
                 return Ok(self.respond(
                     self.local_model(),
@@ -317,7 +318,7 @@ impl Gateway {
         }
         let mut guards = ResponseGuards { screen, permit };
         let started = Instant::now();
-        let local_events = match self.generate_locally(request.clone()).await {
+        let local_events = match self.generate_locally(request.clone(), &guards.permit).await {
             Ok(events) => events,
             Err(error) => {
                 if !self.hand_over_from_local(&error, started, &chain, &mut history) {
@@ -548,7 +549,11 @@ impl Gateway {
                 failed = tracing::field::Empty,
             );
             let outcome = async {
-                match target.provider.generate(attempt).await {
+                match target
+                    .provider
+                    .generate(attempt, permit.ranks_at().into_std())
+                    .await
+                {
                     Ok(events) if stream => Ok(events),
                     Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
                     Err(error) => Err(error),
@@ -693,7 +698,11 @@ impl Gateway {
     /// Starts a local generation inside a span that lasts while its events are read:
     /// `local_prefill` until the first token, `local_decode` from there to the end, and
     /// the engine's own timings on `local_generation` once it finishes.
-    async fn generate_locally(&self, request: ChatRequest) -> Result<EventStream, BackendError> {
+    async fn generate_locally(
+        &self,
+        request: ChatRequest,
+        permit: &Permit,
+    ) -> Result<EventStream, BackendError> {
         let span = tracing::info_span!(
             "local_generation",
             model = %self.local_model(),
@@ -707,7 +716,7 @@ impl Gateway {
         let mut decoding = false;
         let events = self
             .local
-            .generate(request)
+            .generate(request, permit.ranks_at().into_std())
             .instrument(span.clone())
             .await?;
         Ok(Box::pin(events.inspect(move |event| match event {

@@ -177,9 +177,10 @@ impl Governor {
     ) -> Result<Permit, GovernorError> {
         let arrived = Instant::now();
         let admitted = self.shared.lock().admit(&ask, arrived, Utc::now())?;
-        let (slot, waited, moved) = match admitted {
-            Admitted::Now(slot) => (slot, Duration::ZERO, false),
+        let (slot, waited, moved, ranks_at) = match admitted {
+            Admitted::Now { slot, ranks_at } => (slot, Duration::ZERO, false, ranks_at),
             Admitted::Queued { slot, key, reply } => {
+                let ranks_at = key.ranks_at();
                 let mut waiting = Waiting {
                     shared: &self.shared,
                     slot,
@@ -191,7 +192,7 @@ impl Governor {
                 let waited = waiting
                     .answer(arrived, arrived + self.shared.queue_timeout, fallback)
                     .await?;
-                (waiting.slot, waited, waiting.moved)
+                (waiting.slot, waited, waiting.moved, ranks_at)
             }
         };
         Ok(Permit {
@@ -199,6 +200,7 @@ impl Governor {
             slot,
             waited,
             moved,
+            ranks_at,
             acquired: Instant::now(),
         })
     }
@@ -309,6 +311,7 @@ pub struct Permit {
     slot: Slot,
     waited: Duration,
     moved: bool,
+    ranks_at: Instant,
     acquired: Instant,
 }
 
@@ -327,6 +330,13 @@ impl Permit {
     /// How long the request waited in the queue.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// The request's place in the governor's order (arrival plus one aging period per
+    /// class above P0; earlier goes first), for a backend that must queue it again:
+    /// the local engine waiting for cache room keeps the order the governor gave.
+    pub fn ranks_at(&self) -> Instant {
+        self.ranks_at
     }
 
     /// Moves the request to `backend` for its next attempt (an escalation or a

@@ -45,11 +45,21 @@ pub(super) struct QueueKey {
     sequence: u64,
 }
 
+impl QueueKey {
+    pub fn ranks_at(&self) -> Instant {
+        self.ranks_at
+    }
+}
+
 /// What a waiter learns: admitted after waiting so long, or refused.
 pub(super) type Reply = Result<Duration, GovernorError>;
 
 pub(super) enum Admitted {
-    Now(Slot),
+    Now {
+        slot: Slot,
+        /// Where it would have stood in the queue ([`QueueKey::ranks_at`]).
+        ranks_at: Instant,
+    },
     Queued {
         slot: Slot,
         key: QueueKey,
@@ -172,9 +182,14 @@ impl Queue {
         self.depth.get(class) >= self.capacity.get(class)
     }
 
+    /// The instant a request of `class` arriving at `arrived` ranks at.
+    fn ranks_at(&self, class: Priority, arrived: Instant) -> Instant {
+        arrived + self.aging * class.rank() as u32
+    }
+
     fn push(&mut self, slot: Slot, arrived: Instant) -> (QueueKey, oneshot::Receiver<Reply>) {
         let key = QueueKey {
-            ranks_at: arrived + self.aging * slot.class.rank() as u32,
+            ranks_at: self.ranks_at(slot.class, arrived),
             sequence: self.next_sequence,
         };
         self.next_sequence += 1;
@@ -455,7 +470,8 @@ impl State {
             self.slots.take(slot);
             self.queue.record_admission(slot.class, Duration::ZERO);
             self.count_request(slot.agent, now);
-            return Ok(Admitted::Now(slot));
+            let ranks_at = self.queue.ranks_at(slot.class, now);
+            return Ok(Admitted::Now { slot, ranks_at });
         }
         if self.queue.is_full(slot.class) {
             return Err(GovernorError::QueueFull {

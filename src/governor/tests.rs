@@ -148,7 +148,10 @@ async fn a_class_is_first_come_first_served() {
 async fn aging_lifts_a_waiting_request_above_later_arrivals() {
     // With AGING = 10 s a P2 request ranks as a P0 request arriving 20 s after it.
     let (governor, _) = governor(settings(1));
+    let started = tokio::time::Instant::now();
     let running = now(&governor, ask("a", Priority::P1)).await;
+    // Each permit keeps the place it ranked at, for the engine's own line.
+    assert_eq!(running.ranks_at(), started + AGING);
     let mut learning = queued(&governor, ask("a", Priority::P2)).await;
     tokio::time::advance(Duration::from_secs(15)).await;
     let mut early_incident = queued(&governor, ask("a", Priority::P0)).await;
@@ -157,11 +160,13 @@ async fn aging_lifts_a_waiting_request_above_later_arrivals() {
 
     drop(running);
     let first = answer(&mut early_incident).await.unwrap().unwrap();
+    assert_eq!(first.ranks_at(), started + Duration::from_secs(15));
     assert!(answer(&mut learning).await.is_none());
     drop(first);
     let second = answer(&mut learning).await.unwrap().unwrap();
     assert_eq!(second.priority(), Priority::P2);
     assert_eq!(second.waited(), Duration::from_secs(25));
+    assert_eq!(second.ranks_at(), started + 2 * AGING);
     assert!(answer(&mut late_incident).await.is_none());
     drop(second);
     assert!(answer(&mut late_incident).await.unwrap().is_ok());

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
 use warden::backend::{Backend, BackendError, BackendStatus, EventStream};
@@ -61,7 +61,11 @@ impl Backend for FixedServiceBackend {
         BackendStatus::Ready
     }
 
-    async fn generate(&self, _request: ChatRequest) -> Result<EventStream, BackendError> {
+    async fn generate(
+        &self,
+        _request: ChatRequest,
+        _ranks_at: Instant,
+    ) -> Result<EventStream, BackendError> {
         let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now_running, Ordering::SeqCst);
         let running = Running(self.running.clone());

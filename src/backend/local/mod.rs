@@ -2,7 +2,8 @@
 //! accelerator, see `network`) behind a continuous batching scheduler. Up to `slots`
 //! requests decode together in one forward pass per token, each with its own position
 //! and its own blocks of a key/value cache whose size the operator budgets; further
-//! requests wait, for at most the queue timeout.
+//! requests wait, in the order the gateway gives them (the governor's), for at most the
+//! queue timeout.
 
 pub mod engine;
 mod generation;
@@ -232,7 +233,11 @@ impl Backend for LocalBackend {
         }
     }
 
-    async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError> {
+    async fn generate(
+        &self,
+        request: ChatRequest,
+        ranks_at: Instant,
+    ) -> Result<EventStream, BackendError> {
         let arrived = Instant::now();
         let ready = self.ready()?;
         // Tokenising a long prompt takes long enough to stall the async workers (every
@@ -262,6 +267,7 @@ impl Backend for LocalBackend {
             request,
             prompt,
             arrived,
+            ranks_at,
             max_generation: self.max_generation,
             admitted,
             events,

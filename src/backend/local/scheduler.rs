@@ -5,10 +5,13 @@
 //! cache blocks for their whole length are free, and leave at the step they finish or
 //! their client goes away.
 //!
-//! Requests wait in arrival order while the batch or the cache is full; the caller
-//! bounds the wait (`LocalBackend`'s queue timeout), the scheduler never refuses one.
+//! Requests wait while the batch or the cache is full, in the governor's order (their
+//! `ranks_at`: arrival plus one aging period per class above P0), so a P0 request
+//! waiting for cache room goes before a P2 one that came first, as it did in the
+//! governor's queue. The caller bounds the wait (`LocalBackend`'s queue timeout), the
+//! scheduler never refuses one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -39,6 +42,8 @@ pub struct Submission {
     pub request: ChatRequest,
     pub prompt: PreparedPrompt,
     pub arrived: Instant,
+    /// Its place in line: earlier goes first.
+    pub ranks_at: Instant,
     /// How long it may run once admitted, prompt and answer.
     pub max_generation: Duration,
     /// Answered once the sequence has joined the batch (or can never join).
@@ -134,8 +139,43 @@ pub struct Scheduler {
     gathered: Vec<f32>,
     max_sequences: usize,
     running: Vec<Sequence>,
-    waiting: VecDeque<Submission>,
+    waiting: Waiting,
     occupancy: Arc<Occupancy>,
+}
+
+/// Requests not yet in the batch, by their place in line, then by arrival here.
+#[derive(Default)]
+struct Waiting {
+    submissions: BTreeMap<PlaceInLine, Submission>,
+    arrivals: u64,
+}
+
+/// `ranks_at`, then the order of arrival at the engine.
+type PlaceInLine = (Instant, u64);
+
+impl Waiting {
+    fn push(&mut self, submission: Submission) {
+        self.arrivals += 1;
+        self.submissions
+            .insert((submission.ranks_at, self.arrivals), submission);
+    }
+
+    fn pop_first(&mut self) -> Option<(PlaceInLine, Submission)> {
+        self.submissions.pop_first()
+    }
+
+    /// Puts a request taken out by `pop_first` back where it stood.
+    fn put_back(&mut self, place: PlaceInLine, submission: Submission) {
+        self.submissions.insert(place, submission);
+    }
+
+    fn len(&self) -> usize {
+        self.submissions.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.submissions.is_empty()
+    }
 }
 
 impl Scheduler {
@@ -155,7 +195,7 @@ impl Scheduler {
             gathered: Vec::new(),
             max_sequences,
             running: Vec::new(),
-            waiting: VecDeque::new(),
+            waiting: Waiting::default(),
             occupancy,
         }
     }
@@ -166,13 +206,13 @@ impl Scheduler {
         while open || !self.running.is_empty() || !self.waiting.is_empty() {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match submissions.recv() {
-                    Ok(submission) => self.waiting.push_back(submission),
+                    Ok(submission) => self.waiting.push(submission),
                     Err(_) => open = false,
                 }
             }
             loop {
                 match submissions.try_recv() {
-                    Ok(submission) => self.waiting.push_back(submission),
+                    Ok(submission) => self.waiting.push(submission),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         open = false;
@@ -188,7 +228,7 @@ impl Scheduler {
                 // Nothing could run: every sequence waits for its reader. Sleep on the
                 // queue instead of spinning, waking early for a new request.
                 match submissions.recv_timeout(STALLED_POLL) {
-                    Ok(submission) => self.waiting.push_back(submission),
+                    Ok(submission) => self.waiting.push(submission),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
                         open = false;
@@ -237,10 +277,12 @@ impl Scheduler {
         }
     }
 
-    /// Moves waiting requests into the batch, oldest first, while there is room.
+    /// Moves waiting requests into the batch, first in line first, while there is
+    /// room. The first waits for cache room rather than let later ones, smaller, pass
+    /// it: otherwise a stream of short P2 requests could keep a long P0 one out.
     fn admit(&mut self) {
         while self.running.len() < self.max_sequences {
-            let Some(submission) = self.waiting.pop_front() else {
+            let Some((place, submission)) = self.waiting.pop_first() else {
                 break;
             };
             if submission.admitted.is_closed() {
@@ -257,7 +299,7 @@ impl Scheduler {
                         }));
                     continue;
                 }
-                self.waiting.push_front(submission);
+                self.waiting.put_back(place, submission);
                 break;
             };
             let queue_ms = submission.arrived.elapsed().as_secs_f64() * 1000.0;

@@ -193,7 +193,12 @@ impl Backend for Provider {
         }
     }
 
-    async fn generate(&self, request: ChatRequest) -> Result<EventStream, BackendError> {
+    /// A provider does not queue: a full one refuses at once (`ProviderSaturated`).
+    async fn generate(
+        &self,
+        request: ChatRequest,
+        _ranks_at: Instant,
+    ) -> Result<EventStream, BackendError> {
         let started = Instant::now();
         let upstream_model = self.upstream_model(&request.model)?.to_string();
         let provider = self.config.name.clone();
