@@ -1,7 +1,11 @@
 //! The domain's errors: why a request was refused or failed, in terms an agent can act
-//! on. `api::error` maps each to an HTTP status in one place.
+//! on, and the one table ([`GatewayError::class`]) that says how each is told: the
+//! status and OpenAI `type` the client gets, and the `code` that the client, the audit
+//! record and the metrics all name it by. `api::error` adds the HTTP layer's own rows.
 
 use std::time::Duration;
+
+use http::StatusCode;
 
 use crate::audit::AuditError;
 use crate::auth::AuthError;
@@ -62,24 +66,139 @@ pub enum GatewayError {
     PolicyInvalid(#[from] PolicyError),
 }
 
+/// How one kind of failure is told, the same everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass {
+    pub status: StatusCode,
+    /// OpenAI's error `type`, which clients branch on.
+    pub error_type: &'static str,
+    /// The stable reason: the error's `code` for the client, the audit record's
+    /// `error.type`, and the `reason` label of metrics that count refusals.
+    pub code: &'static str,
+}
+
+impl ErrorClass {
+    pub const fn new(status: StatusCode, error_type: &'static str, code: &'static str) -> Self {
+        Self {
+            status,
+            error_type,
+            code,
+        }
+    }
+}
+
+/// OpenAI's error types.
+pub const INVALID_REQUEST: &str = "invalid_request_error";
+pub const AUTHENTICATION: &str = "authentication_error";
+pub const PERMISSION: &str = "permission_error";
+pub const RATE_LIMIT: &str = "rate_limit_error";
+pub const INSUFFICIENT_QUOTA: &str = "insufficient_quota";
+pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";
+pub const UPSTREAM: &str = "upstream_error";
+pub const SERVER_ERROR: &str = "server_error";
+
 impl GatewayError {
-    /// A stable name for the reason, as the audit log records it.
-    pub fn kind(&self) -> &'static str {
+    /// The error table: how each failure is told.
+    pub fn class(&self) -> ErrorClass {
+        use ErrorClass as C;
+        use StatusCode as S;
         match self {
-            GatewayError::Auth(_) => "authentication",
-            GatewayError::InvalidRequest { .. } => "invalid_request",
-            GatewayError::ModelNotFound(_) => "model_not_found",
-            GatewayError::ContextLengthExceeded { .. } => "context_length_exceeded",
-            GatewayError::Unavailable { .. } => "unavailable",
-            GatewayError::Upstream { .. } => "upstream_error",
-            GatewayError::Internal(_) => "internal",
-            GatewayError::Panicked(_) => "internal_error",
-            GatewayError::GenerationDeadline { .. } => "generation_deadline",
-            GatewayError::RunBudgetExceeded(_) => "run_budget_exceeded",
-            GatewayError::Audit(_) => "audit_unavailable",
-            GatewayError::Governor(refusal) => refusal.reason(),
-            GatewayError::Approval(_) => "approval",
-            GatewayError::PolicyInvalid(_) => "policy_invalid",
+            GatewayError::Auth(AuthError::MissingKey) => {
+                C::new(S::UNAUTHORIZED, AUTHENTICATION, "missing_api_key")
+            }
+            GatewayError::Auth(AuthError::UnknownKey) => {
+                C::new(S::UNAUTHORIZED, AUTHENTICATION, "invalid_api_key")
+            }
+            GatewayError::InvalidRequest { .. } => {
+                C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_value")
+            }
+            GatewayError::ModelNotFound(_) => {
+                C::new(S::NOT_FOUND, INVALID_REQUEST, "model_not_found")
+            }
+            GatewayError::ContextLengthExceeded { .. } => {
+                C::new(S::BAD_REQUEST, INVALID_REQUEST, "context_length_exceeded")
+            }
+            GatewayError::Unavailable { .. } => C::new(
+                S::SERVICE_UNAVAILABLE,
+                SERVICE_UNAVAILABLE,
+                "service_unavailable",
+            ),
+            GatewayError::Upstream { .. } => C::new(S::BAD_GATEWAY, UPSTREAM, "upstream_error"),
+            GatewayError::Internal(_)
+            | GatewayError::Panicked(_)
+            | GatewayError::Approval(ApprovalError::Storage { .. }) => {
+                C::new(S::INTERNAL_SERVER_ERROR, SERVER_ERROR, "internal_error")
+            }
+            // Asking again runs into the same deadline: not a 5xx clients retry on.
+            GatewayError::GenerationDeadline { .. } => C::new(
+                S::UNPROCESSABLE_ENTITY,
+                INVALID_REQUEST,
+                "generation_deadline",
+            ),
+            GatewayError::RunBudgetExceeded(_) => C::new(
+                S::TOO_MANY_REQUESTS,
+                INSUFFICIENT_QUOTA,
+                "run_budget_exceeded",
+            ),
+            // Nothing is acknowledged unrecorded: the request fails, and retrying helps
+            // only once the log is writable again.
+            GatewayError::Audit(AuditError::Broken(_) | AuditError::Closed) => C::new(
+                S::SERVICE_UNAVAILABLE,
+                SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+            ),
+            GatewayError::Audit(_) => C::new(S::INTERNAL_SERVER_ERROR, SERVER_ERROR, "audit_error"),
+            GatewayError::Governor(refusal) => {
+                let (status, error_type) = match refusal {
+                    GovernorError::QueueFull { .. } | GovernorError::RateLimited { .. } => {
+                        (S::TOO_MANY_REQUESTS, RATE_LIMIT)
+                    }
+                    GovernorError::BudgetExceeded { .. } => {
+                        (S::TOO_MANY_REQUESTS, INSUFFICIENT_QUOTA)
+                    }
+                    GovernorError::QueueTimeout { .. } | GovernorError::BackendBusy { .. } => {
+                        (S::SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE)
+                    }
+                    // 403, not 503: SDKs retry 5xx on their own, and a stopped agent
+                    // must not keep knocking until an operator lets it back in.
+                    GovernorError::KillSwitch { .. } => (S::FORBIDDEN, PERMISSION),
+                };
+                // The governor names its refusals itself: it counts them by that code.
+                C::new(status, error_type, refusal.code())
+            }
+            GatewayError::Approval(ApprovalError::NotFound(_)) => {
+                C::new(S::NOT_FOUND, INVALID_REQUEST, "approval_not_found")
+            }
+            GatewayError::Approval(ApprovalError::AlreadyDecided { .. }) => {
+                C::new(S::CONFLICT, INVALID_REQUEST, "approval_already_decided")
+            }
+            GatewayError::Approval(ApprovalError::Expired(_)) => {
+                C::new(S::CONFLICT, INVALID_REQUEST, "approval_expired")
+            }
+            GatewayError::PolicyInvalid(_) => {
+                C::new(S::UNPROCESSABLE_ENTITY, INVALID_REQUEST, "policy_invalid")
+            }
+        }
+    }
+
+    /// The request parameter at fault, when one is.
+    pub fn param(&self) -> Option<String> {
+        match self {
+            GatewayError::InvalidRequest { param, .. } => param.clone(),
+            GatewayError::ModelNotFound(_) => Some("model".into()),
+            GatewayError::ContextLengthExceeded { .. } => Some("messages".into()),
+            GatewayError::RunBudgetExceeded(exceeded) => Some(exceeded.limit.name().into()),
+            _ => None,
+        }
+    }
+
+    /// When a retry may succeed; `None` when waiting will not help or nobody knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::Unavailable { retry_after, .. }
+            | GatewayError::Upstream { retry_after, .. } => *retry_after,
+            GatewayError::Governor(refusal) => refusal.retry_after(),
+            _ => None,
         }
     }
 

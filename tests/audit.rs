@@ -273,13 +273,16 @@ async fn a_request_every_provider_failed_keeps_its_attempts_in_its_record() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "service_unavailable", "{answer}");
     assert_eq!(mock.received().len(), 2);
 
     let records = run_records(&server, "all-down").await;
     assert_eq!(records.len(), 1, "{records:#?}");
     let record = &records[0];
     assert_eq!(record["status"], "refused");
-    assert_eq!(record["error"]["type"], "unavailable");
+    // Under the code the client got.
+    assert_eq!(record["error"]["type"], "service_unavailable");
     let attempts: Vec<(&str, &str, &str)> = record["attempts"]
         .as_array()
         .unwrap()

@@ -268,7 +268,7 @@ async fn rate_limits_answer_429_with_retry_after_and_are_counted() {
     let metrics = server.metrics().await;
     for series in [
         "warden_governor_rate_limited_total{agent=\"agent-a\",limit=\"requests\"} 1",
-        "warden_governor_rejections_total{reason=\"rate_limited\"} 1",
+        "warden_governor_rejections_total{reason=\"rate_limit_exceeded\"} 1",
         "warden_governor_queue_depth{class=\"P0\"} 0",
         "warden_governor_queue_wait_seconds_count{class=\"P1\"} 3",
         "warden_governor_in_flight{backend=\"local\"} 0",

@@ -96,7 +96,7 @@ async fn answer(
             // Refused before the gateway saw it, and still on the record.
             state
                 .gateway
-                .record_unread(&context, &body, error.audit_kind(), &error.to_string())
+                .record_unread(&context, &body, error.code(), &error.to_string())
                 .await;
             return Err(error);
         }

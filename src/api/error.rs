@@ -10,9 +10,11 @@ use serde::Serialize;
 
 use crate::audit::AuditError;
 use crate::auth::AuthError;
-use crate::error::GatewayError;
-use crate::governor::{GovernorError, UnknownScope};
-use crate::policy::ApprovalError;
+use crate::error::{
+    ErrorClass, GatewayError, AUTHENTICATION, INVALID_REQUEST, PERMISSION, SERVER_ERROR,
+    SERVICE_UNAVAILABLE,
+};
+use crate::governor::UnknownScope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,6 +43,8 @@ pub enum ApiError {
     InvalidPath(String),
     #[error("warden is too busy to take this request's work now; retry shortly")]
     Busy,
+    #[error("warden has no room for another connection (`server.max_connections`, none idle); retry shortly")]
+    NoRoomForConnection,
     #[error("internal error while handling the request: {0}")]
     Panicked(String),
     #[error("no route for {method} {path}")]
@@ -68,245 +72,72 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What a response needs to know about an error.
 struct Disposition {
-    status: StatusCode,
-    kind: &'static str,
-    code: Option<&'static str>,
+    class: ErrorClass,
     param: Option<String>,
     retry_after: Option<Duration>,
 }
 
-impl Disposition {
-    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>) -> Self {
-        Self {
-            status,
-            kind,
-            code,
-            param: None,
-            retry_after: None,
-        }
-    }
-}
-
 impl ApiError {
-    fn disposition(&self) -> Disposition {
-        use Disposition as D;
-        const INVALID: &str = "invalid_request_error";
+    /// The HTTP layer's own rows of the error table; the gateway's come from
+    /// [`GatewayError::class`].
+    fn class(&self) -> ErrorClass {
+        use ErrorClass as C;
+        use StatusCode as S;
         match self {
-            ApiError::Gateway(error) => match error {
-                GatewayError::Auth(AuthError::MissingKey) => D::new(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    Some("missing_api_key"),
-                ),
-                GatewayError::Auth(AuthError::UnknownKey) => D::new(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    Some("invalid_api_key"),
-                ),
-                GatewayError::InvalidRequest { param, .. } => D {
-                    param: param.clone(),
-                    ..D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_value"))
-                },
-                GatewayError::ModelNotFound(_) => D {
-                    param: Some("model".into()),
-                    ..D::new(StatusCode::NOT_FOUND, INVALID, Some("model_not_found"))
-                },
-                GatewayError::ContextLengthExceeded { .. } => D {
-                    param: Some("messages".into()),
-                    ..D::new(
-                        StatusCode::BAD_REQUEST,
-                        INVALID,
-                        Some("context_length_exceeded"),
-                    )
-                },
-                GatewayError::Unavailable { retry_after, .. } => D {
-                    retry_after: *retry_after,
-                    ..D::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "service_unavailable",
-                        Some("service_unavailable"),
-                    )
-                },
-                GatewayError::Upstream { retry_after, .. } => D {
-                    retry_after: *retry_after,
-                    ..D::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_error",
-                        Some("upstream_error"),
-                    )
-                },
-                GatewayError::Internal(_) => {
-                    D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
-                }
-                // Asking again runs into the same deadline: not a 5xx clients retry on.
-                GatewayError::GenerationDeadline { .. } => D::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    INVALID,
-                    Some("generation_deadline"),
-                ),
-                GatewayError::Panicked(_) => D::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    Some("internal_error"),
-                ),
-                GatewayError::RunBudgetExceeded(exceeded) => D {
-                    param: Some(exceeded.limit.name().into()),
-                    ..D::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "insufficient_quota",
-                        Some("run_budget_exceeded"),
-                    )
-                },
-                GatewayError::Audit(error) => match error {
-                    // Nothing is acknowledged unrecorded: the request fails, and
-                    // retrying helps only once the log is writable again.
-                    AuditError::Broken(_) | AuditError::Closed => D::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "service_unavailable",
-                        Some("audit_unavailable"),
-                    ),
-                    AuditError::Io { .. }
-                    | AuditError::Damaged { .. }
-                    | AuditError::Truncated { .. }
-                    | AuditError::Malformed { .. }
-                    | AuditError::InvalidEntry(_) => D::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
-                        Some("audit_error"),
-                    ),
-                },
-                GatewayError::Governor(refusal) => {
-                    let disposition = match refusal {
-                        GovernorError::QueueFull { .. } => D::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limit_error",
-                            Some("queue_full"),
-                        ),
-                        GovernorError::QueueTimeout { .. } => D::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "service_unavailable",
-                            Some("queue_timeout"),
-                        ),
-                        GovernorError::RateLimited { .. } => D::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limit_error",
-                            Some("rate_limit_exceeded"),
-                        ),
-                        GovernorError::BudgetExceeded { .. } => D::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "insufficient_quota",
-                            Some("budget_exceeded"),
-                        ),
-                        // 403, not 503: SDKs retry 5xx on their own, and a stopped agent
-                        // must not keep knocking until an operator lets it back in.
-                        GovernorError::KillSwitch { .. } => D::new(
-                            StatusCode::FORBIDDEN,
-                            "permission_error",
-                            Some("kill_switch"),
-                        ),
-                        GovernorError::BackendBusy { .. } => D::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "service_unavailable",
-                            Some("backend_busy"),
-                        ),
-                    };
-                    D {
-                        retry_after: refusal.retry_after(),
-                        ..disposition
-                    }
-                }
-                GatewayError::Approval(ApprovalError::NotFound(_)) => {
-                    D::new(StatusCode::NOT_FOUND, INVALID, Some("approval_not_found"))
-                }
-                GatewayError::Approval(ApprovalError::AlreadyDecided { .. }) => D::new(
-                    StatusCode::CONFLICT,
-                    INVALID,
-                    Some("approval_already_decided"),
-                ),
-                GatewayError::Approval(ApprovalError::Expired(_)) => {
-                    D::new(StatusCode::CONFLICT, INVALID, Some("approval_expired"))
-                }
-                GatewayError::Approval(ApprovalError::Storage { .. }) => {
-                    D::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
-                }
-                GatewayError::PolicyInvalid(_) => D::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    INVALID,
-                    Some("policy_invalid"),
-                ),
-            },
-            ApiError::AdminKeyRequired => D::new(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                Some("invalid_admin_key"),
-            ),
+            ApiError::Gateway(error) => error.class(),
+            ApiError::AdminKeyRequired => {
+                C::new(S::UNAUTHORIZED, AUTHENTICATION, "invalid_admin_key")
+            }
             // The key is known, so who is asking is not in doubt: what it may do is.
-            ApiError::AgentKeyOnAdmin => D::new(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                Some("admin_key_required"),
-            ),
-            ApiError::InvalidQuery(_) => {
-                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_query"))
+            ApiError::AgentKeyOnAdmin => C::new(S::FORBIDDEN, PERMISSION, "admin_key_required"),
+            ApiError::InvalidQuery(_) => C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_query"),
+            ApiError::InvalidPath(_) => C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_path"),
+            ApiError::BodyTimeout { .. } => {
+                C::new(S::REQUEST_TIMEOUT, INVALID_REQUEST, "request_timeout")
             }
-            ApiError::InvalidPath(_) => {
-                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_path"))
+            ApiError::BodyUnreadable(_) => C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_body"),
+            ApiError::Busy => C::new(S::SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, "server_busy"),
+            ApiError::NoRoomForConnection => C::new(
+                S::SERVICE_UNAVAILABLE,
+                SERVICE_UNAVAILABLE,
+                "too_many_connections",
+            ),
+            ApiError::Panicked(_) => {
+                C::new(S::INTERNAL_SERVER_ERROR, SERVER_ERROR, "internal_error")
             }
-            ApiError::BodyTimeout { .. } => D::new(
-                StatusCode::REQUEST_TIMEOUT,
-                INVALID,
-                Some("request_timeout"),
-            ),
-            ApiError::BodyUnreadable(_) => {
-                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_body"))
+            ApiError::PayloadTooLarge { .. } => {
+                C::new(S::PAYLOAD_TOO_LARGE, INVALID_REQUEST, "request_too_large")
             }
-            ApiError::Busy => D {
-                retry_after: Some(BUSY_RETRY_AFTER),
-                ..D::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    Some("server_busy"),
-                )
-            },
-            ApiError::Panicked(_) => D::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                Some("internal_error"),
-            ),
-            ApiError::PayloadTooLarge { .. } => D::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                INVALID,
-                Some("request_too_large"),
-            ),
-            ApiError::BodyNotUtf8 => {
-                D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_encoding"))
+            ApiError::BodyNotUtf8 => C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_encoding"),
+            ApiError::MalformedJson { .. } => {
+                C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_json")
             }
-            ApiError::MalformedJson { param, .. } => D {
-                param: param.clone(),
-                ..D::new(StatusCode::BAD_REQUEST, INVALID, Some("invalid_json"))
-            },
-            ApiError::NotFound { .. } => D::new(StatusCode::NOT_FOUND, INVALID, Some("not_found")),
-            ApiError::MethodNotAllowed { .. } => D::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                INVALID,
-                Some("method_not_allowed"),
-            ),
-            ApiError::UnknownKillScope(_) => {
-                D::new(StatusCode::NOT_FOUND, INVALID, Some("not_found"))
+            ApiError::NotFound { .. } | ApiError::UnknownKillScope(_) => {
+                C::new(S::NOT_FOUND, INVALID_REQUEST, "not_found")
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                C::new(S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")
             }
         }
     }
 
-    /// The stable reason the audit log records for a request refused with this error:
-    /// the gateway's own for its errors, as its records name them, else the code.
-    pub fn audit_kind(&self) -> &'static str {
-        match self {
-            ApiError::Gateway(error) => error.kind(),
-            other => {
-                let disposition = other.disposition();
-                disposition.code.unwrap_or(disposition.kind)
-            }
+    fn disposition(&self) -> Disposition {
+        let (param, retry_after) = match self {
+            ApiError::Gateway(error) => (error.param(), error.retry_after()),
+            ApiError::MalformedJson { param, .. } => (param.clone(), None),
+            ApiError::Busy | ApiError::NoRoomForConnection => (None, Some(BUSY_RETRY_AFTER)),
+            _ => (None, None),
+        };
+        Disposition {
+            class: self.class(),
+            param,
+            retry_after,
         }
+    }
+
+    /// The reason the audit log records for a request refused with this error.
+    pub fn code(&self) -> &'static str {
+        self.class().code
     }
 
     /// The error as OpenAI's JSON body, for places (a stream) where no status can be set.
@@ -325,9 +156,9 @@ struct ErrorBody {
 struct ErrorDetail {
     message: String,
     #[serde(rename = "type")]
-    kind: &'static str,
+    error_type: &'static str,
     param: Option<String>,
-    code: Option<&'static str>,
+    code: &'static str,
 }
 
 impl ErrorBody {
@@ -335,9 +166,9 @@ impl ErrorBody {
         Self {
             error: ErrorDetail {
                 message: error.to_string(),
-                kind: disposition.kind,
+                error_type: disposition.class.error_type,
                 param: disposition.param.clone(),
-                code: disposition.code,
+                code: disposition.class.code,
             },
         }
     }
@@ -346,13 +177,16 @@ impl ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let disposition = self.disposition();
-        if disposition.status.is_server_error() {
+        // A 503 says warden is full or waiting for something, which its own metrics and
+        // logs already tell; an error line per refusal would flood the log under load.
+        let status = disposition.class.status;
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "request failed");
         } else {
-            tracing::debug!(error = %self, status = %disposition.status, "request refused");
+            tracing::debug!(error = %self, status = %disposition.class.status, "request refused");
         }
         let mut response = (
-            disposition.status,
+            disposition.class.status,
             Json(ErrorBody::new(&self, &disposition)),
         )
             .into_response();
@@ -362,7 +196,7 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
-        if disposition.status == StatusCode::UNAUTHORIZED {
+        if disposition.class.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

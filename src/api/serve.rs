@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
+use crate::api::error::ApiError;
 use crate::config::ServerConfig;
 use crate::metrics::ConnectionMetrics;
 
@@ -127,20 +128,27 @@ pub async fn serve(
 }
 
 /// Answers a connection there is no room for, in OpenAI's error shape, and closes it.
+/// No HTTP server runs on it, so the response the error table gives is written out here.
 async fn refuse(mut stream: TcpStream) {
-    let body = serde_json::json!({"error": {
-        "message": "warden has no room for another connection (`server.max_connections`, none idle); retry shortly",
-        "type": "service_unavailable",
-        "param": null,
-        "code": "too_many_connections",
-    }})
-    .to_string();
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+    let (parts, body) = ApiError::NoRoomForConnection.into_response().into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return;
+    };
+    let mut response = format!("HTTP/1.1 {}\r\n", parts.status).into_bytes();
+    for (name, value) in &parts.headers {
+        response.extend_from_slice(name.as_str().as_bytes());
+        response.extend_from_slice(b": ");
+        response.extend_from_slice(value.as_bytes());
+        response.extend_from_slice(b"\r\n");
+    }
+    let length = format!(
+        "connection: close\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
+    response.extend_from_slice(length.as_bytes());
+    response.extend_from_slice(&body);
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-        stream.write_all(response.as_bytes()).await?;
+        stream.write_all(&response).await?;
         stream.shutdown().await
     })
     .await;

@@ -434,7 +434,7 @@ fn as_written(value: &impl Serialize) -> Option<Value> {
 
 fn recorded(error: &GatewayError) -> RecordedError {
     RecordedError {
-        kind: error.kind().to_string(),
+        kind: error.class().code.to_string(),
         message: error.to_string(),
     }
 }

@@ -94,12 +94,13 @@ impl GovernorError {
         }
     }
 
-    /// The `reason` label of the rejections metric.
-    pub fn reason(&self) -> &'static str {
+    /// The refusal's code: the `reason` label of the rejections metric, and the `code`
+    /// the client and the audit record name it by (`crate::error`'s table).
+    pub fn code(&self) -> &'static str {
         match self {
             GovernorError::QueueFull { .. } => "queue_full",
             GovernorError::QueueTimeout { .. } => "queue_timeout",
-            GovernorError::RateLimited { .. } => "rate_limited",
+            GovernorError::RateLimited { .. } => "rate_limit_exceeded",
             GovernorError::BudgetExceeded { .. } => "budget_exceeded",
             GovernorError::KillSwitch { .. } => "kill_switch",
             GovernorError::BackendBusy { .. } => "backend_busy",

@@ -406,7 +406,7 @@ impl State {
         if let Err(error) = &admitted {
             self.metrics
                 .rejections
-                .with_label_values(&[error.reason()])
+                .with_label_values(&[error.code()])
                 .inc();
         }
         admitted
@@ -535,7 +535,7 @@ impl State {
         };
         self.metrics
             .rejections
-            .with_label_values(&[error.reason()])
+            .with_label_values(&[error.code()])
             .inc();
         error
     }
@@ -604,7 +604,7 @@ impl State {
             };
             self.metrics
                 .rejections
-                .with_label_values(&[error.reason()])
+                .with_label_values(&[error.code()])
                 .inc();
             return Err(error);
         }
@@ -683,7 +683,7 @@ impl State {
                 };
                 self.metrics
                     .rejections
-                    .with_label_values(&[error.reason()])
+                    .with_label_values(&[error.code()])
                     .inc();
                 let _ = waiter.reply.send(Err(error));
             }

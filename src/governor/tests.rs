@@ -720,7 +720,7 @@ mod property {
                     Poll::Ready(Err(error)) => {
                         *request = Request::Refused {
                             on_arrival: false,
-                            reason: error.reason(),
+                            reason: error.code(),
                         }
                     }
                     Poll::Pending => {}
@@ -776,7 +776,7 @@ mod property {
                         Poll::Ready(Ok(permit)) => Request::Running(permit),
                         Poll::Ready(Err(error)) => Request::Refused {
                             on_arrival: true,
-                            reason: error.reason(),
+                            reason: error.code(),
                         },
                         Poll::Pending => Request::Waiting(waiter),
                     });
@@ -842,7 +842,7 @@ mod property {
         let counted: u64 = [
             "queue_full",
             "queue_timeout",
-            "rate_limited",
+            "rate_limit_exceeded",
             "budget_exceeded",
             "kill_switch",
         ]
