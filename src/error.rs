@@ -11,7 +11,7 @@ use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::backend::BackendError;
 use crate::cost::outcome::InvalidOutcome;
-use crate::governor::GovernorError;
+use crate::governor::{GovernorError, UnknownScope};
 use crate::policy::{ApprovalError, PolicyError};
 use crate::route::plan::PlanError;
 use crate::runs::RunBudgetExceeded;
@@ -64,6 +64,9 @@ pub enum GatewayError {
     Approval(#[from] ApprovalError),
     #[error("the policy was not reloaded: {0}")]
     PolicyInvalid(#[from] PolicyError),
+    /// A kill switch addressed to an agent or tenant the configuration does not know.
+    #[error(transparent)]
+    UnknownKillScope(#[from] UnknownScope),
 }
 
 /// How one kind of failure is told, the same everywhere.
@@ -178,6 +181,7 @@ impl GatewayError {
             GatewayError::PolicyInvalid(_) => {
                 C::new(S::UNPROCESSABLE_ENTITY, INVALID_REQUEST, "policy_invalid")
             }
+            GatewayError::UnknownKillScope(_) => C::new(S::NOT_FOUND, INVALID_REQUEST, "not_found"),
         }
     }
 

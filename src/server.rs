@@ -14,6 +14,7 @@ use crate::backend::local::template::{ChatTemplate, TemplateKind};
 use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
 use crate::config::{Config, LocalConfig};
+use crate::gateway::operator::Operations;
 use crate::gateway::{Gateway, Recorder};
 use crate::governor::{Governor, GovernorSettings};
 use crate::metrics::Metrics;
@@ -60,12 +61,7 @@ pub async fn serve(config: Config, file: Config) -> anyhow::Result<()> {
 
     let state = build_state(&config, setup.store, backend, &process_env)?;
     let gateway = state.gateway.clone();
-    if let Err(error) = reload_on_hangup(
-        Arc::new(file),
-        gateway.routing().clone(),
-        state.policy.clone(),
-        gateway.audit().clone(),
-    ) {
+    if let Err(error) = reload_on_hangup(Arc::new(file), state.operations.clone()) {
         tracing::warn!(%error, "cannot listen for SIGHUP: reload through the admin API only");
     }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -102,7 +98,7 @@ pub fn build_state(
         .context("rebuilding runs from the audit log")?;
     tracing::debug!(records = restored, "runs rebuilt from the audit log");
     let recorder = Recorder::new(
-        audit,
+        audit.clone(),
         runs,
         metrics.requests.clone(),
         config.audit.store_text,
@@ -117,6 +113,7 @@ pub fn build_state(
         metrics.governor.clone(),
     );
     let policy = Arc::new(PolicyEngine::open(&config.policy, metrics.policy.clone())?);
+    let operations = Operations::new(governor.clone(), routing.clone(), policy.clone(), audit);
     Ok(AppState {
         config: Arc::new(config.clone()),
         gateway: Arc::new(Gateway::new(
@@ -128,6 +125,7 @@ pub fn build_state(
             governor.clone(),
         )),
         governor,
+        operations,
         keys: Arc::new(keys),
         metrics,
         policy,
@@ -217,53 +215,22 @@ fn process_env(name: &str) -> Option<String> {
 /// The handler is installed before this returns, so a signal sent afterwards is never
 /// lost (nor, by default, fatal).
 #[cfg(unix)]
-pub fn reload_on_hangup(
-    running: Arc<Config>,
-    routing: Arc<RoutingState>,
-    policy: Arc<PolicyEngine>,
-    audit: AuditLog,
-) -> std::io::Result<()> {
-    use crate::gateway::operator::SIGNAL;
+pub fn reload_on_hangup(running: Arc<Config>, operations: Operations) -> std::io::Result<()> {
+    use crate::gateway::operator::{Reread, SIGNAL};
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup())?;
-    let path = running.path.clone();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let recorded = match Config::reload(&path) {
-                Ok(config) => {
-                    let outcome = routing.reload(&config.table_source(), &process_env);
-                    let not_applied = running.restart_only_changes(&config);
-                    match &outcome {
-                        Ok(table) => {
-                            tracing::info!(version = table.version, file = %path.display(), "configuration reloaded")
-                        }
-                        Err((key, message)) => {
-                            tracing::error!(%key, %message, "reload refused; the previous routing stays")
-                        }
-                    }
-                    if !not_applied.is_empty() && outcome.is_ok() {
-                        tracing::warn!(
-                            keys = %not_applied.join(", "),
-                            "the reloaded file changes settings read at start only: they take effect at the next restart"
-                        );
-                    }
-                    audit
-                        .record_routing_change(SIGNAL, Some(&path), &not_applied, outcome.as_ref())
-                        .await
-                }
-                Err(error) => {
-                    tracing::error!(%error, "reload refused; the previous routing stays");
-                    audit
-                        .record_refusal(SIGNAL, "routing", Some(&path), &error.to_string())
-                        .await
-                }
+            let read = Config::reload(&running.path);
+            let reread = match &read {
+                Ok(config) => Ok(Reread {
+                    table: config.table_source(),
+                    restart_only: running.restart_only_changes(config),
+                }),
+                Err(error) => Err(error.to_string()),
             };
-            let policy_outcome = policy.reload();
-            if let Err(error) = &policy_outcome {
-                tracing::error!(%error, "policy reload refused; the running policy stays");
-            }
-            let policy_recorded = audit.record_policy_reload(SIGNAL, &policy_outcome).await;
-            if let Err(error) = recorded.and(policy_recorded) {
+            let recorded = operations.reload_files(SIGNAL, &running.path, reread).await;
+            if let Err(error) = recorded {
                 tracing::error!(%error, "the reload could not be recorded in the audit trail");
             }
         }
@@ -272,12 +239,7 @@ pub fn reload_on_hangup(
 }
 
 #[cfg(not(unix))]
-pub fn reload_on_hangup(
-    _running: Arc<Config>,
-    _routing: Arc<RoutingState>,
-    _policy: Arc<PolicyEngine>,
-    _audit: AuditLog,
-) -> std::io::Result<()> {
+pub fn reload_on_hangup(_running: Arc<Config>, _operations: Operations) -> std::io::Result<()> {
     Ok(())
 }
 

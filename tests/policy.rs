@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use warden::audit::{AuditConfig, AuditLog};
 use warden::backend::local::LocalBackend;
 use warden::config::PolicyConfig;
+use warden::gateway::operator::Operations;
+use warden::governor::{Governor, GovernorSettings};
 use warden::policy::AutonomyMode;
 use warden::route::{RoutingState, RoutingTable};
 
@@ -603,13 +605,17 @@ async fn sighup_reloads_the_policy() {
         metrics.audit.clone(),
     )
     .unwrap();
-    warden::server::reload_on_hangup(
-        Arc::new(server_config.clone()),
+    let governor = Governor::new(
+        GovernorSettings::from_config(&server_config),
+        metrics.governor.clone(),
+    );
+    let operations = Operations::new(
+        governor,
         Arc::new(RoutingState::new(table)),
         engine.clone(),
         audit.clone(),
-    )
-    .unwrap();
+    );
+    warden::server::reload_on_hangup(Arc::new(server_config.clone()), operations).unwrap();
     let before = engine.current().snapshot().to_string();
     let hangup = || {
         let status = std::process::Command::new("kill")

@@ -18,7 +18,6 @@ use super::error::ApiError;
 use super::extract::{Caller, OpenAiJson, OpenAiPath, OpenAiQuery};
 use super::AppState;
 use crate::error::GatewayError;
-use crate::gateway::operator::OperatorAction;
 use crate::policy::{ApprovalError, Held, Ticket, TicketFilter, TicketStatus};
 
 const MAX_APPROVER_LEN: usize = 128;
@@ -194,28 +193,10 @@ async fn decide(
             GatewayError::invalid("comment", format!("at most {MAX_COMMENT_LEN} bytes")).into(),
         );
     }
-    let engine = state.policy.clone();
-    let ticket =
-        tokio::task::spawn_blocking(move || engine.review(&id, approve, approver, body.comment))
-            .await
-            .map_err(|error| GatewayError::Internal(format!("the review task failed: {error}")))?
-            .map_err(GatewayError::from)?;
-    if let Some(review) = &ticket.review {
-        let decided = OperatorAction::ApprovalDecided {
-            ticket: &ticket.id,
-            approved: approve,
-            comment: &review.comment,
-            agent: &ticket.agent,
-            request_id: &ticket.request_id,
-            run_id: ticket.run_id.as_deref(),
-            call_hash: ticket.call_hash(),
-        };
-        state
-            .gateway
-            .audit()
-            .record_operator(&review.by, &decided)
-            .await?;
-    }
+    let ticket = state
+        .operations
+        .decide_approval(id, approve, approver, body.comment)
+        .await?;
     Ok(Json(view(&ticket, true)))
 }
 
@@ -234,16 +215,7 @@ async fn reload(
     State(state): State<AppState>,
     admin: AdminCaller,
 ) -> Result<Json<Value>, ApiError> {
-    let engine = state.policy.clone();
-    let outcome = tokio::task::spawn_blocking(move || engine.reload())
-        .await
-        .map_err(|error| GatewayError::Internal(format!("the reload task failed: {error}")))?;
-    state
-        .gateway
-        .audit()
-        .record_policy_reload(&admin.operator, &outcome)
-        .await?;
-    let reloaded = outcome.map_err(GatewayError::from)?;
+    let reloaded = state.operations.reload_policy(&admin.operator).await?;
     Ok(Json(json!({
         "previous": reloaded.previous,
         "snapshot": reloaded.snapshot,

@@ -14,7 +14,6 @@ use crate::error::{
     ErrorClass, GatewayError, AUTHENTICATION, INVALID_REQUEST, PERMISSION, SERVER_ERROR,
     SERVICE_UNAVAILABLE,
 };
-use crate::governor::UnknownScope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -51,8 +50,6 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
-    #[error(transparent)]
-    UnknownKillScope(#[from] UnknownScope),
 }
 
 impl From<AuthError> for ApiError {
@@ -112,9 +109,7 @@ impl ApiError {
             ApiError::MalformedJson { .. } => {
                 C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_json")
             }
-            ApiError::NotFound { .. } | ApiError::UnknownKillScope(_) => {
-                C::new(S::NOT_FOUND, INVALID_REQUEST, "not_found")
-            }
+            ApiError::NotFound { .. } => C::new(S::NOT_FOUND, INVALID_REQUEST, "not_found"),
             ApiError::MethodNotAllowed { .. } => {
                 C::new(S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")
             }

@@ -12,8 +12,6 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{OpenAiJson, OpenAiPath};
 use super::{AdminCaller, AppState};
-use crate::error::GatewayError;
-use crate::gateway::operator::OperatorAction;
 use crate::governor::{GovernorSnapshot, KillScope};
 
 pub fn routes() -> Router<AppState> {
@@ -99,25 +97,14 @@ async fn engage(
     scope: KillScope,
     request: KillRequest,
 ) -> Result<Json<Value>, ApiError> {
-    let reason = request.reason.trim();
-    if reason.is_empty() {
-        return Err(GatewayError::invalid("reason", "say why traffic is stopped").into());
-    }
-    let refused = state.governor.engage(scope.clone(), reason)?;
-    let action = OperatorAction::KillSwitchEngaged {
-        kill_switch: &scope,
-        reason,
-        queued_refused: refused,
-    };
-    state
-        .gateway
-        .audit()
-        .record_operator(&admin.operator, &action)
+    let refused = state
+        .operations
+        .engage_kill_switch(&admin.operator, &scope, &request.reason)
         .await?;
     Ok(Json(json!({
         "kill_switch": scope,
         "engaged": true,
-        "reason": reason,
+        "reason": request.reason.trim(),
         "queued_refused": refused,
     })))
 }
@@ -127,15 +114,9 @@ async fn clear(
     admin: &AdminCaller,
     scope: KillScope,
 ) -> Result<Json<Value>, ApiError> {
-    let was_engaged = state.governor.clear(&scope)?;
-    let action = OperatorAction::KillSwitchCleared {
-        kill_switch: &scope,
-        was_engaged,
-    };
-    state
-        .gateway
-        .audit()
-        .record_operator(&admin.operator, &action)
+    let was_engaged = state
+        .operations
+        .clear_kill_switch(&admin.operator, &scope)
         .await?;
     Ok(Json(json!({
         "kill_switch": scope,

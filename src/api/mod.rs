@@ -34,6 +34,7 @@ pub use cpu::CpuPool;
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::error::panic_message;
+use crate::gateway::operator::Operations;
 use crate::gateway::Gateway;
 use crate::governor::Governor;
 use crate::metrics::{Metrics, PANIC_IN_HANDLER};
@@ -47,6 +48,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub gateway: Arc<Gateway>,
     pub governor: Governor,
+    /// What operators do, through the admin API as through SIGHUP.
+    pub operations: Operations,
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<PolicyEngine>,

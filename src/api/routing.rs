@@ -11,7 +11,6 @@ use super::admin::AdminCaller;
 use super::error::ApiError;
 use super::extract::OpenAiJson;
 use super::AppState;
-use crate::error::GatewayError;
 use crate::route::config::RawRouting;
 
 pub fn routes() -> Router<AppState> {
@@ -28,13 +27,9 @@ async fn replace(
     admin: AdminCaller,
     OpenAiJson(raw): OpenAiJson<RawRouting>,
 ) -> Result<Json<Value>, ApiError> {
-    let outcome = state.gateway.routing().update_routing(raw);
-    state
-        .gateway
-        .audit()
-        .record_routing_change(&admin.operator, None, &[], outcome.as_ref())
+    let table = state
+        .operations
+        .replace_routing(&admin.operator, raw)
         .await?;
-    let table = outcome.map_err(|(key, message)| GatewayError::invalid(key, message))?;
-    tracing::info!(version = table.version, routing = ?table.routing, "routing replaced through the admin API");
     Ok(Json(serde_json::to_value(table.view()).unwrap_or_default()))
 }

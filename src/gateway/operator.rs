@@ -1,7 +1,8 @@
-//! What operators did, on the same chain as the requests they affect: kill switches,
-//! routing and policy changes (through the admin API or SIGHUP, refused ones included)
-//! and approval decisions. Each is appended before the operator is answered, so an
-//! action that was acknowledged is on the record.
+//! What operators do, in one service ([`Operations`]) for the admin API and SIGHUP
+//! alike, and its record on the same chain as the requests it affects: kill switches,
+//! routing and policy changes (refused ones included) and approval decisions. Each is
+//! appended before the operator is answered, so an action that was acknowledged is on
+//! the record.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,10 +10,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::audit::{AuditError, AuditLog, Receipt};
-use crate::governor::KillScope;
-use crate::policy::{PolicyError, Reloaded};
-use crate::route::config::RoutingConfig;
-use crate::route::RoutingTable;
+use crate::error::GatewayError;
+use crate::governor::{Governor, KillScope};
+use crate::policy::{PolicyEngine, Reloaded, Ticket};
+use crate::route::config::{RawRouting, RoutingConfig};
+use crate::route::{RoutingState, RoutingTable, TableSource};
 
 /// Who acted when the admin API was called without naming an operator.
 pub const UNNAMED_ADMIN: &str = "admin";
@@ -97,7 +99,7 @@ struct OperatorRecord<'a> {
 
 impl AuditLog {
     /// Appends what `by` did; returns once it is durable.
-    pub async fn record_operator(
+    async fn record_operator(
         &self,
         by: &str,
         action: &OperatorAction<'_>,
@@ -105,11 +107,194 @@ impl AuditLog {
         self.append_event(action.kind(), &OperatorRecord { by, action })
             .await
     }
+}
+
+/// The configuration file as a reload re-read it.
+pub struct Reread<'a> {
+    pub table: TableSource<'a>,
+    /// Keys it changes that only a restart applies.
+    pub restart_only: Vec<String>,
+}
+
+/// Every operator action, whoever asks for it (the admin API, a SIGHUP), taken the
+/// same way: act, then record, then answer. The record is durable before the caller
+/// hears the outcome, and a change refused by validation is recorded as refused.
+#[derive(Clone)]
+pub struct Operations {
+    governor: Governor,
+    routing: Arc<RoutingState>,
+    policy: Arc<PolicyEngine>,
+    audit: AuditLog,
+}
+
+impl Operations {
+    pub fn new(
+        governor: Governor,
+        routing: Arc<RoutingState>,
+        policy: Arc<PolicyEngine>,
+        audit: AuditLog,
+    ) -> Self {
+        Self {
+            governor,
+            routing,
+            policy,
+            audit,
+        }
+    }
+
+    /// Stops the traffic `scope` covers; returns how many queued requests it refused.
+    pub async fn engage_kill_switch(
+        &self,
+        by: &str,
+        scope: &KillScope,
+        reason: &str,
+    ) -> Result<usize, GatewayError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(GatewayError::invalid(
+                "reason",
+                "say why traffic is stopped",
+            ));
+        }
+        let queued_refused = self.governor.engage(scope.clone(), reason)?;
+        let action = OperatorAction::KillSwitchEngaged {
+            kill_switch: scope,
+            reason,
+            queued_refused,
+        };
+        self.audit.record_operator(by, &action).await?;
+        Ok(queued_refused)
+    }
+
+    /// Lets the traffic `scope` covers through again; returns whether it was stopped.
+    pub async fn clear_kill_switch(
+        &self,
+        by: &str,
+        scope: &KillScope,
+    ) -> Result<bool, GatewayError> {
+        let was_engaged = self.governor.clear(scope)?;
+        let action = OperatorAction::KillSwitchCleared {
+            kill_switch: scope,
+            was_engaged,
+        };
+        self.audit.record_operator(by, &action).await?;
+        Ok(was_engaged)
+    }
+
+    /// Replaces the routing policy; requests in flight finish under their version.
+    pub async fn replace_routing(
+        &self,
+        by: &str,
+        raw: RawRouting,
+    ) -> Result<Arc<RoutingTable>, GatewayError> {
+        let outcome = self.routing.update_routing(raw);
+        self.record_routing(by, None, &[], outcome.as_ref()).await?;
+        let table = outcome.map_err(|(key, message)| GatewayError::invalid(key, message))?;
+        tracing::info!(version = table.version, %by, routing = ?table.routing, "routing replaced");
+        Ok(table)
+    }
+
+    /// Reads the policy file again and swaps it in whole, or keeps the running policy.
+    pub async fn reload_policy(&self, by: &str) -> Result<Reloaded, GatewayError> {
+        let engine = self.policy.clone();
+        let outcome = tokio::task::spawn_blocking(move || engine.reload())
+            .await
+            .map_err(|error| GatewayError::Internal(format!("the reload task failed: {error}")))?;
+        match &outcome {
+            Ok(reloaded) => {
+                let changed = OperatorAction::PolicyReloaded {
+                    previous: &reloaded.previous,
+                    snapshot: &reloaded.snapshot,
+                };
+                self.audit.record_operator(by, &changed).await?;
+            }
+            Err(error) => {
+                tracing::error!(%error, %by, "policy reload refused; the running policy stays");
+                self.record_refusal(by, "policy", None, &error.to_string())
+                    .await?;
+            }
+        }
+        Ok(outcome?)
+    }
+
+    /// Approves or rejects a held tool call or output, in the approver's name.
+    pub async fn decide_approval(
+        &self,
+        ticket: String,
+        approve: bool,
+        approver: String,
+        comment: String,
+    ) -> Result<Ticket, GatewayError> {
+        let engine = self.policy.clone();
+        let ticket =
+            tokio::task::spawn_blocking(move || engine.review(&ticket, approve, approver, comment))
+                .await
+                .map_err(|error| {
+                    GatewayError::Internal(format!("the review task failed: {error}"))
+                })??;
+        if let Some(review) = &ticket.review {
+            let decided = OperatorAction::ApprovalDecided {
+                ticket: &ticket.id,
+                approved: approve,
+                comment: &review.comment,
+                agent: &ticket.agent,
+                request_id: &ticket.request_id,
+                run_id: ticket.run_id.as_deref(),
+                call_hash: ticket.call_hash(),
+            };
+            self.audit.record_operator(&review.by, &decided).await?;
+        }
+        Ok(ticket)
+    }
+
+    /// Applies the configuration `file` as re-read (or the reason it could not be):
+    /// its providers, routing and prices swapped in whole, or none of them; then the
+    /// policy file likewise. Refusals are logged and recorded, not returned: only a
+    /// record that could not be written is.
+    pub async fn reload_files(
+        &self,
+        by: &str,
+        file: &Path,
+        reread: Result<Reread<'_>, String>,
+    ) -> Result<(), AuditError> {
+        let recorded = match reread {
+            Ok(reread) => {
+                let outcome = self
+                    .routing
+                    .reload(&reread.table, &|name| std::env::var(name).ok());
+                match &outcome {
+                    Ok(table) => {
+                        tracing::info!(version = table.version, file = %file.display(), "configuration reloaded");
+                        if !reread.restart_only.is_empty() {
+                            tracing::warn!(
+                                keys = %reread.restart_only.join(", "),
+                                "the reloaded file changes settings read at start only: they take effect at the next restart"
+                            );
+                        }
+                    }
+                    Err((key, message)) => {
+                        tracing::error!(%key, %message, "reload refused; the previous routing stays")
+                    }
+                }
+                self.record_routing(by, Some(file), &reread.restart_only, outcome.as_ref())
+                    .await
+            }
+            Err(error) => {
+                tracing::error!(%error, "reload refused; the previous routing stays");
+                self.record_refusal(by, "routing", Some(file), &error).await
+            }
+        };
+        let policy = match self.reload_policy(by).await {
+            Err(GatewayError::Audit(error)) => Err(error),
+            _ => Ok(()),
+        };
+        recorded.map(drop).and(policy)
+    }
 
     /// Records a routing change or its refusal (`(key, message)`, as validation names
     /// them); `file` when it was re-read from the configuration file, with the keys it
     /// changed that only a restart applies.
-    pub async fn record_routing_change(
+    async fn record_routing(
         &self,
         by: &str,
         file: Option<&Path>,
@@ -124,7 +309,7 @@ impl AuditLog {
                     file,
                     not_applied,
                 };
-                self.record_operator(by, &changed).await
+                self.audit.record_operator(by, &changed).await
             }
             Err((key, message)) => {
                 let error = format!("{key}: {message}");
@@ -133,28 +318,7 @@ impl AuditLog {
         }
     }
 
-    /// Records a policy reload or its refusal.
-    pub async fn record_policy_reload(
-        &self,
-        by: &str,
-        outcome: &Result<Reloaded, PolicyError>,
-    ) -> Result<Receipt, AuditError> {
-        match outcome {
-            Ok(reloaded) => {
-                let changed = OperatorAction::PolicyReloaded {
-                    previous: &reloaded.previous,
-                    snapshot: &reloaded.snapshot,
-                };
-                self.record_operator(by, &changed).await
-            }
-            Err(error) => {
-                self.record_refusal(by, "policy", None, &error.to_string())
-                    .await
-            }
-        }
-    }
-
-    pub async fn record_refusal(
+    async fn record_refusal(
         &self,
         by: &str,
         target: &str,
@@ -166,7 +330,7 @@ impl AuditLog {
             file,
             error,
         };
-        self.record_operator(by, &refused).await
+        self.audit.record_operator(by, &refused).await
     }
 }
 

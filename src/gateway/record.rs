@@ -415,7 +415,8 @@ fn status_before_answer(error: &GatewayError) -> RequestStatus {
         | GatewayError::RunBudgetExceeded(_)
         | GatewayError::Governor(_)
         | GatewayError::Approval(_)
-        | GatewayError::PolicyInvalid(_) => RequestStatus::Refused,
+        | GatewayError::PolicyInvalid(_)
+        | GatewayError::UnknownKillScope(_) => RequestStatus::Refused,
         GatewayError::Upstream { .. }
         | GatewayError::Internal(_)
         | GatewayError::Panicked(_)
