@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{Caller, OpenAiJson};
 use super::AppState;
-use crate::cost::outcome::{BusinessOutcome, OutcomeStatus};
+use crate::audit::record::{BusinessOutcome, OutcomeStatus};
 use crate::error::GatewayError;
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,7 @@
 pub mod chain;
 mod head;
 pub mod query;
+pub mod read;
 pub mod record;
 pub mod recover;
 mod runway;

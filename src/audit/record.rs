@@ -1,6 +1,7 @@
-//! The `request` record: what the gateway writes about one chat request, and how
-//! readers (cost reports, run rebuilding, `warden tune`) read it back. Prompts and
-//! completions are kept as SHA-256 and size, their text only when configured.
+//! The `request` record (what the gateway writes about one chat request) and the
+//! `outcome` record (what an agent reported a run achieved), as written and as readers
+//! read them back (`read`). Prompts and completions are kept as SHA-256 and size,
+//! their text only when configured.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -12,6 +13,29 @@ use super::{AuditError, Entry};
 use crate::chat::ChatRequest;
 
 pub const REQUEST_KIND: &str = "request";
+pub const OUTCOME_KIND: &str = "outcome";
+
+/// Whether a run achieved what it was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeStatus {
+    Success,
+    Failure,
+}
+
+/// The `outcome` record: what an agent reported a run achieved (`POST /v1/outcomes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusinessOutcome {
+    pub run_id: String,
+    /// What the run was for, e.g. `ticket_closed`: the group of a per-outcome report.
+    pub outcome: String,
+    pub status: OutcomeStatus,
+    /// What the outcome was worth, in the business's own terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Decimal>,
+    pub agent: String,
+    pub tenant: String,
+}
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

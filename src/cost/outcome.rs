@@ -1,13 +1,13 @@
 //! Business outcomes (a ticket closed, an invoice matched) that agents attach to their
-//! runs with `POST /v1/outcomes`. They are audit records of kind `outcome`; reports join
-//! them to the run's requests. A run reported twice keeps its latest outcome.
+//! runs with `POST /v1/outcomes`, checked here. They are audit records of kind `outcome`
+//! (`audit::record::BusinessOutcome`); reports join them to the run's requests. A run
+//! reported twice keeps its latest outcome.
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
+use crate::audit::record::{BusinessOutcome, OutcomeStatus};
 use crate::auth::Principal;
 
-pub const OUTCOME_KIND: &str = "outcome";
 /// As long as a run id may be in request metadata.
 const MAX_RUN_ID_LEN: usize = 512;
 const MAX_OUTCOME_LEN: usize = 128;
@@ -18,26 +18,6 @@ const MAX_OUTCOME_LEN: usize = 128;
 pub struct InvalidOutcome {
     pub field: &'static str,
     pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutcomeStatus {
-    Success,
-    Failure,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BusinessOutcome {
-    pub run_id: String,
-    /// What the run was for, e.g. `ticket_closed`: the group of a per-outcome report.
-    pub outcome: String,
-    pub status: OutcomeStatus,
-    /// What the outcome was worth, in the business's own terms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Decimal>,
-    pub agent: String,
-    pub tenant: String,
 }
 
 impl BusinessOutcome {

@@ -21,9 +21,9 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::outcome::{BusinessOutcome, OutcomeStatus, OUTCOME_KIND};
 use crate::audit::query::{self, Filter};
-use crate::audit::record::{decimal_field, REQUEST_KIND};
+use crate::audit::read::AuditRecord;
+use crate::audit::record::{decimal_field, BusinessOutcome, OutcomeStatus, REQUEST_KIND};
 use crate::audit::{AuditError, RequestRecord, RequestStatus};
 use crate::backend::local::BACKEND_NAME as LOCAL_BACKEND;
 
@@ -183,12 +183,12 @@ pub fn from_log(dir: &Path, group_by: GroupBy, window: Window) -> Result<CostRep
     };
     let mut problem = None;
     query::for_each(dir, &filter, |record| {
-        match read(&record, &window) {
-            Ok(Some(Read::Request(request))) => served.push(Served::from_record(&request)),
-            Ok(Some(Read::BusinessOutcome(outcome))) => {
+        match read(record, &window) {
+            Ok(Some(AuditRecord::Request(request))) => served.push(Served::from_record(&request)),
+            Ok(Some(AuditRecord::Outcome(outcome))) => {
                 outcomes.insert((outcome.tenant.clone(), outcome.run_id.clone()), outcome);
             }
-            Ok(None) => {}
+            Ok(Some(AuditRecord::Other(_)) | None) => {}
             Err(error) => {
                 problem = Some(error);
                 return ControlFlow::Break(());
@@ -202,34 +202,26 @@ pub fn from_log(dir: &Path, group_by: GroupBy, window: Window) -> Result<CostRep
     Ok(build(group_by, window, &served, &outcomes))
 }
 
-enum Read {
-    Request(Box<RequestRecord>),
-    BusinessOutcome(BusinessOutcome),
-}
-
-fn read(record: &Value, window: &Window) -> Result<Option<Read>, AuditError> {
-    let unreadable = |error: serde_json::Error| AuditError::Malformed {
-        seq: record["seq"].as_u64().unwrap_or(0),
-        kind: record["kind"].as_str().unwrap_or_default().to_string(),
-        problem: error.to_string(),
-    };
-    match record["kind"].as_str() {
-        Some(REQUEST_KIND) => {
-            let time = record["time"].as_str().and_then(|t| parse_time(t).ok());
-            if window
-                .to
-                .is_some_and(|to| time.is_none_or(|time| time >= to))
-            {
-                return Ok(None);
-            }
-            let request = serde_json::from_value(record.clone()).map_err(unreadable)?;
-            Ok(Some(Read::Request(Box::new(request))))
+/// The record typed, or `None` for a request written after the window.
+fn read(record: Value, window: &Window) -> Result<Option<AuditRecord>, AuditError> {
+    let seq = record["seq"].as_u64().unwrap_or(0);
+    let kind = record["kind"].as_str().unwrap_or_default().to_string();
+    if kind == REQUEST_KIND {
+        let time = record["time"].as_str().and_then(|t| parse_time(t).ok());
+        if window
+            .to
+            .is_some_and(|to| time.is_none_or(|time| time >= to))
+        {
+            return Ok(None);
         }
-        Some(OUTCOME_KIND) => Ok(Some(Read::BusinessOutcome(
-            serde_json::from_value(record.clone()).map_err(unreadable)?,
-        ))),
-        _ => Ok(None),
     }
+    AuditRecord::parse(record)
+        .map(Some)
+        .map_err(|error| AuditError::Malformed {
+            seq,
+            kind,
+            problem: error.to_string(),
+        })
 }
 
 fn build(group_by: GroupBy, window: Window, served: &[Served], outcomes: &Outcomes) -> CostReport {
@@ -373,7 +365,7 @@ impl CostReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::{RecordedError, TextDigest};
+    use crate::audit::record::{RecordedError, TextDigest, OUTCOME_KIND};
     use crate::audit::{AuditConfig, AuditLog, Entry};
     use serde_json::json;
     use std::str::FromStr;

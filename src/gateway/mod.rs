@@ -29,6 +29,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
+use crate::audit::record::BusinessOutcome;
 use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
 use crate::backend::provider::breaker::BreakerState;
@@ -36,7 +37,6 @@ use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{
     ChatRequest, Collected, FinishReason, GenerationEvent, GenerationSummary, StreamEvent,
 };
-use crate::cost::outcome::BusinessOutcome;
 use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
 use crate::metrics::{Metrics, PANIC_IN_HANDLER};

@@ -19,10 +19,10 @@ use serde_json::Value;
 
 use super::screen::RunCheck;
 use super::{Completed, Recorded, RequestContext, ResponseEvent, Started, Unanswered};
+use crate::audit::record::{BusinessOutcome, OUTCOME_KIND};
 use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
 use crate::chat::{ChatRequest, StreamEvent};
-use crate::cost::outcome::{BusinessOutcome, OUTCOME_KIND};
 use crate::error::{panic_message, GatewayError};
 use crate::metrics::{RequestMetrics, PANIC_IN_RESPONSE};
 use crate::policy::report::{CallOutcome, DecisionRecord};

@@ -1,27 +1,19 @@
 //! `warden policy replay`: the decisions recorded in an audit log re-taken under a
 //! candidate policy, and what would change. A log is the audit folder (or one of its
-//! files, or any JSONL) whose request lines carry the response's `warden` object under
-//! `report`; only the fields replay needs are read, and lines without a report (events,
-//! outcomes) are passed over.
+//! files, or a copy of them), read through `audit::read`; of each request record's
+//! `report` (the response's `warden` object) only the fields replay needs are read, and
+//! records without a report (events, outcomes, refusals) are passed over.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::BufRead;
 use std::path::Path;
 
-use anyhow::Context;
 use serde::Deserialize;
 
 use super::decide::{Policy, ReasonCode, Subject, Verdict};
 use super::report::PolicyReport;
-use crate::audit::segment::{holds_no_record, jsonl_files};
+use crate::audit::read::{read_files, AuditRecord, ReadError};
 use crate::chat::ToolCall;
-
-#[derive(Deserialize)]
-struct LogLine {
-    #[serde(default)]
-    report: Option<ReportView>,
-}
 
 #[derive(Deserialize)]
 struct ReportView {
@@ -57,31 +49,30 @@ pub struct Replay {
     pub changes: Vec<Change>,
 }
 
-pub fn replay(policy: &Policy, log: &Path) -> anyhow::Result<Replay> {
+pub fn replay(policy: &Policy, log: &Path) -> Result<Replay, ReadError> {
     let mut replay = Replay {
         snapshot: policy.snapshot().to_string(),
         ..Replay::default()
     };
-    let files = jsonl_files(log).with_context(|| format!("reading {}", log.display()))?;
-    for file in files {
-        let opened =
-            std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
-        for (index, line) in std::io::BufReader::new(opened).lines().enumerate() {
-            let line = line.with_context(|| format!("reading {}", file.display()))?;
-            if holds_no_record(&line) {
-                continue;
-            }
-            match serde_json::from_str::<LogLine>(&line) {
-                Ok(LogLine {
-                    report: Some(report),
-                }) => replay.decide_again(policy, &report),
-                Ok(LogLine { report: None }) => {}
-                Err(_) => replay
-                    .unreadable_lines
-                    .push(format!("{}:{}", file.display(), index + 1)),
+    read_files(log, &mut |record, place| {
+        let report = record.and_then(|record| match record {
+            AuditRecord::Request(request) => request
+                .report
+                .map(serde_json::from_value::<ReportView>)
+                .transpose()
+                .map_err(|error| place.malformed(error)),
+            _ => Ok(None),
+        });
+        match report {
+            Ok(Some(report)) => replay.decide_again(policy, &report),
+            Ok(None) => {}
+            Err(_) => {
+                let at = format!("{}:{}", place.path.display(), place.line);
+                replay.unreadable_lines.push(at);
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(replay)
 }
 

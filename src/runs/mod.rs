@@ -30,6 +30,7 @@ use tokio::time::Instant;
 pub use limits::{RunLimit, RunLimits, RunsConfig};
 
 use crate::audit::query::{self, Filter};
+use crate::audit::read::AuditRecord;
 use crate::audit::record::REQUEST_KIND;
 use crate::audit::{AuditError, RequestRecord, RequestStatus};
 
@@ -294,12 +295,13 @@ impl RunTracker {
         };
         let mut replayed = 0;
         query::for_each(dir, &filter, |value| {
-            match serde_json::from_value::<RequestRecord>(value) {
-                Ok(record) => {
+            match AuditRecord::parse(value) {
+                Ok(AuditRecord::Request(record)) => {
                     let age = (now - record.received_at).to_std().unwrap_or_default();
                     self.restore(&record, age);
                     replayed += 1;
                 }
+                Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "skipping an unreadable request record"),
             }
             ControlFlow::Continue(())

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use crate::config::Config;
 use crate::cost::Metered;
 
-pub use records::{Decision, LocalAnswer, Log, RecordsError};
+pub use records::{Decision, LocalAnswer, Log};
 pub use replay::{default_candidates, replay, Candidate, EscalationPricing, Replayed};
 
 /// Decimal places shown for dollar amounts: a request's cost is often a fraction of a

@@ -1,7 +1,7 @@
-//! The decisions `warden tune` replays, read from the JSONL the gateway writes. A line is
-//! an audit record carrying a `report` (the `warden` object of a response), a bare
-//! report, or an outcome attached to a run; anything else (approvals, configuration
-//! changes) says nothing about thresholds and is skipped.
+//! The decisions `warden tune` replays, read from the JSONL the gateway writes (through
+//! `audit::read`). A line is a request record carrying a `report` (the `warden` object
+//! of a response), a bare report, or an outcome attached to a run; anything else
+//! (approvals, configuration changes) says nothing about thresholds and is skipped.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -9,31 +9,13 @@ use std::path::{Path, PathBuf};
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde_json::Value;
 
-use crate::audit::segment::{holds_no_record, jsonl_files};
+use crate::audit::read::{read_files, read_lines, AuditRecord, Place, ReadError};
+use crate::audit::record::OutcomeStatus;
 use crate::backend::local::BACKEND_NAME as LOCAL_BACKEND;
 use crate::chat::{Confidence, Usage};
-use crate::cost::outcome::OutcomeStatus;
 use crate::gateway::AttemptOutcome;
 use crate::route::{Reason, Route};
-
-const OUTCOME_KIND: &str = "outcome";
-
-#[derive(Debug, thiserror::Error)]
-pub enum RecordsError {
-    #[error("cannot read {path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{path}:{line}: {message}")]
-    Malformed {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
-}
 
 /// One routed request, as far as thresholds are concerned.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,68 +75,42 @@ struct RecordedAttempt {
     cost_usd: Option<Decimal>,
 }
 
-#[derive(Deserialize)]
-struct RecordedOutcome {
-    run_id: String,
-    status: OutcomeStatus,
-}
-
 impl Log {
     /// Reads files and directories (every `.jsonl` file in them, by name) in order.
-    pub fn read_paths(paths: &[PathBuf]) -> Result<Self, RecordsError> {
+    pub fn read_paths(paths: &[PathBuf]) -> Result<Self, ReadError> {
         let mut log = Log::default();
         for path in paths {
-            let files = jsonl_files(path).map_err(|source| RecordsError::Io {
-                path: path.clone(),
-                error: source,
-            })?;
-            for file in files {
-                let opened = std::fs::File::open(&file).map_err(|source| RecordsError::Io {
-                    path: file.clone(),
-                    error: source,
-                })?;
-                log.read(std::io::BufReader::new(opened), &file)?;
-            }
+            read_files(path, &mut |record, place| log.add(record?, place))?;
         }
         Ok(log)
     }
 
     /// Adds the records of one JSONL stream; `path` names it in errors.
-    pub fn read(&mut self, reader: impl BufRead, path: &Path) -> Result<(), RecordsError> {
-        for (index, line) in reader.lines().enumerate() {
-            let malformed = |message: String| RecordsError::Malformed {
-                path: path.to_path_buf(),
-                line: index + 1,
-                message,
-            };
-            let line = line.map_err(|source| RecordsError::Io {
-                path: path.to_path_buf(),
-                error: source,
-            })?;
-            if holds_no_record(&line) {
-                continue;
-            }
-            let record: Value =
-                serde_json::from_str(&line).map_err(|e| malformed(e.to_string()))?;
-            self.add(record).map_err(|e| malformed(e.to_string()))?;
-        }
-        Ok(())
+    pub fn read(&mut self, reader: impl BufRead, path: &Path) -> Result<(), ReadError> {
+        read_lines(reader, path, &mut |record, place| self.add(record?, place))
     }
 
-    fn add(&mut self, record: Value) -> Result<(), serde_json::Error> {
-        if record.get("kind").and_then(Value::as_str) == Some(OUTCOME_KIND) {
-            let outcome: RecordedOutcome = serde_json::from_value(record)?;
-            self.outcomes
-                .insert(outcome.run_id, outcome.status == OutcomeStatus::Success);
-            return Ok(());
-        }
-        let report = match record.get("report") {
-            Some(Value::Null) => return Ok(()),
-            Some(report) => report.clone(),
-            None if record.get("attempts").is_some() => record,
-            None => return Ok(()),
+    fn add(&mut self, record: AuditRecord, place: Place<'_>) -> Result<(), ReadError> {
+        let report = match record {
+            AuditRecord::Outcome(outcome) => {
+                self.outcomes
+                    .insert(outcome.run_id, outcome.status == OutcomeStatus::Success);
+                return Ok(());
+            }
+            AuditRecord::Request(request) => match request.report {
+                Some(report) => report,
+                None => return Ok(()),
+            },
+            // A bare report: a line of a log of responses' `warden` objects.
+            AuditRecord::Other(record)
+                if record.get("kind").is_none() && record.get("attempts").is_some() =>
+            {
+                record
+            }
+            AuditRecord::Other(_) => return Ok(()),
         };
-        let report: RecordedReport = serde_json::from_value(report)?;
+        let report: RecordedReport =
+            serde_json::from_value(report).map_err(|error| place.malformed(error))?;
         self.decisions.push(Decision::from(report));
         Ok(())
     }
@@ -213,13 +169,23 @@ impl From<RecordedReport> for Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn report(route: &str, reasons: &[&str], attempts: Value) -> Value {
         json!({
             "request_id": "r", "agent": "a", "tenant": "t", "run_id": "run-1",
             "route": route, "reasons": reasons, "risk": {"score": 0, "signals": []},
             "backend": "local", "model": "m", "attempts": attempts, "cost_usd": null
+        })
+    }
+
+    /// An audit request record carrying `report`, as the gateway writes it.
+    fn request_record(report: Value) -> Value {
+        json!({
+            "seq": 1, "kind": "request", "request_id": "r", "agent": "a", "tenant": "t",
+            "status": "completed", "received_at": "2026-12-06T00:00:00Z", "latency_ms": 60.0,
+            "model_requested": "auto", "prompt": {"sha256": "00", "bytes": 2},
+            "report": report
         })
     }
 
@@ -248,14 +214,15 @@ mod tests {
                     "latency_ms": 50.0, "cost_usd": "0.002"}]),
         );
         let log = read(&[
-            json!({"seq": 1, "kind": "request", "report": escalated}),
+            request_record(escalated),
             report(
                 "local",
                 &["local_first"],
                 json!([local_attempt("served", -0.2)]),
             ),
             json!({"seq": 3, "kind": "kill_switch", "scope": "global"}),
-            json!({"seq": 4, "kind": "outcome", "run_id": "run-1", "outcome": "ticket", "status": "success"}),
+            json!({"seq": 4, "kind": "outcome", "run_id": "run-1", "outcome": "ticket",
+                   "status": "success", "agent": "a", "tenant": "t"}),
         ]);
         assert_eq!(log.decisions.len(), 2);
         let first = &log.decisions[0];
@@ -293,6 +260,6 @@ mod tests {
         let error = log
             .read("{}\nnot json\n".as_bytes(), Path::new("x.jsonl"))
             .unwrap_err();
-        assert!(matches!(error, RecordsError::Malformed { line: 2, .. }));
+        assert!(matches!(error, ReadError::Malformed { line: 2, .. }));
     }
 }
