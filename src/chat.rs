@@ -56,17 +56,6 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
-impl ToolSpec {
-    /// Checks a call's arguments (JSON text) against this tool's parameter schema.
-    pub fn validate_arguments(&self, arguments: &str) -> Result<(), String> {
-        let value: serde_json::Value =
-            serde_json::from_str(arguments).map_err(|e| format!("arguments are not JSON: {e}"))?;
-        let validator = crate::schema::compiled(&self.parameters)
-            .map_err(|e| format!("the schema of `{}` is invalid: {e}", self.name))?;
-        validator.validate(&value).map_err(|e| e.to_string())
-    }
-}
-
 /// A call the model made; `arguments` is the JSON text of an object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolCall {

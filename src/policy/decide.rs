@@ -448,6 +448,18 @@ fn offered<'a>(tools: &'a [ToolSpec], folded: &str) -> Offered<'a> {
     }
 }
 
+/// Whether `call` names one of the `offered` tools and its arguments fit that tool's
+/// schema, read as the gate reads them (names folded, arguments an object without
+/// repeated keys): routing asks this of a local answer, so it escalates exactly the
+/// calls the gate would refuse for their shape.
+pub fn fits_offered(call: &ToolCall, offered_tools: &[ToolSpec]) -> bool {
+    let Offered::Tool(spec) = offered(offered_tools, &fold(&call.name)) else {
+        return false;
+    };
+    args::parse_object(&call.arguments)
+        .is_ok_and(|arguments| fits_declared(&spec.parameters, &Value::Object(arguments)).is_ok())
+}
+
 fn fits_declared(schema: &Value, arguments: &Value) -> Result<(), String> {
     let validator = crate::schema::compiled(schema)
         .map_err(|error| format!("the schema the request declared is not usable: {error}"))?;

@@ -36,7 +36,7 @@ pub use approvals::{
 };
 pub use autonomy::AutonomyMode;
 pub use compile::PolicyError;
-pub use decide::{CheckedCall, Decision, Policy, ReasonCode, Subject, Verdict};
+pub use decide::{fits_offered, CheckedCall, Decision, Policy, ReasonCode, Subject, Verdict};
 pub use report::{CallOutcome, DecisionRecord, PolicyReport};
 pub use risk::RiskSignal;
 

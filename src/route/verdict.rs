@@ -1,9 +1,11 @@
 //! Is a local answer good enough to send? Confident enough (mean and weakest token
 //! log-probability above the agent's thresholds), and its tool calls well formed and
-//! valid against the schemas the request declared.
+//! valid against the schemas the request declared, checked as the tool-call gate
+//! checks them (`policy::fits_offered`).
 
 use super::config::Thresholds;
 use crate::chat::{FinishReason, GenerationSummary, ToolSpec};
+use crate::policy::fits_offered;
 
 use super::Reason;
 
@@ -29,13 +31,11 @@ pub fn check_local_answer(
     if summary.finish_reason == FinishReason::Deadline {
         reasons.push(Reason::GenerationDeadline);
     }
-    let invalid = summary.tool_calls.iter().any(|call| {
-        tools
-            .iter()
-            .find(|tool| tool.name == call.name)
-            .is_none_or(|tool| tool.validate_arguments(&call.arguments).is_err())
-    });
-    if invalid {
+    if !summary
+        .tool_calls
+        .iter()
+        .all(|call| fits_offered(call, tools))
+    {
         reasons.push(Reason::InvalidToolArguments);
     }
     reasons
@@ -125,6 +125,26 @@ mod tests {
         assert_eq!(
             check_local_answer(&cut_off, &tools(), &THRESHOLDS),
             vec![Reason::GenerationDeadline]
+        );
+    }
+
+    /// Routing reads a call as the gate does: a name differing only in case is the
+    /// offered tool, and arguments with a repeated key are not an object it accepts.
+    #[test]
+    fn calls_are_judged_as_the_tool_call_gate_judges_them() {
+        let mut renamed = call(r#"{"city":"Paris"}"#);
+        renamed.name = "Get_Weather".into();
+        let answer = summary(-0.1, -0.1, vec![renamed], false);
+        assert!(check_local_answer(&answer, &tools(), &THRESHOLDS).is_empty());
+        let repeated = summary(
+            -0.1,
+            -0.1,
+            vec![call(r#"{"city":"Paris","city":"Rome"}"#)],
+            false,
+        );
+        assert_eq!(
+            check_local_answer(&repeated, &tools(), &THRESHOLDS),
+            vec![Reason::InvalidToolArguments]
         );
     }
 }
