@@ -15,6 +15,7 @@
 
 mod history;
 pub mod operator;
+mod pipeline;
 mod record;
 mod report;
 mod screen;
@@ -34,9 +35,7 @@ use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
 use crate::backend::provider::breaker::BreakerState;
 use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
-use crate::chat::{
-    ChatRequest, Collected, FinishReason, GenerationEvent, GenerationSummary, StreamEvent,
-};
+use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
 use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
 use crate::metrics::{Metrics, PANIC_IN_HANDLER};
@@ -47,7 +46,8 @@ use crate::route::{
 };
 use crate::runs::RunTracker;
 use history::RouteHistory;
-use screen::{RunCheck, Screen, Screened};
+use pipeline::Answer;
+use screen::{RunCheck, Screen};
 
 pub use history::{Attempt, AttemptOutcome};
 pub use record::Recorder;
@@ -99,7 +99,8 @@ impl RequestContext {
 /// What the client receives: content deltas, then the recorded completion.
 pub type ResponseEvent = StreamEvent<Recorded>;
 
-/// The end of an answer: how the generation finished and warden's account of it.
+/// The end of an answer, before its record is written: how the generation finished
+/// and warden's account of it.
 #[derive(Debug, Clone)]
 pub struct Completed {
     pub summary: GenerationSummary,
@@ -116,18 +117,15 @@ pub struct Recorded {
     pub report_json: Box<RawValue>,
 }
 
-pub type EventStreamOf<F> =
-    Pin<Box<dyn Stream<Item = Result<StreamEvent<F>, GatewayError>> + Send>>;
-pub type ResponseStream = EventStreamOf<Recorded>;
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<ResponseEvent, GatewayError>> + Send>>;
 
-/// A response under way: as the client receives it, or (`Started<Completed>`) before
-/// its record is written.
-pub struct Started<F = Recorded> {
+/// A response under way, as the client receives it.
+pub struct Started {
     /// The model that answers, as the response names it.
     pub model: String,
     /// How it is being routed, as far as known before the first byte (`x-warden-route`).
     pub route: String,
-    pub events: EventStreamOf<F>,
+    pub events: ResponseStream,
 }
 
 /// A whole, non-streamed response.
@@ -243,7 +241,7 @@ impl Gateway {
             .catch_unwind()
             .await;
         match routed {
-            Ok(Ok(started)) => Ok(pending.follow(started)),
+            Ok(Ok(answer)) => Ok(pipeline::run(answer, pending, self.metrics.routes.clone())),
             Ok(Err(unanswered)) => Err(pending.refuse(unanswered).await),
             Err(panic) => {
                 self.metrics.requests.count_panic(PANIC_IN_HANDLER);
@@ -259,7 +257,7 @@ impl Gateway {
         request: ChatRequest,
         stream: bool,
         run: Option<RunCheck>,
-    ) -> Result<Started<Completed>, Unanswered> {
+    ) -> Result<Answer, Unanswered> {
         let table = self.routing.current();
         // The policy is fixed for the whole request: its risk signals route it, and
         // whichever answer is finally chosen passes the same snapshot.
@@ -284,7 +282,7 @@ impl Gateway {
                 let events = self.generate_locally(request, &permit).await?;
                 let guards = ResponseGuards { screen, permit };
                 let route = history.header(self.local.name(), &self.local_model(), None);
-                return Ok(self.respond(
+                return Ok(Answer::new(
                     self.local_model(),
                     route,
                     events,
@@ -331,7 +329,7 @@ impl Gateway {
         };
         if !verify {
             let route = history.header(self.local.name(), &self.local_model(), None);
-            return Ok(self.respond(
+            return Ok(Answer::new(
                 self.local_model(),
                 route,
                 local_events,
@@ -361,7 +359,7 @@ impl Gateway {
                 &self.local_model(),
                 local.summary.confidence,
             );
-            return Ok(self.respond(
+            return Ok(Answer::new(
                 self.local_model(),
                 route,
                 local.replay(),
@@ -386,7 +384,14 @@ impl Gateway {
             Ok((target, events)) => {
                 let route =
                     history.header(target.provider.config().name.as_str(), &target.model, None);
-                Ok(self.respond(target.model, route, events, context, history, guards))
+                Ok(Answer::new(
+                    target.model,
+                    route,
+                    events,
+                    context,
+                    history,
+                    guards,
+                ))
             }
             Err(_) => {
                 // The local answer was already paid for and the risk allowed it: better a
@@ -405,7 +410,7 @@ impl Gateway {
                     &self.local_model(),
                     local.summary.confidence,
                 );
-                Ok(self.respond(
+                Ok(Answer::new(
                     self.local_model(),
                     route,
                     local.replay(),
@@ -457,7 +462,7 @@ impl Gateway {
         targets: Vec<Target>,
         mut history: RouteHistory,
         mut guards: ResponseGuards,
-    ) -> Result<Started<Completed>, Unanswered> {
+    ) -> Result<Answer, Unanswered> {
         if targets.is_empty() {
             return Err(no_provider().into());
         }
@@ -474,7 +479,14 @@ impl Gateway {
             }
         };
         let route = history.header(target.provider.config().name.as_str(), &target.model, None);
-        Ok(self.respond(target.model, route, events, context, history, guards))
+        Ok(Answer::new(
+            target.model,
+            route,
+            events,
+            context,
+            history,
+            guards,
+        ))
     }
 
     /// A permit for a request that goes straight to `targets`, admitted for the first.
@@ -631,68 +643,6 @@ impl Gateway {
                     .max(Duration::from_secs(1)),
             ),
         })
-    }
-
-    /// The answer's events as the client receives them, ending with warden's report.
-    /// Every answer that reaches a client, from whichever backend and however it was
-    /// chosen, comes through here and so through policy: its text is screened and its
-    /// tool calls decided before any of them is sent.
-    /// The permit travels with them: the end of the answer, or a client that stops
-    /// reading, gives its slots back.
-    fn respond(
-        &self,
-        model: String,
-        route: String,
-        events: EventStream,
-        context: RequestContext,
-        history: RouteHistory,
-        guards: ResponseGuards,
-    ) -> Started<Completed> {
-        let ResponseGuards { screen, permit } = guards;
-        let metrics = self.metrics.clone();
-        let (priority, governor_wait) = (permit.priority(), permit.waited());
-        let mut history = Some(history);
-        let mut permit = Some(permit);
-        let events = screen.apply(events).map(move |event| match event {
-            Ok(StreamEvent::Content { text, logprobs }) => {
-                Ok(StreamEvent::Content { text, logprobs })
-            }
-            Ok(StreamEvent::Finished(screened)) => {
-                let Screened { summary, policy } = *screened;
-                let mut history = history
-                    .take()
-                    .ok_or_else(|| GatewayError::Internal("a response finished twice".into()))?;
-                if summary.finish_reason == FinishReason::Deadline {
-                    history.reason(Reason::GenerationDeadline);
-                }
-                let mut report =
-                    WardenReport::new(&context, &summary, history, priority, governor_wait);
-                if let Some(permit) = permit.take() {
-                    // Every attempt's tokens and cost count, not only the served one's.
-                    let tokens = report
-                        .attempts
-                        .iter()
-                        .map(|attempt| u64::from(attempt.usage.total_tokens()))
-                        .sum();
-                    permit.charge(tokens, report.cost_usd);
-                }
-                report.policy = Some(policy);
-                metrics
-                    .routes
-                    .with_label_values(&[report.route.as_str()])
-                    .inc();
-                Ok(StreamEvent::Finished(Box::new(Completed {
-                    summary,
-                    report,
-                })))
-            }
-            Err(error) => Err(error),
-        });
-        Started {
-            model,
-            route,
-            events: Box::pin(events),
-        }
     }
 
     /// Starts a local generation inside a span that lasts while its events are read:

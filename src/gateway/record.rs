@@ -4,29 +4,28 @@
 //! and the request metrics. A request that ends any other way (refused, failed,
 //! abandoned by its client) is recorded too.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use futures::{stream, FutureExt, StreamExt};
 use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
 use tracing::Instrument;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::screen::RunCheck;
-use super::{Completed, Recorded, RequestContext, ResponseEvent, Started, Unanswered};
+use super::{Completed, Recorded, RequestContext, ResponseEvent, Unanswered};
 use crate::audit::record::{BusinessOutcome, OUTCOME_KIND};
 use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
 use crate::chat::{ChatRequest, StreamEvent};
-use crate::error::{panic_message, GatewayError};
+use crate::error::GatewayError;
 use crate::metrics::{RequestMetrics, PANIC_IN_RESPONSE};
 use crate::policy::report::{CallOutcome, DecisionRecord};
-use crate::runs::{RunTicket, RunTracker};
+use crate::runs::{RunTicket, RunTracker, RunUsage};
 
 /// The route label of a request that was never routed.
 const UNROUTED: &str = "none";
@@ -193,66 +192,30 @@ impl PendingRecord {
         error
     }
 
-    /// Follows a response to its end, recording it before its completion goes out.
-    pub fn follow(self, started: Started<Completed>) -> Started {
-        let events = stream::unfold(
-            (started.events, Some(self)),
-            |(mut events, pending)| async move {
-                let mut pending = pending?;
-                // A panic while producing the answer (there should be none) ends it
-                // with an error the client sees and the record keeps, not as a
-                // dropped connection taken for the client's own.
-                let next = match AssertUnwindSafe(events.next()).catch_unwind().await {
-                    Ok(next) => next,
-                    Err(panic) => {
-                        pending.recorder.metrics.count_panic(PANIC_IN_RESPONSE);
-                        Some(Err(GatewayError::Panicked(panic_message(panic.as_ref()))))
-                    }
-                };
-                let out = match next {
-                    Some(Ok(StreamEvent::Content { text, logprobs })) => {
-                        pending.saw_content(&text);
-                        let content = StreamEvent::Content { text, logprobs };
-                        return Some((vec![Ok(content)], (events, Some(pending))));
-                    }
-                    Some(Ok(StreamEvent::Finished(completed))) => {
-                        pending.complete(*completed).await
-                    }
-                    Some(Err(error)) => vec![Err(pending.fail(error).await)],
-                    None => {
-                        let error =
-                            GatewayError::Internal("the response ended without completing".into());
-                        vec![Err(pending.fail(error).await)]
-                    }
-                };
-                Some((out, (events, None)))
-            },
-        )
-        .flat_map(stream::iter);
-        Started {
-            model: started.model,
-            route: started.route,
-            events: Box::pin(events),
-        }
+    /// Counts a panic caught while producing the answer.
+    pub(super) fn count_panic(&self) {
+        self.recorder.metrics.count_panic(PANIC_IN_RESPONSE);
     }
 
-    fn saw_content(&mut self, text: &str) {
+    /// Settles the run the request is a step of, if it names one, with its cost.
+    pub(super) fn settle_run(&mut self, cost: Option<Decimal>) -> Option<RunUsage> {
+        let ticket = self.ticket.as_ref()?;
+        Some(self.recorder.runs.settle(ticket, cost))
+    }
+
+    pub(super) fn saw_content(&mut self, text: &str) {
         if self.first_content.is_none() && !text.is_empty() {
             self.first_content = Some(Instant::now());
         }
         self.completion.push(text);
     }
 
-    /// Settles the run and writes the record; the completion is released only once the
-    /// record is durable.
-    async fn complete(
+    /// Writes the record of an answered request; the completion is released only once
+    /// the record is durable.
+    pub(super) async fn complete(
         &mut self,
-        mut completed: Completed,
-    ) -> Vec<Result<ResponseEvent, GatewayError>> {
-        if let Some(ticket) = &self.ticket {
-            completed.report.run =
-                Some(self.recorder.runs.settle(ticket, completed.report.cost_usd));
-        }
+        completed: Completed,
+    ) -> Result<ResponseEvent, GatewayError> {
         let tool_calls = completed
             .report
             .policy
@@ -265,7 +228,7 @@ impl PendingRecord {
             Ok(json) => json,
             Err(error) => {
                 let error = GatewayError::Internal(format!("the report: {error}"));
-                return vec![Err(self.fail(error).await)];
+                return Err(self.fail(error).await);
             }
         };
         let mut record = self.record(RequestStatus::Completed, None);
@@ -275,9 +238,7 @@ impl PendingRecord {
         });
         record.tool_calls = tool_calls;
         record.report = Some(&*report_json);
-        if let Err(error) = self.write(&record).await {
-            return vec![Err(error)];
-        }
+        self.write(&record).await?;
         let Completed { summary, report } = completed;
         self.span.record("priority", report.priority.as_str());
         self.span.record("backend", report.backend.as_str());
@@ -300,15 +261,15 @@ impl PendingRecord {
                     .inc_by(cost.to_f64().unwrap_or(0.0));
             }
         }
-        vec![Ok(StreamEvent::Finished(Box::new(Recorded {
+        Ok(StreamEvent::Finished(Box::new(Recorded {
             summary,
             report,
             report_json,
-        })))]
+        })))
     }
 
     /// Records a generation that broke off; returns its error.
-    async fn fail(&mut self, error: GatewayError) -> GatewayError {
+    pub(super) async fn fail(&mut self, error: GatewayError) -> GatewayError {
         self.record_end(RequestStatus::Failed, &error).await;
         error
     }

@@ -9,17 +9,15 @@
 //! one metric and recorded once in the report, which the audit record's `tool_calls`
 //! is drawn from.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::pin::Pin;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures::{Stream, StreamExt};
-use tracing::Instrument;
 
 use super::RequestContext;
-use crate::backend::EventStream;
-use crate::chat::{ChatRequest, FinishReason, GenerationSummary, StreamEvent, ToolCall, ToolSpec};
+use crate::chat::{
+    ChatRequest, FinishReason, GenerationSummary, StreamEvent, TokenLogprob, ToolCall, ToolSpec,
+};
 use crate::error::GatewayError;
 use crate::policy::approvals::{
     ApprovalError, ApprovalStore, Held, HeldCall, Ticket, TicketStatus,
@@ -37,9 +35,6 @@ pub struct Screened {
     pub summary: GenerationSummary,
     pub policy: PolicyReport,
 }
-
-pub type ScreenedStream =
-    Pin<Box<dyn Stream<Item = Result<StreamEvent<Screened>, GatewayError>> + Send>>;
 
 /// Whom the response is for, owned so the stream can outlive the request context.
 struct Recipient {
@@ -111,60 +106,27 @@ impl Screen {
         }
     }
 
-    /// Puts a backend's events through policy.
-    pub fn apply(self, events: EventStream) -> ScreenedStream {
-        let state = (self, events, VecDeque::new(), false);
-        Box::pin(futures::stream::unfold(
-            state,
-            |(mut screen, mut events, mut queue, mut done)| async move {
-                loop {
-                    if let Some(item) = queue.pop_front() {
-                        return Some((item, (screen, events, queue, done)));
-                    }
-                    if done {
-                        return None;
-                    }
-                    match events.next().await {
-                        // Ended without a summary: held text is never released unchecked.
-                        None => done = true,
-                        Some(Err(error)) => {
-                            done = true;
-                            queue.push_back(Err(GatewayError::from(error)));
-                        }
-                        Some(Ok(StreamEvent::Content { text, logprobs })) => {
-                            if let Some(guard) = screen.guard.as_mut() {
-                                let release = guard.push(&text, logprobs);
-                                screen.sent_text |= !release.text.is_empty();
-                                if !release.text.is_empty() || !release.logprobs.is_empty() {
-                                    queue.push_back(Ok(StreamEvent::Content {
-                                        text: release.text,
-                                        logprobs: release.logprobs,
-                                    }));
-                                }
-                            }
-                        }
-                        Some(Ok(StreamEvent::Finished(summary))) => {
-                            done = true;
-                            let span = tracing::info_span!(
-                                "policy",
-                                tool_calls =
-                                    summary.tool_calls.len() + summary.malformed_tool_calls.len(),
-                            );
-                            match screen.finish(*summary).instrument(span).await {
-                                Ok(events) => queue.extend(events.into_iter().map(Ok)),
-                                Err(error) => queue.push_back(Err(error)),
-                            }
-                        }
-                    }
-                }
-            },
-        ))
+    /// Passes streamed text through the output guard; returns what it releases now.
+    pub(super) fn pass(
+        &mut self,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    ) -> Option<StreamEvent<Screened>> {
+        let release = self.guard.as_mut()?.push(&text, logprobs);
+        self.sent_text |= !release.text.is_empty();
+        (!release.text.is_empty() || !release.logprobs.is_empty()).then_some(StreamEvent::Content {
+            text: release.text,
+            logprobs: release.logprobs,
+        })
     }
 
-    async fn finish(
+    /// The generation's end through policy: the guard's last release with the notices
+    /// of what was withheld (if any text), and the summary with only the calls let
+    /// through.
+    pub(super) async fn finish(
         &mut self,
         mut summary: GenerationSummary,
-    ) -> Result<Vec<StreamEvent<Screened>>, GatewayError> {
+    ) -> Result<(Option<StreamEvent<Screened>>, Screened), GatewayError> {
         let end = match self.guard.take() {
             Some(guard) => guard.finish(),
             None => GuardEnd::default(),
@@ -243,18 +205,17 @@ impl Screen {
             }
             text.push_str(&notices.join("\n"));
         }
-        let mut events = Vec::new();
-        if !text.is_empty() || !end.release.logprobs.is_empty() {
-            events.push(StreamEvent::Content {
+        let last_text = (!text.is_empty() || !end.release.logprobs.is_empty()).then_some(
+            StreamEvent::Content {
                 text,
                 logprobs: end.release.logprobs,
-            });
-        }
-        events.push(StreamEvent::Finished(Box::new(Screened {
+            },
+        );
+        let screened = Screened {
             summary,
             policy: std::mem::take(&mut self.report),
-        })));
-        Ok(events)
+        };
+        Ok((last_text, screened))
     }
 
     /// Settles one call policy has checked (approvals, then the run's checks), counts

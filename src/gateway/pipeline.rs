@@ -1,0 +1,217 @@
+//! The one path every answer takes from its backend to the client, whichever backend
+//! it comes from and however it was chosen: text through the output guard as it
+//! streams; at the generation's end the tool-call gate, then warden's report, built
+//! here and nowhere else, then the audit record, written before the last event goes
+//! out. The governor's permit travels with the answer: its end, or a client that stops
+//! reading, gives the slots back.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+
+use futures::{stream, FutureExt, StreamExt};
+use prometheus::IntCounterVec;
+use tracing::Instrument;
+
+use super::history::RouteHistory;
+use super::record::PendingRecord;
+use super::report::WardenReport;
+use super::screen::{Screen, Screened};
+use super::{Completed, RequestContext, ResponseEvent, ResponseGuards, Started};
+use crate::backend::EventStream;
+use crate::chat::{FinishReason, StreamEvent};
+use crate::error::{panic_message, GatewayError};
+use crate::governor::Permit;
+use crate::route::Reason;
+
+/// An answer chosen by routing, ready to be sent through the pipeline.
+pub(super) struct Answer {
+    /// The model that answers, as the response names it.
+    pub model: String,
+    /// How it was routed, as far as known before the first byte (`x-warden-route`).
+    pub route: String,
+    pub events: EventStream,
+    pub context: RequestContext,
+    pub history: RouteHistory,
+    pub screen: Screen,
+    pub permit: Permit,
+}
+
+impl Answer {
+    pub(super) fn new(
+        model: String,
+        route: String,
+        events: EventStream,
+        context: RequestContext,
+        history: RouteHistory,
+        guards: ResponseGuards,
+    ) -> Self {
+        let ResponseGuards { screen, permit } = guards;
+        Self {
+            model,
+            route,
+            events,
+            context,
+            history,
+            screen,
+            permit,
+        }
+    }
+}
+
+/// What the report is made of, kept until the generation ends.
+struct ReportParts {
+    context: RequestContext,
+    history: RouteHistory,
+    permit: Permit,
+}
+
+struct Pipeline {
+    backend: EventStream,
+    screen: Screen,
+    parts: Option<ReportParts>,
+    /// `None` once the response has ended and its record is written.
+    record: Option<PendingRecord>,
+    routes: IntCounterVec,
+    ready: VecDeque<Result<ResponseEvent, GatewayError>>,
+}
+
+/// Sends `answer` through the pipeline; `record` is the request's audit record, and
+/// `routes` counts completed responses by route.
+pub(super) fn run(answer: Answer, record: PendingRecord, routes: IntCounterVec) -> Started {
+    let Answer {
+        model,
+        route,
+        events,
+        context,
+        history,
+        screen,
+        permit,
+    } = answer;
+    let pipeline = Pipeline {
+        backend: events,
+        screen,
+        parts: Some(ReportParts {
+            context,
+            history,
+            permit,
+        }),
+        record: Some(record),
+        routes,
+        ready: VecDeque::new(),
+    };
+    let events = stream::unfold(pipeline, |mut pipeline| async move {
+        loop {
+            if let Some(event) = pipeline.ready.pop_front() {
+                return Some((event, pipeline));
+            }
+            pipeline.record.as_ref()?;
+            // A panic while producing the answer (there should be none) ends it with an
+            // error the client sees and the record keeps, not as a dropped connection
+            // taken for the client's own.
+            let step = AssertUnwindSafe(pipeline.step()).catch_unwind().await;
+            if let Err(panic) = step {
+                if let Some(record) = pipeline.record.as_ref() {
+                    record.count_panic();
+                }
+                let error = GatewayError::Panicked(panic_message(panic.as_ref()));
+                pipeline.fail(error).await;
+            }
+        }
+    });
+    Started {
+        model,
+        route,
+        events: Box::pin(events),
+    }
+}
+
+impl Pipeline {
+    /// Takes the backend's next event as far as it goes.
+    async fn step(&mut self) {
+        match self.backend.next().await {
+            Some(Ok(StreamEvent::Content { text, logprobs })) => {
+                if let Some(released) = self.screen.pass(text, logprobs) {
+                    self.send(released);
+                }
+            }
+            Some(Ok(StreamEvent::Finished(summary))) => {
+                let span = tracing::info_span!(
+                    "policy",
+                    tool_calls = summary.tool_calls.len() + summary.malformed_tool_calls.len(),
+                );
+                match self.screen.finish(*summary).instrument(span).await {
+                    Ok((last_text, screened)) => {
+                        if let Some(text) = last_text {
+                            self.send(text);
+                        }
+                        self.complete(screened).await;
+                    }
+                    Err(error) => self.fail(error).await,
+                }
+            }
+            Some(Err(error)) => self.fail(error.into()).await,
+            // Ended without a summary: held text is never released unchecked.
+            None => {
+                let error = GatewayError::Internal("the response ended without completing".into());
+                self.fail(error).await;
+            }
+        }
+    }
+
+    fn send(&mut self, content: StreamEvent<Screened>) {
+        if let (StreamEvent::Content { text, logprobs }, Some(record)) =
+            (content, self.record.as_mut())
+        {
+            record.saw_content(&text);
+            self.ready
+                .push_back(Ok(StreamEvent::Content { text, logprobs }));
+        }
+    }
+
+    /// Builds the report of a screened generation, then writes the record; the
+    /// completion goes out only once the record is durable.
+    async fn complete(&mut self, screened: Screened) {
+        let (Some(parts), Some(mut record)) = (self.parts.take(), self.record.take()) else {
+            return;
+        };
+        let Screened { summary, policy } = screened;
+        let ReportParts {
+            context,
+            mut history,
+            permit,
+        } = parts;
+        if summary.finish_reason == FinishReason::Deadline {
+            history.reason(Reason::GenerationDeadline);
+        }
+        let mut report = WardenReport::new(
+            &context,
+            &summary,
+            history,
+            permit.priority(),
+            permit.waited(),
+        );
+        report.policy = Some(policy);
+        report.run = record.settle_run(report.cost_usd);
+        // Every attempt's tokens and cost count, not only the served one's.
+        let tokens = report
+            .attempts
+            .iter()
+            .map(|attempt| u64::from(attempt.usage.total_tokens()))
+            .sum();
+        permit.charge(tokens, report.cost_usd);
+        drop(permit);
+        self.routes
+            .with_label_values(&[report.route.as_str()])
+            .inc();
+        let answer = record.complete(Completed { summary, report }).await;
+        self.ready.push_back(answer);
+    }
+
+    /// Ends the response with `error`, recorded.
+    async fn fail(&mut self, error: GatewayError) {
+        if let Some(mut record) = self.record.take() {
+            let error = record.fail(error).await;
+            self.ready.push_back(Err(error));
+        }
+    }
+}
