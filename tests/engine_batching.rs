@@ -47,6 +47,22 @@ const REQUESTS: [(&str, u32); 8] = [
     ("Who wrote Romeo and Juliet?", 25),
 ];
 
+/// `question` for the backend itself, answered greedily.
+fn request(question: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        model: "auto".into(),
+        messages: vec![Message::text(Role::User, question)],
+        tools: Vec::new(),
+        tool_choice: ToolChoice::Auto,
+        sampling: Sampling {
+            temperature: 0.0,
+            max_tokens: Some(max_tokens),
+            ..Sampling::default()
+        },
+        logprobs: None,
+    }
+}
+
 fn ask(question: &str, max_tokens: u32, stream: bool) -> Value {
     json!({"messages": user(question), "temperature": 0, "max_tokens": max_tokens, "stream": stream})
 }
@@ -150,18 +166,6 @@ async fn the_per_sequence_network_of_accelerators_keeps_sequences_apart() {
         Duration::from_secs(120),
     ));
     backend.set_ready(Arc::new(engine));
-    let request = |question: &str, max_tokens: u32| ChatRequest {
-        model: "auto".into(),
-        messages: vec![Message::text(Role::User, question)],
-        tools: Vec::new(),
-        tool_choice: ToolChoice::Auto,
-        sampling: Sampling {
-            temperature: 0.0,
-            max_tokens: Some(max_tokens),
-            ..Sampling::default()
-        },
-        logprobs: None,
-    };
     let questions = &REQUESTS[..4];
     let mut alone = Vec::new();
     for (question, max_tokens) in questions {
@@ -200,18 +204,7 @@ async fn requests_waiting_for_cache_room_go_in_the_governor_s_order() {
     backend.set_ready(Arc::new(engine));
     // Each request reserves over half the cache, so only one runs at a time.
     let cache_tokens = backend.capacity().unwrap().cache_tokens;
-    let request = |question: &str| ChatRequest {
-        model: "auto".into(),
-        messages: vec![Message::text(Role::User, question)],
-        tools: Vec::new(),
-        tool_choice: ToolChoice::Auto,
-        sampling: Sampling {
-            temperature: 0.0,
-            max_tokens: Some(u32::try_from(cache_tokens / 2 + 1).unwrap()),
-            ..Sampling::default()
-        },
-        logprobs: None,
-    };
+    let max_tokens = u32::try_from(cache_tokens / 2 + 1).unwrap();
     let wait_for_waiting = |count: usize| {
         let backend = backend.clone();
         async move {
@@ -228,13 +221,13 @@ async fn requests_waiting_for_cache_room_go_in_the_governor_s_order() {
     // A long answer nobody reads holds the cache: its sequence stalls once its event
     // buffer is full.
     let holder = backend
-        .generate(request(REQUESTS[0].0), Instant::now())
+        .generate(request(REQUESTS[0].0, max_tokens), Instant::now())
         .await
         .unwrap();
     let (admitted, mut order) = tokio::sync::mpsc::unbounded_channel();
     let start = |label: &'static str, ranks_at: Instant| {
         let (backend, admitted) = (backend.clone(), admitted.clone());
-        let asked = request("What is the capital of France?");
+        let asked = request("What is the capital of France?", max_tokens);
         tokio::spawn(async move {
             let events = backend.generate(asked, ranks_at).await.unwrap();
             admitted.send(label).unwrap();

@@ -35,7 +35,9 @@ use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
 use crate::backend::provider::breaker::BreakerState;
 use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
-use crate::chat::{ChatRequest, Collected, GenerationEvent, GenerationSummary, StreamEvent};
+use crate::chat::{
+    ChatRequest, Collected, Confidence, GenerationEvent, GenerationSummary, StreamEvent,
+};
 use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
 use crate::metrics::{Metrics, PANIC_IN_HANDLER};
@@ -281,15 +283,7 @@ impl Gateway {
                 let permit = self.admit(&context, self.local.name()).await?;
                 let events = self.generate_locally(request, &permit).await?;
                 let guards = ResponseGuards { screen, permit };
-                let route = history.header(self.local.name(), &self.local_model(), None);
-                return Ok(Answer::new(
-                    self.local_model(),
-                    route,
-                    events,
-                    context,
-                    history,
-                    guards,
-                ));
+                return Ok(self.local_answer(events, None, context, history, guards));
             }
             Steps::External { targets } => {
                 let permit = self.admit_external(&context, &targets).await?;
@@ -328,15 +322,7 @@ impl Gateway {
             }
         };
         if !verify {
-            let route = history.header(self.local.name(), &self.local_model(), None);
-            return Ok(Answer::new(
-                self.local_model(),
-                route,
-                local_events,
-                context,
-                history,
-                guards,
-            ));
+            return Ok(self.local_answer(local_events, None, context, history, guards));
         }
 
         // Verify before anything is shown: the client sees either this answer or the
@@ -354,19 +340,8 @@ impl Gateway {
         };
         let shortfalls = check_local_answer(&local.summary, request.callable_tools(), &thresholds);
         if shortfalls.is_empty() {
-            let route = history.header(
-                self.local.name(),
-                &self.local_model(),
-                local.summary.confidence,
-            );
-            return Ok(Answer::new(
-                self.local_model(),
-                route,
-                local.replay(),
-                context,
-                history,
-                guards,
-            ));
+            let confidence = local.summary.confidence;
+            return Ok(self.local_answer(local.replay(), confidence, context, history, guards));
         }
         for shortfall in &shortfalls {
             self.metrics
@@ -381,18 +356,7 @@ impl Gateway {
             .try_chain(&request, stream, &chain, &mut history, &mut guards.permit)
             .await
         {
-            Ok((target, events)) => {
-                let route =
-                    history.header(target.provider.config().name.as_str(), &target.model, None);
-                Ok(Answer::new(
-                    target.model,
-                    route,
-                    events,
-                    context,
-                    history,
-                    guards,
-                ))
-            }
+            Ok((target, events)) => Ok(provider_answer(target, events, context, history, guards)),
             Err(_) => {
                 // The local answer was already paid for and the risk allowed it: better a
                 // flagged local answer than none.
@@ -405,19 +369,8 @@ impl Gateway {
                 }
                 history.route = Route::FallbackLocal;
                 history.reason(Reason::FallbackLocal);
-                let route = history.header(
-                    self.local.name(),
-                    &self.local_model(),
-                    local.summary.confidence,
-                );
-                Ok(Answer::new(
-                    self.local_model(),
-                    route,
-                    local.replay(),
-                    context,
-                    history,
-                    guards,
-                ))
+                let confidence = local.summary.confidence;
+                Ok(self.local_answer(local.replay(), confidence, context, history, guards))
             }
         }
     }
@@ -478,15 +431,28 @@ impl Gateway {
                 })
             }
         };
-        let route = history.header(target.provider.config().name.as_str(), &target.model, None);
-        Ok(Answer::new(
-            target.model,
+        Ok(provider_answer(target, events, context, history, guards))
+    }
+
+    /// The local model's answer, for the pipeline; `confidence` once it was checked
+    /// before any of it was shown (it goes into `x-warden-route`).
+    fn local_answer(
+        &self,
+        events: EventStream,
+        confidence: Option<Confidence>,
+        context: RequestContext,
+        history: RouteHistory,
+        guards: ResponseGuards,
+    ) -> Answer {
+        let route = history.header(self.local.name(), &self.local_model(), confidence);
+        Answer {
+            model: self.local_model(),
             route,
             events,
             context,
             history,
             guards,
-        ))
+        }
     }
 
     /// A permit for a request that goes straight to `targets`, admitted for the first.
@@ -720,6 +686,25 @@ impl From<BackendError> for Unanswered {
 struct ResponseGuards {
     screen: Screen,
     permit: Permit,
+}
+
+/// A provider's answer, for the pipeline.
+fn provider_answer(
+    target: Target,
+    events: EventStream,
+    context: RequestContext,
+    history: RouteHistory,
+    guards: ResponseGuards,
+) -> Answer {
+    let route = history.header(target.provider.config().name.as_str(), &target.model, None);
+    Answer {
+        model: target.model,
+        route,
+        events,
+        context,
+        history,
+        guards,
+    }
 }
 
 /// The span of a wait in the governor's queue for `backend`.

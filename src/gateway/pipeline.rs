@@ -32,30 +32,7 @@ pub(super) struct Answer {
     pub events: EventStream,
     pub context: RequestContext,
     pub history: RouteHistory,
-    pub screen: Screen,
-    pub permit: Permit,
-}
-
-impl Answer {
-    pub(super) fn new(
-        model: String,
-        route: String,
-        events: EventStream,
-        context: RequestContext,
-        history: RouteHistory,
-        guards: ResponseGuards,
-    ) -> Self {
-        let ResponseGuards { screen, permit } = guards;
-        Self {
-            model,
-            route,
-            events,
-            context,
-            history,
-            screen,
-            permit,
-        }
-    }
+    pub guards: ResponseGuards,
 }
 
 /// What the report is made of, kept until the generation ends.
@@ -84,8 +61,7 @@ pub(super) fn run(answer: Answer, record: PendingRecord, routes: IntCounterVec) 
         events,
         context,
         history,
-        screen,
-        permit,
+        guards: ResponseGuards { screen, permit },
     } = answer;
     let pipeline = Pipeline {
         backend: events,
