@@ -14,40 +14,41 @@ use std::time::{Duration, Instant};
 
 use common::mock_upstream::{Behaviour, MockUpstream};
 use common::process::{audit_verify, serve_to_exit, Spawned};
-use common::{sse_data, streamed_content, user, ServerOptions, TestServer, ADMIN_KEY, KEY_A};
+use common::{sse_data, streamed_content, user, TestServer, ADMIN_KEY, KEY_A};
 use futures::{stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use warden::backend::provider::config::ProviderKind;
 use warden::backend::{Backend, BackendError, BackendStatus, EventStream};
 use warden::chat::{ChatRequest, GenerationEvent};
+use warden::config::raw::{MetricsAccess, RawConfig, RawMetrics};
+use warden::config::routing::RawProvider;
 
 /// A policy file without an `output` section: output safety must still redact every
 /// detector.
 const POLICY_WITHOUT_OUTPUT: &str = "tools: {get_weather: {tier: 0}}\n";
 
 /// A server whose `mock-large` model is the mock upstream, under `policy` (written to
-/// a file of its own), with more `server:` keys.
-async fn with_mock(
-    mock: &MockUpstream,
-    policy: &str,
-    server: &str,
-) -> (TestServer, tempfile::TempDir) {
+/// a file of its own).
+async fn with_mock(mock: &MockUpstream, policy: &str) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, policy).unwrap();
-    let options = ServerOptions {
-        server: server.to_string(),
-        extra_config: format!(
-            "providers:\n  - {{name: mock, kind: openai, base_url: \"{}\", timeout_ms: 5000, retries: 0, models: [{{name: mock-large}}]}}\n\
-             policy: {{file: \"{}\", approvals_file: \"{}\"}}\n",
-            mock.base,
-            policy_file.display(),
-            dir.path().join("approvals.jsonl").display(),
-        ),
-        ..ServerOptions::default()
-    };
-    (TestServer::start_with(options).await, dir)
+    let server = TestServer::builder()
+        .provider(RawProvider {
+            timeout_ms: 5000,
+            retries: 0,
+            ..common::provider("mock", ProviderKind::Openai, &mock.base, &["mock-large"])
+        })
+        .configure(|config| {
+            config.policy.file = Some(policy_file.display().to_string());
+            config.policy.approvals_file =
+                Some(dir.path().join("approvals.jsonl").display().to_string());
+        })
+        .start()
+        .await;
+    (server, dir)
 }
 
 fn ask_mock(content: &str) -> Value {
@@ -85,7 +86,7 @@ async fn request_records(server: &TestServer, count: usize) -> Vec<Value> {
 async fn output_that_once_panicked_the_detectors_is_answered_plain_and_streamed() {
     let mock = MockUpstream::start().await;
     mock.always(Behaviour::answer("Pay to DE０１ AAAA BBBB CCCC now."));
-    let (server, _dir) = with_mock(&mock, POLICY_WITHOUT_OUTPUT, "").await;
+    let (server, _dir) = with_mock(&mock, POLICY_WITHOUT_OUTPUT).await;
     let (status, body) = server.chat(ask_mock("pay")).await;
     assert_eq!(status, 200, "{body}");
     let content = body["choices"][0]["message"]["content"].as_str().unwrap();
@@ -113,7 +114,7 @@ async fn fullwidth_and_other_scripts_digits_are_redacted_like_ascii_ones() {
     mock.always(Behaviour::answer(
         "Card: ４１１１ １１１１ １１１１ １１１１, call +１ (４１５) ５５５-２６７１, IBAN ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００, card ٤١١١ ١١١١ ١١١١ ١١١١ done.",
     ));
-    let (server, _dir) = with_mock(&mock, POLICY_WITHOUT_OUTPUT, "").await;
+    let (server, _dir) = with_mock(&mock, POLICY_WITHOUT_OUTPUT).await;
     let (status, body) = server.chat(ask_mock("details")).await;
     assert_eq!(status, 200, "{body}");
     let plain = body["choices"][0]["message"]["content"]
@@ -141,7 +142,7 @@ async fn an_empty_or_cut_short_policy_is_refused_on_reload_and_output_stays_reda
     mock.always(Behaviour::answer(
         "Card 4111 1111 1111 1111 and key sk-proj-abcdefghijklmnopqrstuvwxyz123456 end.",
     ));
-    let (server, dir) = with_mock(&mock, POLICY_WITHOUT_OUTPUT, "").await;
+    let (server, dir) = with_mock(&mock, POLICY_WITHOUT_OUTPUT).await;
     let policy_file = dir.path().join("policy.yaml");
     let snapshot = || async {
         let (status, body) = server.admin_get("/admin/policy").await;
@@ -195,13 +196,11 @@ async fn an_empty_or_cut_short_policy_is_refused_on_reload_and_output_stays_reda
 #[tokio::test]
 async fn an_empty_configuration_is_refused_on_sighup_and_settings_read_at_start_are_named() {
     let audit = common::scratch_dir();
-    let options = ServerOptions {
-        audit_dir: Some(audit.path().to_path_buf()),
-        ..ServerOptions::default()
-    };
-    let (_dir, path) = common::config_file(&options);
+    let builder = TestServer::builder().audit_dir(audit.path());
+    let (_dir, path) = builder.write_file();
     let mut server = Spawned::start(&path, &[("WARDEN_ADMIN_KEY", ADMIN_KEY)]);
 
+    // An empty file, as an operator's slip writes it: the text itself is the case.
     std::fs::write(&path, "").unwrap();
     server.signal("HUP");
     let refused = server
@@ -209,12 +208,10 @@ async fn an_empty_configuration_is_refused_on_sighup_and_settings_read_at_start_
         .unwrap();
     assert!(refused.contains("empty"), "{refused}");
 
-    let changed = ServerOptions {
-        slots: 3,
-        agent_a: ", max_concurrent: 2".into(),
-        ..options
-    };
-    std::fs::write(&path, common::test_config_yaml(&changed)).unwrap();
+    let changed = builder
+        .slots(3)
+        .agent("agent-a", |agent| agent.max_concurrent = Some(2));
+    std::fs::write(&path, changed.yaml()).unwrap();
     server.signal("HUP");
     let named = server
         .wait_for_log("next restart", Duration::from_secs(20))
@@ -283,7 +280,7 @@ const MIB: u64 = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_large_schemas_leave_memory_within_a_bound() {
-    let (_dir, path) = common::config_file(&ServerOptions::default());
+    let (_dir, path) = TestServer::builder().write_file();
     let server = Spawned::start(&path, &[]);
     assert!(server.wait_ready(Duration::from_secs(120)).await);
     let client = reqwest::Client::new();
@@ -350,7 +347,7 @@ async fn distinct_large_schemas_leave_memory_within_a_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_thousand_tools_and_a_huge_prompt_are_refused_while_healthz_answers_at_once() {
-    let (_dir, path) = common::config_file(&ServerOptions::default());
+    let (_dir, path) = TestServer::builder().write_file();
     let server = Spawned::start(&path, &[]);
     assert!(server.wait_ready(Duration::from_secs(120)).await);
     let tools: Vec<Value> = (0..60_000)
@@ -430,11 +427,10 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (bool, St
 
 #[tokio::test]
 async fn slow_headers_are_closed_after_the_header_timeout() {
-    let server = TestServer::start_with(ServerOptions {
-        server: ", header_read_timeout_ms: 500".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .configure(|config| config.server.header_read_timeout_ms = 500)
+        .start()
+        .await;
     let mut stream = raw_connect(&server).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\n")
@@ -466,11 +462,13 @@ async fn slow_headers_are_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_and_oversize_bodies_refused_early() {
-    let server = TestServer::start_with(ServerOptions {
-        server: ", idle_timeout_ms: 500, body_read_timeout_ms: 500".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.idle_timeout_ms = 500;
+            config.server.body_read_timeout_ms = 500;
+        })
+        .start()
+        .await;
 
     let mut idle = raw_connect(&server).await;
     idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: warden\r\n\r\n")
@@ -509,11 +507,10 @@ async fn idle_keep_alive_connections_are_closed_and_oversize_bodies_refused_earl
 async fn two_thousand_idle_connections_do_not_keep_a_keyed_request_out() {
     // The test holds both ends of every connection.
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
-    let server = TestServer::start_with(ServerOptions {
-        server: ", max_connections: 500".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .configure(|config| config.server.max_connections = 500)
+        .start()
+        .await;
     let address = server.base.trim_start_matches("http://").to_string();
     let mut idle = Vec::new();
     for _ in 0..2_000 {
@@ -555,11 +552,13 @@ async fn two_thousand_idle_connections_do_not_keep_a_keyed_request_out() {
 
 #[tokio::test]
 async fn with_every_connection_busy_a_new_one_is_told_503_at_once() {
-    let server = TestServer::start_with(ServerOptions {
-        server: ", max_connections: 2, body_read_timeout_ms: 10000".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.max_connections = 2;
+            config.server.body_read_timeout_ms = 10_000;
+        })
+        .start()
+        .await;
     // Two requests in progress: their bodies are still coming.
     let mut busy = Vec::new();
     for _ in 0..2 {
@@ -599,10 +598,7 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_refused_over_an_edited_record_leaves_the_log_as_it_was() {
     let audit = common::scratch_dir();
-    let (_dir, path) = common::config_file(&ServerOptions {
-        audit_dir: Some(audit.path().to_path_buf()),
-        ..ServerOptions::default()
-    });
+    let (_dir, path) = TestServer::builder().audit_dir(audit.path()).write_file();
     {
         let server = Spawned::start(&path, &[]);
         for _ in 0..3 {
@@ -716,11 +712,15 @@ async fn admin_and_metrics_need_the_admin_key_or_a_listener_of_their_own() {
         .local_addr()
         .unwrap()
         .port();
-    let apart = TestServer::start_with(ServerOptions {
-        server: format!(", metrics: {{access: open, listen: \"127.0.0.1:{port}\"}}"),
-        ..ServerOptions::default()
-    })
-    .await;
+    let apart = TestServer::builder()
+        .configure(|config| {
+            config.server.metrics = RawMetrics {
+                access: MetricsAccess::Open,
+                listen: Some(format!("127.0.0.1:{port}")),
+            };
+        })
+        .start()
+        .await;
     let on_api = apart
         .client
         .get(apart.url("/metrics"))
@@ -745,11 +745,10 @@ async fn admin_and_metrics_need_the_admin_key_or_a_listener_of_their_own() {
 
 #[tokio::test]
 async fn local_generation_stops_at_its_deadline_with_its_own_reason() {
-    let server = TestServer::start_with(ServerOptions {
-        local: ", max_generation_ms: 1".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .configure(|config| config.local.max_generation_ms = 1)
+        .start()
+        .await;
     // A short prompt is read in one step, which also samples the first token: the
     // deadline then ends the answer there.
     let (status, body) = server
@@ -775,31 +774,30 @@ async fn local_generation_stops_at_its_deadline_with_its_own_reason() {
 
 #[test]
 fn figures_that_cannot_work_and_missing_files_are_refused_at_start_saying_why_once() {
-    let max = u64::MAX;
-    for (local, key) in [
-        (", kv_cache_mib: 1048576".to_string(), "local.kv_cache_mib"),
-        (", threads: 100000".to_string(), "local.threads"),
+    type Change = fn(&mut RawConfig);
+    let refused: [(Change, &str); 4] = [
         (
-            format!(", max_generation_ms: {max}"),
+            |config| config.local.kv_cache_mib = 1_048_576,
+            "local.kv_cache_mib",
+        ),
+        (
+            |config| config.local.threads = Some(100_000),
+            "local.threads",
+        ),
+        (
+            |config| config.local.max_generation_ms = u64::MAX,
             "local.max_generation_ms",
         ),
-    ] {
-        let (_dir, path) = common::config_file(&ServerOptions {
-            local,
-            ..ServerOptions::default()
-        });
+        (
+            |config| config.server.header_read_timeout_ms = u64::MAX,
+            "server.header_read_timeout_ms",
+        ),
+    ];
+    for (change, key) in refused {
+        let (_dir, path) = TestServer::builder().configure(change).write_file();
         let (started, output) = serve_to_exit(&path, Duration::from_secs(60));
         assert!(!started && output.contains(key), "{key}: {output}");
     }
-    let (_dir, path) = common::config_file(&ServerOptions {
-        server: format!(", header_read_timeout_ms: {max}"),
-        ..ServerOptions::default()
-    });
-    let (started, output) = serve_to_exit(&path, Duration::from_secs(60));
-    assert!(
-        !started && output.contains("server.header_read_timeout_ms"),
-        "{output}"
-    );
 
     let missing = Path::new("/nonexistent/warden.yaml");
     let (started, output) = serve_to_exit(missing, Duration::from_secs(60));
@@ -849,8 +847,7 @@ impl Backend for PanickingBackend {
 #[tokio::test]
 async fn a_panic_is_answered_500_or_an_error_event_counted_and_recorded_as_internal_error() {
     for mid_stream in [false, true] {
-        let options = ServerOptions::default();
-        let config = common::test_config(&options);
+        let config = TestServer::builder().config();
         let base = common::serve(&config, Arc::new(PanickingBackend { mid_stream })).await;
         let client = reqwest::Client::new();
         let body = json!({"model": "panicking", "messages": user("hi")});

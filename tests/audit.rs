@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use common::mock_upstream::{Behaviour, MockUpstream};
 use common::process::audit_verify;
-use common::{
-    scratch_dir, sse_data, streamed_content, user, wait_until_async, ServerOptions, TestServer,
-};
+use common::{scratch_dir, sse_data, streamed_content, user, wait_until_async, TestServer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use warden::backend::provider::config::ProviderKind;
+use warden::config::routing::RawProvider;
 
 fn sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -149,30 +149,14 @@ async fn a_stream_abandoned_by_its_client_is_recorded_as_cancelled() {
 
 #[tokio::test]
 async fn text_is_kept_only_when_configured() {
-    let dir = scratch_dir();
-    let mut config = common::test_config(&ServerOptions {
-        audit_dir: Some(dir.path().to_path_buf()),
-        ..ServerOptions::default()
-    });
-    config.audit.store_text = true;
-    let local = std::sync::Arc::new(warden::backend::local::LocalBackend::loading(
-        "smollm2-135m-instruct",
-        2,
-        Duration::from_secs(600),
-    ));
-    local.set_ready(common::engine());
-    let base = common::serve(&config, local).await;
-    let response: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(common::KEY_A)
-        .json(&json!({"messages": user("Say the word banana."), "max_tokens": 8, "temperature": 0}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let records = warden::audit::query::read_all(dir.path()).unwrap();
+    let server = TestServer::builder()
+        .configure(|config| config.audit.store_text = true)
+        .start()
+        .await;
+    let (_, response) = server
+        .chat(json!({"messages": user("Say the word banana."), "max_tokens": 8, "temperature": 0}))
+        .await;
+    let records = warden::audit::query::read_all(&server.audit_dir).unwrap();
     let record = &records[0];
     assert!(record["prompt"]["text"]
         .as_str()
@@ -253,18 +237,17 @@ async fn the_audit_query_needs_the_admin_key_and_filters() {
 async fn a_request_every_provider_failed_keeps_its_attempts_in_its_record() {
     let mock = MockUpstream::start().await;
     mock.always(Behaviour::fail(502));
-    let provider = |name: &str| {
-        format!(
-            "  - {{name: {name}, kind: openai, base_url: \"{}\", retries: 0, timeout_ms: 2000, \
-             models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n",
-            mock.base
-        )
+    let provider = |name: &str| RawProvider {
+        retries: 0,
+        timeout_ms: 2000,
+        models: vec![common::priced("mock-large", 1, 2)],
+        ..common::provider(name, ProviderKind::Openai, &mock.base, &["mock-large"])
     };
-    let server = TestServer::start_with(ServerOptions {
-        extra_config: format!("providers:\n{}{}", provider("first"), provider("second")),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .provider(provider("first"))
+        .provider(provider("second"))
+        .start()
+        .await;
     let response = server
         .chat_request()
         .header("x-run-id", "all-down")

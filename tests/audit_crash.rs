@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use common::mock_upstream::{Behaviour, MockUpstream};
 use common::process::{audit_verify, Spawned};
-use common::{scratch_dir, user, wait_until, ServerOptions, ADMIN_KEY, KEY_A};
+use common::{scratch_dir, user, wait_until, TestServer, ADMIN_KEY, KEY_A};
 use serde_json::{json, Value};
+use warden::backend::provider::config::ProviderKind;
+use warden::config::routing::RawProvider;
 
 /// Clients sending one request after another until the server goes away.
 const EXTERNAL_CLIENTS: usize = 12;
@@ -84,18 +86,15 @@ async fn a_server_killed_under_load_restarts_with_a_valid_chain_holding_every_an
         Box::new(Behaviour::answer("Recorded before you read this.")),
     ));
     let audit = scratch_dir();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("warden.yaml");
-    let options = ServerOptions {
-        audit_dir: Some(audit.path().to_path_buf()),
-        extra_config: format!(
-            "providers:\n  - {{name: mock, kind: openai, base_url: \"{}\", retries: 0, timeout_ms: 30000, \
-             models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n",
-            mock.base
-        ),
-        ..ServerOptions::default()
-    };
-    std::fs::write(&config, common::test_config_yaml(&options)).unwrap();
+    let (_dir, config) = TestServer::builder()
+        .audit_dir(audit.path())
+        .provider(RawProvider {
+            retries: 0,
+            timeout_ms: 30_000,
+            models: vec![common::priced("mock-large", 1, 2)],
+            ..common::provider("mock", ProviderKind::Openai, &mock.base, &[])
+        })
+        .write_file();
     let envs = [("WARDEN_ADMIN_KEY", ADMIN_KEY)];
 
     let server = Spawned::start(&config, &envs);

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{user, ServerOptions, TestServer};
+use common::{user, TestServer};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -164,11 +164,10 @@ async fn unknown_model_is_404_model_not_found() {
 
 #[tokio::test]
 async fn oversized_body_is_413() {
-    let server = TestServer::start_with(ServerOptions {
-        max_body_bytes: 64 * 1024,
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .configure(|config| config.server.max_body_bytes = 64 * 1024)
+        .start()
+        .await;
     let huge = "x".repeat(100 * 1024);
     let response = server
         .chat_request()
@@ -236,13 +235,12 @@ async fn unknown_routes_and_methods_answer_in_openai_shape() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_frees_its_slot() {
-    let server = TestServer::start_with(ServerOptions {
-        slots: 1,
+    let server = TestServer::builder()
+        .slots(1)
         // Far shorter than the abandoned 3,000-token answer would hold the slot.
-        queue_timeout_ms: 60_000,
-        ..ServerOptions::default()
-    })
-    .await;
+        .queue_timeout_ms(60_000)
+        .start()
+        .await;
     // Long enough to hold the only slot for minutes if it were never released.
     let response = server
         .chat_request()
@@ -269,12 +267,11 @@ async fn a_client_that_disconnects_mid_stream_frees_its_slot() {
 
 #[tokio::test]
 async fn waiting_past_the_queue_timeout_is_503_with_retry_after() {
-    let server = TestServer::start_with(ServerOptions {
-        slots: 1,
-        queue_timeout_ms: 200,
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .slots(1)
+        .queue_timeout_ms(200)
+        .start()
+        .await;
     let busy = server
         .chat_request()
         .json(&json!({"messages": user("Write a long story."), "max_tokens": 3000, "stream": true}))

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{streamed_content, user, weather_tool, ServerOptions, TestServer, KEY_B};
+use common::{streamed_content, user, weather_tool, TestServer, KEY_B};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -176,11 +176,7 @@ async fn streamed_logprobs_match_the_usage() {
 
 #[tokio::test]
 async fn eight_concurrent_requests_on_two_slots_stay_independent() {
-    let server = TestServer::start_with(ServerOptions {
-        slots: 2,
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder().slots(2).start().await;
     let questions = [
         "What is the capital of France?",
         "What is the capital of Italy?",
@@ -423,7 +419,7 @@ async fn models_and_probes() {
 
 #[tokio::test]
 async fn readiness_waits_for_the_model() {
-    let config = common::test_config(&ServerOptions::default());
+    let config = TestServer::builder().config();
     let local = std::sync::Arc::new(warden::backend::local::LocalBackend::loading(
         "smollm2-135m-instruct",
         1,

@@ -10,9 +10,11 @@ mod common;
 use std::time::Duration;
 
 use common::mock_upstream::{Behaviour, MockUpstream};
-use common::{sse_data, streamed_content, user, weather_tool, ServerOptions, TestServer};
+use common::{sse_data, streamed_content, user, weather_tool, TestServer};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use warden::backend::provider::config::ProviderKind;
+use warden::config::routing::RawProvider;
 
 /// A backend, as the agent names it, and the backend that should answer.
 struct Backend {
@@ -35,16 +37,19 @@ const ANTHROPIC: Backend = Backend {
 
 /// A gateway with the real local model and both provider kinds on `mock`.
 async fn gateway(mock: &MockUpstream) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        extra_config: format!(
-            "providers:\n\
-             \x20 - {{name: mock, kind: openai, base_url: \"{base}\", timeout_ms: 5000, retries: 0, models: [{{name: mock-large}}]}}\n\
-             \x20 - {{name: claude, kind: anthropic, base_url: \"{base}\", api_key_env: TEST_ANTHROPIC_KEY, timeout_ms: 5000, retries: 0, models: [{{name: claude-mock}}]}}\n",
-            base = mock.base
-        ),
-        ..ServerOptions::default()
-    })
-    .await
+    let on_mock = |name: &str, kind: ProviderKind, model: &str| RawProvider {
+        timeout_ms: 5000,
+        retries: 0,
+        ..common::provider(name, kind, &mock.base, &[model])
+    };
+    TestServer::builder()
+        .provider(on_mock("mock", ProviderKind::Openai, "mock-large"))
+        .provider(RawProvider {
+            api_key_env: Some("TEST_ANTHROPIC_KEY".into()),
+            ..on_mock("claude", ProviderKind::Anthropic, "claude-mock")
+        })
+        .start()
+        .await
 }
 
 /// Every case against every backend.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use common::{streamed_content, user, ServerOptions, TestServer};
+use common::{streamed_content, user, TestServer};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -19,6 +19,7 @@ use warden::backend::local::network::{Network, Runner};
 use warden::backend::local::LocalBackend;
 use warden::backend::{collect, Backend};
 use warden::chat::{ChatRequest, Message, Role, Sampling, ToolChoice};
+use warden::config::LocalConfig;
 use warden::model::ModelRef;
 
 /// Questions of different prompt lengths with different answer lengths: the longest
@@ -63,19 +64,20 @@ fn request(question: &str, max_tokens: u32) -> ChatRequest {
     }
 }
 
+/// The test configuration's `local` section, and the model it names.
+fn test_model() -> (LocalConfig, ModelRef) {
+    let local = TestServer::builder().config().local;
+    let model = ModelRef::resolve(&local.model, &local.models_dir).unwrap();
+    (local, model)
+}
+
 fn ask(question: &str, max_tokens: u32, stream: bool) -> Value {
     json!({"messages": user(question), "temperature": 0, "max_tokens": max_tokens, "stream": stream})
 }
 
 #[tokio::test]
 async fn eight_overlapping_requests_of_different_lengths_each_get_their_own_answer() {
-    let server = Arc::new(
-        TestServer::start_with(ServerOptions {
-            slots: 8,
-            ..ServerOptions::default()
-        })
-        .await,
-    );
+    let server = Arc::new(TestServer::builder().slots(8).start().await);
     // Alone, one after another: the reference answers.
     let mut alone = Vec::new();
     for (question, max_tokens) in REQUESTS {
@@ -154,11 +156,9 @@ async fn eight_overlapping_requests_of_different_lengths_each_get_their_own_answ
 /// while others decode, each get the answer they get alone.
 #[tokio::test]
 async fn the_per_sequence_network_of_accelerators_keeps_sequences_apart() {
-    let config = common::test_config(&ServerOptions::default());
-    let model = ModelRef::resolve(&config.local.model, &config.local.models_dir).unwrap();
+    let (local, model) = test_model();
     let engine =
-        warden::server::load_engine_with(&model, &config.local, Device::Cpu, Runner::Candle)
-            .unwrap();
+        warden::server::load_engine_with(&model, &local, Device::Cpu, Runner::Candle).unwrap();
     assert!(matches!(engine.network(), Network::Candle { .. }));
     let backend = Arc::new(LocalBackend::loading(
         "smollm2-135m-instruct",
@@ -194,9 +194,8 @@ async fn the_per_sequence_network_of_accelerators_keeps_sequences_apart() {
 /// earlier but arriving later goes first.
 #[tokio::test]
 async fn requests_waiting_for_cache_room_go_in_the_governor_s_order() {
-    let config = common::test_config(&ServerOptions::default());
-    let model = ModelRef::resolve(&config.local.model, &config.local.models_dir).unwrap();
-    let engine = warden::server::load_engine(&model, &config.local).unwrap();
+    let (local, model) = test_model();
+    let engine = warden::server::load_engine(&model, &local).unwrap();
     let backend = Arc::new(
         LocalBackend::loading("smollm2-135m-instruct", 4, Duration::from_secs(120))
             .with_kv_cache_bytes(8 * 1024 * 1024),

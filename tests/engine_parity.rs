@@ -88,7 +88,7 @@ fn candle_model(dequantized: bool) -> ModelWeights {
 
 /// The file the engine serves (the manifest's, converted as it asks).
 fn served_file() -> PathBuf {
-    let config = common::test_config(&common::ServerOptions::default());
+    let config = common::TestServer::builder().config();
     let ModelRef::Manifest(manifest) =
         ModelRef::resolve(&config.local.model, &config.local.models_dir).unwrap()
     else {

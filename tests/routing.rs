@@ -8,35 +8,36 @@ use std::time::Duration;
 
 use common::mock_upstream::{Behaviour, MockUpstream};
 use common::process::Spawned;
-use common::{user, weather_tool, ServerOptions, TestServer, ADMIN_KEY};
+use common::{user, weather_tool, TestServer, TestServerBuilder, ADMIN_KEY};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use warden::backend::provider::config::ProviderKind;
+use warden::config::routing::{RawBreaker, RawProvider};
+use warden::route::config::RawRouting;
 
-/// A provider `name` at `base` serving `model`, failing fast unless `settings` (YAML
-/// `key: value` pairs) say otherwise.
-fn provider(name: &str, kind: &str, base: &str, model: &str, settings: &[(&str, &str)]) -> String {
-    let mut fields = vec![
-        ("timeout_ms", "2000"),
-        ("retries", "0"),
-        ("backoff_base_ms", "10"),
-    ];
-    for (key, value) in settings {
-        fields.retain(|(k, _)| k != key);
-        fields.push((key, value));
+/// A provider `name` at `base` serving `model` at $1 in and $2 out per million tokens,
+/// failing fast; a test changes the fields it is about.
+fn provider(name: &str, kind: ProviderKind, base: &str, model: &str) -> RawProvider {
+    RawProvider {
+        timeout_ms: 2000,
+        retries: 0,
+        backoff_base_ms: 10,
+        models: vec![common::priced(model, 1, 2)],
+        ..common::provider(name, kind, base, &[model])
     }
-    let fields: String = fields.iter().map(|(k, v)| format!(", {k}: {v}")).collect();
-    format!(
-        "  - {{name: {name}, kind: {kind}, base_url: \"{base}\"{fields}, \
-         models: [{{name: {model}, input_per_million: 1, output_per_million: 2}}]}}\n"
-    )
 }
 
-async fn server_with(providers: &[String], routing: &str) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        extra_config: format!("providers:\n{}routing:\n{routing}", providers.concat()),
-        ..ServerOptions::default()
-    })
-    .await
+/// The mock as most tests have it: an OpenAI-compatible provider `mock` of `mock-large`.
+fn mock_large(mock: &MockUpstream) -> RawProvider {
+    provider("mock", ProviderKind::Openai, &mock.base, "mock-large")
+}
+
+/// A test server with `providers` and the `routing` section.
+fn routed(providers: Vec<RawProvider>, routing: RawRouting) -> TestServerBuilder {
+    let builder = TestServer::builder().configure(|config| config.routing = routing);
+    providers
+        .into_iter()
+        .fold(builder, TestServerBuilder::provider)
 }
 
 fn attempts(body: &Value) -> Vec<(String, String)> {
@@ -68,18 +69,43 @@ fn content(body: &Value) -> &str {
         .unwrap_or_default()
 }
 
-const FORCE_ESCALATION: &str = "  escalation_models: [mock-large]\n  min_mean_logprob: -0.0001\n";
-const NEVER_ESCALATE: &str =
-    "  escalation_models: [mock-large]\n  min_mean_logprob: -100\n  min_token_logprob: -100\n";
+/// Escalation to `model`, with the default thresholds.
+fn escalating_to(model: &str) -> RawRouting {
+    RawRouting {
+        escalation_models: vec![model.into()],
+        ..RawRouting::default()
+    }
+}
+
+/// No local answer is confident enough: each is escalated to `mock-large`.
+fn force_escalation() -> RawRouting {
+    RawRouting {
+        min_mean_logprob: Some(-0.0001),
+        ..escalating_to("mock-large")
+    }
+}
+
+/// Every local answer is confident enough.
+fn never_escalate() -> RawRouting {
+    RawRouting {
+        min_mean_logprob: Some(-100.0),
+        min_token_logprob: Some(-100.0),
+        ..escalating_to("mock-large")
+    }
+}
+
+/// `routing`, with requests labelled `sensitivity=high` scored 90 (above the ceiling).
+fn high_risk_labelled(mut routing: RawRouting) -> RawRouting {
+    routing.label_risk.insert("sensitivity=high".into(), 90);
+    routing
+}
 
 #[tokio::test]
 async fn a_confident_local_answer_stays_local() {
     let mock = MockUpstream::start().await;
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        NEVER_ESCALATE,
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], never_escalate())
+        .start()
+        .await;
     let response = server
         .chat_request()
         .json(&json!({"messages": user("What is the capital of France?"), "temperature": 0}))
@@ -107,17 +133,11 @@ async fn a_confident_local_answer_stays_local() {
 #[tokio::test]
 async fn low_confidence_escalates_and_the_local_attempt_still_counts() {
     let mock = MockUpstream::start().await;
-    let server = server_with(
-        &[provider(
-            "mock",
-            "openai",
-            &mock.base,
-            "mock-large",
-            &[("api_key_env", "TEST_OPENAI_KEY")],
-        )],
-        FORCE_ESCALATION,
-    )
-    .await;
+    let keyed = RawProvider {
+        api_key_env: Some("TEST_OPENAI_KEY".into()),
+        ..mock_large(&mock)
+    };
+    let server = routed(vec![keyed], force_escalation()).start().await;
     let response = server
         .chat_request()
         .json(&json!({"messages": user("What is the capital of France?"), "temperature": 0}))
@@ -177,11 +197,9 @@ async fn low_confidence_escalates_and_the_local_attempt_still_counts() {
 #[tokio::test]
 async fn a_stream_never_shows_a_local_answer_that_was_escalated() {
     let mock = MockUpstream::start().await;
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        FORCE_ESCALATION,
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], force_escalation())
+        .start()
+        .await;
     let frames = server
         .stream(json!({"messages": user("What is the capital of France?"), "temperature": 0, "stream": true}))
         .await;
@@ -193,12 +211,8 @@ async fn a_stream_never_shows_a_local_answer_that_was_escalated() {
 #[tokio::test]
 async fn high_risk_requests_skip_the_local_model() {
     let mock = MockUpstream::start().await;
-    let routing = "  escalation_models: [mock-large]\n  label_risk: {\"sensitivity=high\": 90}\n";
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        routing,
-    )
-    .await;
+    let routing = high_risk_labelled(escalating_to("mock-large"));
+    let server = routed(vec![mock_large(&mock)], routing).start().await;
     let (status, body) = server
         .chat(json!({"messages": user("Summarise the contract."), "metadata": {"sensitivity": "high"}}))
         .await;
@@ -212,11 +226,9 @@ async fn high_risk_requests_skip_the_local_model() {
 #[tokio::test]
 async fn a_prompt_too_long_for_the_local_context_goes_out() {
     let mock = MockUpstream::start().await;
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        NEVER_ESCALATE,
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], never_escalate())
+        .start()
+        .await;
     let (status, body) = server
         .chat(json!({"messages": user(&"word ".repeat(9000))}))
         .await;
@@ -239,11 +251,9 @@ async fn a_malformed_or_invalid_local_tool_call_is_escalated() {
         content: String::new(),
         tool_call: Some(("get_weather".into(), r#"{"city": "Paris"}"#.into())),
     });
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        NEVER_ESCALATE,
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], never_escalate())
+        .start()
+        .await;
 
     // Three tokens cannot close the call warden begins for the model: malformed.
     let (_, body) = server
@@ -286,17 +296,14 @@ async fn a_malformed_or_invalid_local_tool_call_is_escalated() {
 async fn a_provider_error_then_success_is_retried() {
     let mock = MockUpstream::start().await;
     mock.script([Behaviour::fail(500)]);
-    let server = server_with(
-        &[provider(
-            "mock",
-            "openai",
-            &mock.base,
-            "mock-large",
-            &[("retries", "2"), ("backoff_base_ms", "200")],
-        )],
-        "  escalation_models: [mock-large]\n",
-    )
-    .await;
+    let retrying = RawProvider {
+        retries: 2,
+        backoff_base_ms: 200,
+        ..mock_large(&mock)
+    };
+    let server = routed(vec![retrying], escalating_to("mock-large"))
+        .start()
+        .await;
     let (status, body) = server
         .chat(json!({"model": "mock-large", "messages": user("Hi")}))
         .await;
@@ -330,11 +337,9 @@ async fn a_redirect_is_reported_and_the_key_never_follows_it() {
         "{}/chat/completions",
         elsewhere.base
     ))]);
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        "  escalation_models: [mock-large]\n",
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], escalating_to("mock-large"))
+        .start()
+        .await;
     let (status, body) = server
         .chat(json!({"model": "mock-large", "messages": user("Hi")}))
         .await;
@@ -356,17 +361,11 @@ async fn retry_after_is_honoured() {
         status: 429,
         retry_after: Some(1),
     }]);
-    let server = server_with(
-        &[provider(
-            "mock",
-            "openai",
-            &mock.base,
-            "mock-large",
-            &[("retries", "1")],
-        )],
-        "",
-    )
-    .await;
+    let retrying = RawProvider {
+        retries: 1,
+        ..mock_large(&mock)
+    };
+    let server = routed(vec![retrying], RawRouting::default()).start().await;
     let (status, _) = server
         .chat(json!({"model": "mock-large", "messages": user("Hi")}))
         .await;
@@ -386,14 +385,22 @@ async fn a_down_provider_trips_its_breaker_and_the_chain_fails_over_until_it_rec
     let secondary = MockUpstream::start().await;
     primary.always(Behaviour::fail(503));
     secondary.always(Behaviour::answer("From the secondary."));
-    let breaker = [("circuit_breaker", "{consecutive_failures: 2, open_ms: 500}")];
-    let server = server_with(
-        &[
-            provider("primary", "openai", &primary.base, "large", &breaker),
-            provider("secondary", "openai", &secondary.base, "large", &[]),
+    let tripping = RawProvider {
+        circuit_breaker: RawBreaker {
+            consecutive_failures: 2,
+            open_ms: 500,
+            ..RawBreaker::default()
+        },
+        ..provider("primary", ProviderKind::Openai, &primary.base, "large")
+    };
+    let server = routed(
+        vec![
+            tripping,
+            provider("secondary", ProviderKind::Openai, &secondary.base, "large"),
         ],
-        "",
+        RawRouting::default(),
     )
+    .start()
     .await;
     let ask = || server.chat(json!({"model": "large", "messages": user("Hi")}));
 
@@ -459,19 +466,18 @@ async fn an_upstream_that_does_not_answer_in_time_is_failed_over() {
         Duration::from_secs(5),
         Box::new(Behaviour::answer("Too late.")),
     ));
-    let server = server_with(
-        &[
-            provider(
-                "slow",
-                "openai",
-                &slow.base,
-                "large",
-                &[("timeout_ms", "300")],
-            ),
-            provider("fast", "openai", &fast.base, "large", &[]),
+    let impatient = RawProvider {
+        timeout_ms: 300,
+        ..provider("slow", ProviderKind::Openai, &slow.base, "large")
+    };
+    let server = routed(
+        vec![
+            impatient,
+            provider("fast", ProviderKind::Openai, &fast.base, "large"),
         ],
-        "",
+        RawRouting::default(),
     )
+    .start()
     .await;
     let (status, body) = server
         .chat(json!({"model": "large", "messages": user("Hi")}))
@@ -490,19 +496,19 @@ async fn a_provider_with_every_slot_busy_is_failed_over_at_once() {
         Duration::from_secs(2),
         Box::new(Behaviour::answer("Slow but sure.")),
     ));
-    let server = server_with(
-        &[
-            provider(
-                "busy",
-                "openai",
-                &busy.base,
-                "large",
-                &[("max_concurrency", "1"), ("timeout_ms", "5000")],
-            ),
-            provider("spare", "openai", &spare.base, "large", &[]),
+    let one_slot = RawProvider {
+        max_concurrency: 1,
+        timeout_ms: 5000,
+        ..provider("busy", ProviderKind::Openai, &busy.base, "large")
+    };
+    let server = routed(
+        vec![
+            one_slot,
+            provider("spare", ProviderKind::Openai, &spare.base, "large"),
         ],
-        "",
+        RawRouting::default(),
     )
+    .start()
     .await;
     let request = json!({"model": "large", "messages": user("Hi")});
     let first_answered = std::sync::atomic::AtomicBool::new(false);
@@ -555,11 +561,9 @@ async fn an_external_stream_is_passed_through() {
     // some of it must go out before the upstream has finished.
     let text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen";
     mock.always(Behaviour::answer(text));
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        "",
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], RawRouting::default())
+        .start()
+        .await;
     let frames = server
         .stream(json!({
             "model": "mock-large",
@@ -592,20 +596,11 @@ async fn the_anthropic_adapter_round_trips_tools() {
         content: "Checking the weather.".into(),
         tool_call: Some(("get_weather".into(), r#"{"city": "Paris"}"#.into())),
     });
-    let server = TestServer::start_with(ServerOptions {
-        extra_config: format!(
-            "providers:\n{}",
-            provider(
-                "claude",
-                "anthropic",
-                &mock.base,
-                "claude-mock",
-                &[("api_key_env", "TEST_ANTHROPIC_KEY")]
-            )
-        ),
-        ..ServerOptions::default()
-    })
-    .await;
+    let claude = RawProvider {
+        api_key_env: Some("TEST_ANTHROPIC_KEY".into()),
+        ..provider("claude", ProviderKind::Anthropic, &mock.base, "claude-mock")
+    };
+    let server = TestServer::builder().provider(claude).start().await;
     let (status, body) = server
         .chat(json!({
             "model": "claude-mock",
@@ -656,12 +651,8 @@ async fn the_anthropic_adapter_round_trips_tools() {
 async fn when_every_provider_is_down_local_serves_what_it_may_and_the_rest_is_503() {
     let mock = MockUpstream::start().await;
     mock.always(Behaviour::fail(502));
-    let routing = "  escalation_models: [mock-large]\n  min_mean_logprob: -0.0001\n  label_risk: {\"sensitivity=high\": 90}\n";
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        routing,
-    )
-    .await;
+    let routing = high_risk_labelled(force_escalation());
+    let server = routed(vec![mock_large(&mock)], routing).start().await;
 
     let (status, body) = server
         .chat(json!({"messages": user("What is the capital of France?"), "temperature": 0}))
@@ -699,11 +690,9 @@ async fn when_every_provider_is_down_local_serves_what_it_may_and_the_rest_is_50
 #[tokio::test]
 async fn thresholds_changed_through_the_admin_api_apply_to_the_next_request() {
     let mock = MockUpstream::start().await;
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        NEVER_ESCALATE,
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], never_escalate())
+        .start()
+        .await;
     let ask = || {
         server.chat(json!({"messages": user("What is the capital of France?"), "temperature": 0}))
     };
@@ -757,11 +746,9 @@ async fn thresholds_changed_through_the_admin_api_apply_to_the_next_request() {
 #[tokio::test]
 async fn external_models_are_listed_and_unknown_ones_are_404() {
     let mock = MockUpstream::start().await;
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        "",
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], RawRouting::default())
+        .start()
+        .await;
     let models: Value = server
         .client
         .get(server.url("/v1/models"))
@@ -793,11 +780,9 @@ async fn a_request_in_flight_keeps_the_routing_it_started_with() {
         Duration::from_millis(1500),
         Box::new(Behaviour::answer("Slow but sure.")),
     )]);
-    let server = server_with(
-        &[provider("mock", "openai", &mock.base, "mock-large", &[])],
-        NEVER_ESCALATE,
-    )
-    .await;
+    let server = routed(vec![mock_large(&mock)], never_escalate())
+        .start()
+        .await;
     let in_flight = {
         let request = server
             .chat_request()
@@ -830,18 +815,11 @@ async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let audit = common::scratch_dir();
     let path = dir.path().join("warden.yaml");
-    let write = |routing: &str| {
-        let options = ServerOptions {
-            audit_dir: Some(audit.path().to_path_buf()),
-            extra_config: format!(
-                "providers:\n{}routing:\n{routing}",
-                provider("mock", "openai", &mock.base, "mock-large", &[])
-            ),
-            ..ServerOptions::default()
-        };
-        std::fs::write(&path, common::test_config_yaml(&options)).unwrap();
+    let write = |routing: RawRouting| {
+        let builder = routed(vec![mock_large(&mock)], routing).audit_dir(audit.path());
+        std::fs::write(&path, builder.yaml()).unwrap();
     };
-    write(NEVER_ESCALATE);
+    write(never_escalate());
     let mut server = Spawned::start(&path, &[("WARDEN_ADMIN_KEY", ADMIN_KEY)]);
     let client = reqwest::Client::new();
     let routing_url = server.url("/admin/routing");
@@ -860,7 +838,10 @@ async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
     assert_eq!(before["version"], 1);
     assert_eq!(before["routing"]["thresholds"]["min_mean_logprob"], -100.0);
 
-    write("  escalation_models: [mock-large]\n  min_mean_logprob: -0.5\n");
+    write(RawRouting {
+        min_mean_logprob: Some(-0.5),
+        ..escalating_to("mock-large")
+    });
     server.signal("HUP");
     assert!(server
         .wait_for_log("configuration reloaded", Duration::from_secs(20))
@@ -869,7 +850,7 @@ async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
     assert_eq!(after["version"], 2);
     assert_eq!(after["routing"]["thresholds"]["min_mean_logprob"], -0.5);
 
-    write("  escalation_models: [nowhere]\n");
+    write(escalating_to("nowhere"));
     server.signal("HUP");
     let refusal = server
         .wait_for_log("the previous routing stays", Duration::from_secs(20))
@@ -907,9 +888,11 @@ async fn sighup_reloads_routing_from_the_file_and_a_bad_file_changes_nothing() {
 #[tokio::test]
 async fn tune_replays_the_decisions_the_gateway_reported() {
     let mock = MockUpstream::start().await;
-    let providers = provider("mock", "openai", &mock.base, "mock-large", &[]);
-    let routing = "  escalation_models: [mock-large]\n  min_mean_logprob: -100\n  min_token_logprob: -100\n  label_risk: {\"sensitivity=high\": 90}\n";
-    let server = server_with(std::slice::from_ref(&providers), routing).await;
+    let builder = routed(
+        vec![mock_large(&mock)],
+        high_risk_labelled(never_escalate()),
+    );
+    let server = builder.clone().start().await;
     let mut reports = Vec::new();
     for prompt in [
         "What is the capital of France?",
@@ -951,12 +934,8 @@ async fn tune_replays_the_decisions_the_gateway_reported() {
     let log = dir.path().join("decisions.jsonl");
     let lines: String = reports.iter().map(|report| format!("{report}\n")).collect();
     std::fs::write(&log, lines).unwrap();
-    let config = dir.path().join("warden.yaml");
-    std::fs::write(
-        &config,
-        format!("providers:\n{providers}routing:\n{routing}"),
-    )
-    .unwrap();
+    // The server's own configuration file.
+    let (_config_dir, config) = builder.write_file();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
         .arg("tune")
         .arg(&log)
@@ -1002,22 +981,14 @@ async fn tune_replays_the_decisions_the_gateway_reported() {
     assert_eq!(strict[5], "3", "{table}");
 }
 
-/// A server with one local slot and the mock (with `settings`) as escalation target,
+/// A server with one local slot and `mock` (the mock's provider) as escalation target,
 /// and a request holding that slot while it counts for hundreds of tokens.
-async fn one_local_slot_held(
-    mock: &MockUpstream,
-    settings: &[(&str, &str)],
-) -> (TestServer, tokio::task::JoinHandle<Value>) {
-    let server = TestServer::start_with(ServerOptions {
-        slots: 1,
-        extra_config: format!(
-            "providers:\n{}routing:\n  escalation_models: [mock-large]\n  \
-             min_mean_logprob: -100\n  min_token_logprob: -100\n  local_queue_fallback_ms: 300\n",
-            provider("mock", "openai", &mock.base, "mock-large", settings)
-        ),
-        ..ServerOptions::default()
-    })
-    .await;
+async fn one_local_slot_held(mock: RawProvider) -> (TestServer, tokio::task::JoinHandle<Value>) {
+    let routing = RawRouting {
+        local_queue_fallback_ms: Some(300),
+        ..never_escalate()
+    };
+    let server = routed(vec![mock], routing).slots(1).start().await;
     let holder = server.chat_request().json(&json!({
         "messages": user("Count from 1 to 1000, separated by commas."),
         "temperature": 0,
@@ -1045,7 +1016,7 @@ async fn one_local_slot_held(
 async fn a_request_the_local_queue_holds_too_long_goes_to_the_provider() {
     let mock = MockUpstream::start().await;
     mock.always(Behaviour::answer("Paris, from upstream."));
-    let (server, holder) = one_local_slot_held(&mock, &[]).await;
+    let (server, holder) = one_local_slot_held(mock_large(&mock)).await;
     let (status, body) = server
         .chat(json!({"messages": user("What is the capital of France?")}))
         .await;
@@ -1066,11 +1037,15 @@ async fn a_request_the_local_queue_holds_too_long_goes_to_the_provider() {
 async fn with_the_providers_circuit_open_a_request_waits_for_the_local_slot() {
     let mock = MockUpstream::start().await;
     mock.always(Behaviour::fail(500));
-    let breaker = [(
-        "circuit_breaker",
-        "{consecutive_failures: 1, open_ms: 600000}",
-    )];
-    let (server, holder) = one_local_slot_held(&mock, &breaker).await;
+    let tripping = RawProvider {
+        circuit_breaker: RawBreaker {
+            consecutive_failures: 1,
+            open_ms: 600_000,
+            ..RawBreaker::default()
+        },
+        ..mock_large(&mock)
+    };
+    let (server, holder) = one_local_slot_held(tripping).await;
     // One failure opens the circuit.
     let (status, _) = server
         .chat(json!({"model": "mock-large", "messages": user("Hi")}))

@@ -7,15 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{user, weather_tool, ServerOptions, TestServer};
+use common::{user, weather_tool, TestServer};
 use serde_json::{json, Value};
+use warden::config::raw::RawRunLimits;
 
-async fn server(runs_yaml: &str) -> TestServer {
-    TestServer::start_with(ServerOptions {
-        extra_config: format!("runs: {runs_yaml}\n"),
-        ..ServerOptions::default()
-    })
-    .await
+/// A server whose runs all have the budgets `defaults` (the rest as the file's defaults).
+async fn server(defaults: RawRunLimits) -> TestServer {
+    TestServer::builder()
+        .configure(|config| config.runs.defaults = defaults)
+        .start()
+        .await
 }
 
 fn step(run: &str) -> Value {
@@ -56,7 +57,11 @@ async fn records(server: &TestServer, run: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn steps_trip_on_the_request_past_the_limit() {
-    let server = server("{defaults: {max_steps: 2}}").await;
+    let server = server(RawRunLimits {
+        max_steps: Some(2),
+        ..RawRunLimits::default()
+    })
+    .await;
     for n in 1..=2 {
         let (status, body) = server.chat(step("steps")).await;
         assert_eq!(status, 200, "{body}");
@@ -83,7 +88,11 @@ async fn steps_trip_on_the_request_past_the_limit() {
 
 #[tokio::test]
 async fn the_tool_call_budget_refuses_requests_that_could_call_a_tool() {
-    let server = server("{defaults: {max_tool_calls: 1}}").await;
+    let server = server(RawRunLimits {
+        max_tool_calls: Some(1),
+        ..RawRunLimits::default()
+    })
+    .await;
     let (status, body) = server.chat(tool_step("tools")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -102,7 +111,11 @@ async fn the_tool_call_budget_refuses_requests_that_could_call_a_tool() {
 
 #[tokio::test]
 async fn wall_time_trips_once_the_run_is_older_than_its_limit() {
-    let server = server("{defaults: {max_wall_time_s: 1}}").await;
+    let server = server(RawRunLimits {
+        max_wall_time_s: Some(1),
+        ..RawRunLimits::default()
+    })
+    .await;
     assert_eq!(server.chat(step("clock")).await.0, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, body) = server.chat(step("clock")).await;
@@ -113,7 +126,11 @@ async fn wall_time_trips_once_the_run_is_older_than_its_limit() {
 async fn cost_trips_once_the_run_has_spent_its_budget() {
     // One short request on the local model costs a few millionths of a cent more than
     // this (routing/prices.yaml).
-    let server = server("{defaults: {max_cost_usd: \"0.0000001\"}}").await;
+    let server = server(RawRunLimits {
+        max_cost_usd: Some("0.0000001".parse().unwrap()),
+        ..RawRunLimits::default()
+    })
+    .await;
     let (status, body) = server.chat(step("spend")).await;
     assert_eq!(status, 200, "{body}");
     let spent: rust_decimal::Decimal = body["warden"]["run"]["cost_usd"]
@@ -128,7 +145,11 @@ async fn cost_trips_once_the_run_has_spent_its_budget() {
 
 #[tokio::test]
 async fn the_same_call_proposed_too_often_is_withheld_as_a_loop() {
-    let server = server("{defaults: {max_repeated_tool_calls: 2}}").await;
+    let server = server(RawRunLimits {
+        max_repeated_tool_calls: Some(2),
+        ..RawRunLimits::default()
+    })
+    .await;
     let mut calls = Vec::new();
     for _ in 0..2 {
         let (status, body) = server.chat(tool_step("loop")).await;

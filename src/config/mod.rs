@@ -196,22 +196,30 @@ impl Config {
 
     /// Parses `text` as if read from `path` (used for relative paths and messages).
     pub fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            file: path.to_path_buf(),
-            key,
-            message,
-        };
         // An empty file means "all defaults".
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
             let deserializer = serde_yaml::Deserializer::from_str(text);
             serde_path_to_error::deserialize(deserializer).map_err(|error| {
-                let key = error.path().to_string();
-                invalid(key, error.into_inner().to_string())
+                ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    key: error.path().to_string(),
+                    message: error.into_inner().to_string(),
+                }
             })?
         };
-        validate(raw, path).map_err(|(key, message)| invalid(key, message))
+        Self::from_raw(raw, path)
+    }
+
+    /// Validates a configuration already in the file's typed form, as if read from
+    /// `path` (used for relative paths and messages).
+    pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Self, ConfigError> {
+        validate(raw, path).map_err(|(key, message)| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key,
+            message,
+        })
     }
 
     pub fn agent(&self, id: &str) -> Option<&AgentConfig> {

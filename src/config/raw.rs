@@ -1,10 +1,12 @@
 //! The configuration file exactly as written: every section rejects unknown keys, and
-//! every default is a named constant. `super::validate` turns this into `Config`.
+//! every default is a named constant. `Config::from_raw` turns this into `Config`.
+//! It also writes back out (`Serialize`), so a file built in code reads as one
+//! written by hand: the tests build their configuration this way.
 
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::auth::AuthMode;
 pub use crate::governor::config::{
@@ -70,7 +72,7 @@ pub const DEFAULT_POLICY_FILE: &str = "policy.yaml";
 /// Tickets live with the other runtime state, outside the operator's config folder.
 pub const DEFAULT_APPROVALS_FILE: &str = "../data/approvals.jsonl";
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -99,7 +101,7 @@ pub struct RawConfig {
     pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicySettings {
     /// Tool-call policy (relative to this file); `policy.yaml` beside it. Without one,
@@ -109,7 +111,7 @@ pub struct RawPolicySettings {
     pub approvals_file: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     /// Address the gateway listens on.
@@ -165,7 +167,7 @@ impl Default for RawServer {
 }
 
 /// Who may read `/metrics`: its series name models, agents and spend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricsAccess {
     /// The admin key, as a bearer token (Prometheus: `authorization: {credentials_file}`).
@@ -175,7 +177,7 @@ pub enum MetricsAccess {
     Open,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     #[serde(default)]
@@ -185,7 +187,7 @@ pub struct RawMetrics {
     pub listen: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     #[serde(default)]
@@ -207,7 +209,7 @@ impl Default for RawAuth {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgent {
     pub id: String,
@@ -235,15 +237,23 @@ pub struct RawAgent {
     /// Prompt plus completion tokens a minute, debited when each request completes.
     pub tokens_per_minute: Option<u64>,
     /// US dollars a UTC day.
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub daily_spend_usd: Option<Decimal>,
     /// US dollars a UTC calendar month.
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub monthly_spend_usd: Option<Decimal>,
 }
 
 /// The concurrency governor: caps, queues, aging, tenants' spend caps.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGovernor {
     /// Requests in flight at once across every agent and backend.
@@ -275,7 +285,7 @@ impl Default for RawGovernor {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQueueCapacity {
     #[serde(rename = "P0", default = "default_queue_capacity")]
@@ -296,16 +306,24 @@ impl Default for RawQueueCapacity {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub daily_spend_usd: Option<Decimal>,
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub monthly_spend_usd: Option<Decimal>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLocal {
     /// A manifest name under `models_dir`, or a path to a GGUF file.
@@ -417,7 +435,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// Folder of the audit log (relative to this file).
@@ -453,7 +471,7 @@ impl Default for RawAudit {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuns {
     /// Budgets of every run, unless its agent sets its own.
@@ -465,7 +483,7 @@ pub struct RawRuns {
 }
 
 /// Run budgets; an absent field takes the default (`runs.defaults`, then the constant).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRunLimits {
     /// Requests per run.
@@ -475,7 +493,11 @@ pub struct RawRunLimits {
     /// Seconds from a run's first request after which it may make no more.
     pub max_wall_time_s: Option<u64>,
     /// US dollars per run (a string such as "5.00", or a number).
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_cost_usd: Option<rust_decimal::Decimal>,
     /// Identical tool calls (same name and arguments) allowed per run; more is a loop.
     pub max_repeated_tool_calls: Option<u32>,

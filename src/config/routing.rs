@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Invalid;
 use crate::backend::provider::config::{
@@ -18,7 +18,7 @@ use crate::backend::provider::config::{
 };
 use crate::cost::ModelPrice;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub name: String,
@@ -45,22 +45,34 @@ pub struct RawProvider {
     pub models: Vec<RawProviderModel>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProviderModel {
     /// The name clients use (and the upstream's, unless `upstream` says otherwise).
     pub name: String,
     pub upstream: Option<String>,
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub input_per_million: Option<Decimal>,
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub output_per_million: Option<Decimal>,
     /// Where the provider discounts prompt tokens served from its cache.
-    #[serde(default, deserialize_with = "crate::cost::optional_money")]
+    #[serde(
+        default,
+        deserialize_with = "crate::cost::optional_money",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cached_input_per_million: Option<Decimal>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     /// Opens after this many failures in a row.

@@ -13,7 +13,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden::auth::{digest, KeyStore};
 use warden::backend::local::{Engine, LocalBackend};
+use warden::backend::provider::config::ProviderKind;
 use warden::backend::Backend;
+use warden::config::raw::{RawAgent, RawConfig};
+use warden::config::routing::{RawProvider, RawProviderModel};
 use warden::config::Config;
 use warden::model::ModelRef;
 
@@ -30,52 +33,165 @@ pub fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            let config = test_config(&ServerOptions::default());
+            let config = TestServer::builder().config();
             let model = ModelRef::resolve(&config.local.model, &config.local.models_dir).unwrap();
             Arc::new(warden::server::load_engine(&model, &config.local).unwrap())
         })
         .clone()
 }
 
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    pub slots: usize,
-    pub queue_timeout_ms: u64,
-    pub max_body_bytes: usize,
-    pub default_max_tokens: u32,
-    /// The audit log folder; `None`: a fresh one under the target's temporary folder.
-    pub audit_dir: Option<PathBuf>,
-    /// Extra keys for agent A and agent B (`", max_concurrent: 1"`).
-    pub agent_a: String,
-    pub agent_b: String,
-    /// A `governor:` section, as YAML. Empty: the governor's queue timeout is
-    /// `queue_timeout_ms` (waiting happens in its queue), aging a quarter of it.
-    pub governor: String,
-    /// More configuration (e.g. `providers:`, `routing:` or `runs:` sections), appended.
-    pub extra_config: String,
-    /// More keys of the `server:` section (`", idle_timeout_ms: 500"`).
-    pub server: String,
-    /// More keys of the `local:` section (`", max_generation_ms: 1"`).
-    pub local: String,
+/// A test server's configuration in the file's own typed form (`RawConfig`): a test
+/// names what it changes in the words of `warden.yaml`, and it is validated by the same
+/// path `warden serve` reads a file through. It starts a server inside the test, writes
+/// the file for a spawned `warden serve`, or hands out the validated `Config`.
+#[derive(Clone)]
+pub struct TestServerBuilder {
+    raw: RawConfig,
+    /// Whether the test named the audit folder; if not, a started server makes one of
+    /// its own and removes it when dropped.
+    audit_dir_named: bool,
 }
 
-impl Default for ServerOptions {
-    fn default() -> Self {
+impl TestServerBuilder {
+    /// Two agents (A in tenant `acme` with role `support`, B in `globex`), the shipped
+    /// model with two slots and 64 tokens by default, and queue timeouts long enough
+    /// that only the tests about timeouts meet them: tests share two cores.
+    fn new() -> Self {
+        let agent = |id: &str, tenant: &str, key: &str| {
+            let mut agent: RawAgent = serde_json::from_value(json!({
+                "id": id,
+                "tenant": tenant,
+                "key_sha256": digest(key),
+            }))
+            .unwrap();
+            agent.role = (id == "agent-a").then(|| "support".to_string());
+            agent
+        };
+        let mut raw = RawConfig::default();
+        raw.server.listen = "127.0.0.1:0".into();
+        raw.agents = vec![
+            agent("agent-a", "acme", KEY_A),
+            agent("agent-b", "globex", KEY_B),
+        ];
+        raw.local.model = "smollm2-135m-instruct".into();
+        raw.local.models_dir = repo_path("models").display().to_string();
+        raw.local.slots = 2;
+        raw.local.default_max_tokens = 64;
+        raw.audit.dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("audit-{}", uuid::Uuid::new_v4().simple()))
+            .display()
+            .to_string();
         Self {
-            slots: 2,
-            // Generous: tests share two cores with each other, and a queue timeout is
-            // only what the tests about timeouts are about.
-            queue_timeout_ms: 600_000,
-            max_body_bytes: 4 * 1024 * 1024,
-            default_max_tokens: 64,
-            audit_dir: None,
-            agent_a: String::new(),
-            agent_b: String::new(),
-            governor: String::new(),
-            extra_config: String::new(),
-            server: String::new(),
-            local: String::new(),
+            raw,
+            audit_dir_named: false,
         }
+        .queue_timeout_ms(600_000)
+    }
+
+    pub fn slots(mut self, slots: usize) -> Self {
+        self.raw.local.slots = slots;
+        self
+    }
+
+    /// The local queue's timeout and the governor's alike (waiting happens in the
+    /// governor's queue), with aging a quarter of it.
+    pub fn queue_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.raw.local.queue_timeout_ms = timeout_ms;
+        self.raw.governor.queue_timeout_ms = timeout_ms;
+        self.raw.governor.aging_ms = (timeout_ms / 4).max(1);
+        self
+    }
+
+    /// Changes agent `id` (`agent-a` or `agent-b`).
+    pub fn agent(mut self, id: &str, change: impl FnOnce(&mut RawAgent)) -> Self {
+        let agent = self.raw.agents.iter_mut().find(|agent| agent.id == id);
+        change(agent.unwrap_or_else(|| panic!("no agent `{id}` in the test configuration")));
+        self
+    }
+
+    pub fn provider(mut self, provider: RawProvider) -> Self {
+        self.raw.providers.push(provider);
+        self
+    }
+
+    pub fn audit_dir(mut self, dir: &Path) -> Self {
+        self.raw.audit.dir = dir.display().to_string();
+        self.audit_dir_named = true;
+        self
+    }
+
+    /// Any other change, to any section.
+    pub fn configure(mut self, change: impl FnOnce(&mut RawConfig)) -> Self {
+        change(&mut self.raw);
+        self
+    }
+
+    /// The configuration validated, as `warden serve` would read it.
+    pub fn config(&self) -> Config {
+        Config::from_raw(self.raw.clone(), &repo_path("routing/test.yaml")).unwrap()
+    }
+
+    /// The configuration as a file's text, unvalidated: tests of refused files write
+    /// what validation would refuse.
+    pub fn yaml(&self) -> String {
+        serde_yaml::to_string(&self.raw).unwrap()
+    }
+
+    /// The configuration file, written to a folder of its own.
+    pub fn write_file(&self) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.yaml");
+        std::fs::write(&path, self.yaml()).unwrap();
+        (dir, path)
+    }
+
+    /// The gateway in this process, around the shared engine.
+    pub async fn start(mut self) -> TestServer {
+        let owned = (!self.audit_dir_named).then(scratch_dir);
+        if let Some(dir) = &owned {
+            self = self.audit_dir(dir.path());
+        }
+        let config = self.config();
+        let local = Arc::new(
+            LocalBackend::loading(
+                "smollm2-135m-instruct",
+                config.local.slots,
+                config.local.queue_timeout,
+            )
+            .with_max_generation(config.local.max_generation),
+        );
+        local.set_ready(engine());
+        let base = serve(&config, local.clone()).await;
+        TestServer {
+            base,
+            client: reqwest::Client::new(),
+            local,
+            audit_dir: config.audit.dir.clone(),
+            _audit: owned,
+        }
+    }
+}
+
+/// A provider at `base_url` serving `models`, with the file's defaults for everything
+/// else (read through serde, so they are the defaults a written file gets).
+pub fn provider(name: &str, kind: ProviderKind, base_url: &str, models: &[&str]) -> RawProvider {
+    serde_json::from_value(json!({
+        "name": name,
+        "kind": kind,
+        "base_url": base_url,
+        "models": models.iter().map(|model| json!({"name": model})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// A provider model priced at `input` and `output` US dollars per million tokens.
+pub fn priced(model: &str, input: i64, output: i64) -> RawProviderModel {
+    RawProviderModel {
+        name: model.into(),
+        upstream: None,
+        input_per_million: Some(input.into()),
+        output_per_million: Some(output.into()),
+        cached_input_per_million: None,
     }
 }
 
@@ -85,48 +201,6 @@ pub fn scratch_dir() -> tempfile::TempDir {
         .prefix("audit-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap()
-}
-
-pub fn test_config(options: &ServerOptions) -> Config {
-    Config::from_yaml(&test_config_yaml(options), &repo_path("routing/test.yaml")).unwrap()
-}
-
-/// The configuration file of a test server, for tests that write it to disk.
-pub fn test_config_yaml(options: &ServerOptions) -> String {
-    let audit_dir = options.audit_dir.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("audit-{}", uuid::Uuid::new_v4().simple()))
-    });
-    let governor = if options.governor.is_empty() {
-        format!(
-            "governor: {{queue_timeout_ms: {}, aging_ms: {}}}",
-            options.queue_timeout_ms,
-            (options.queue_timeout_ms / 4).max(1)
-        )
-    } else {
-        options.governor.clone()
-    };
-    format!(
-        "server: {{listen: \"127.0.0.1:0\", max_body_bytes: {max_body}{server}}}\n\
-         agents:\n\
-         \x20 - {{id: agent-a, tenant: acme, role: support, key_sha256: \"{a}\"{agent_a}}}\n\
-         \x20 - {{id: agent-b, tenant: globex, key_sha256: \"{b}\"{agent_b}}}\n\
-         local: {{model: smollm2-135m-instruct, models_dir: \"{models}\", slots: {slots}, queue_timeout_ms: {timeout}, default_max_tokens: {max_tokens}{local}}}\n\
-         {governor}\n\
-         audit: {{dir: \"{audit}\"}}\n",
-        max_body = options.max_body_bytes,
-        a = digest(KEY_A),
-        b = digest(KEY_B),
-        models = repo_path("models").display(),
-        slots = options.slots,
-        timeout = options.queue_timeout_ms,
-        max_tokens = options.default_max_tokens,
-        agent_a = options.agent_a,
-        agent_b = options.agent_b,
-        audit = audit_dir.display(),
-        server = options.server,
-        local = options.local,
-    ) + &options.extra_config
 }
 
 pub struct TestServer {
@@ -139,32 +213,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
-        Self::start_with(ServerOptions::default()).await
+        Self::builder().start().await
     }
 
-    pub async fn start_with(mut options: ServerOptions) -> Self {
-        let owned = options.audit_dir.is_none().then(scratch_dir);
-        if let Some(dir) = &owned {
-            options.audit_dir = Some(dir.path().to_path_buf());
-        }
-        let config = test_config(&options);
-        let local = Arc::new(
-            LocalBackend::loading(
-                "smollm2-135m-instruct",
-                config.local.slots,
-                config.local.queue_timeout,
-            )
-            .with_max_generation(config.local.max_generation),
-        );
-        local.set_ready(engine());
-        let base = serve(&config, local.clone()).await;
-        Self {
-            base,
-            client: reqwest::Client::new(),
-            local,
-            audit_dir: config.audit.dir.clone(),
-            _audit: owned,
-        }
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder::new()
     }
 
     /// A GET under the admin key; returns the status and body text.
@@ -209,14 +262,6 @@ impl TestServer {
         let text = response.text().await.unwrap();
         sse_data(&text)
     }
-}
-
-/// The configuration file of a test server, written to a folder of its own.
-pub fn config_file(options: &ServerOptions) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("warden.yaml");
-    std::fs::write(&path, test_config_yaml(options)).unwrap();
-    (dir, path)
 }
 
 /// `/metrics` of the server at `base`, read with the admin key.
