@@ -211,11 +211,12 @@ async fn kill_switches_stop_queued_and_new_requests_until_cleared() {
         .contains("runaway loop"));
     drop(holder);
 
-    let (status, body) = server.chat(short()).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("kill_switch"))
-    );
+    let response = server.chat_request().json(&short()).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    // An operator clears it, not time.
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "kill_switch");
     assert_eq!(chat_as(&server, KEY_B, short()).await.0, 200);
     let switches = &snapshot(&server).await["kill_switches"];
     assert_eq!(switches["agents"]["agent-a"]["reason"], "runaway loop");
@@ -254,6 +255,8 @@ async fn rate_limits_answer_429_with_retry_after_and_are_counted() {
     assert_eq!(server.chat(short()).await.0, 200);
     let response = server.chat_request().json(&short()).send().await.unwrap();
     assert_eq!(response.status(), 429);
+    // Waiting helps here: the SDKs are left to retry, after the time given.
+    assert!(!response.headers().contains_key("x-should-retry"));
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -307,7 +310,9 @@ async fn spend_caps_refuse_with_budget_exceeded_once_spent() {
             .await
             .unwrap();
         assert_eq!(response.status(), 429);
-        assert!(response.headers().contains_key("retry-after"));
+        // The cap resets at midnight or month's end: hours no client should sleep for.
+        assert!(!response.headers().contains_key("retry-after"));
+        assert_eq!(response.headers()["x-should-retry"], "false");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "budget_exceeded");
         let message = body["error"]["message"].as_str().unwrap();

@@ -67,11 +67,16 @@ impl From<AuditError> for ApiError {
 /// When a client told warden is busy should try again.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Tells the OpenAI SDKs (which honour it before their own rules) not to retry.
+const SHOULD_RETRY: &str = "x-should-retry";
+
 /// What a response needs to know about an error.
 struct Disposition {
     class: ErrorClass,
     param: Option<String>,
     retry_after: Option<Duration>,
+    /// Asking again cannot succeed: SDKs would otherwise retry 409 and 429 twice.
+    retry_cannot_help: bool,
 }
 
 impl ApiError {
@@ -123,10 +128,18 @@ impl ApiError {
             ApiError::Busy | ApiError::NoRoomForConnection => (None, Some(BUSY_RETRY_AFTER)),
             _ => (None, None),
         };
+        let class = self.class();
+        // A refusal of the client's request that names no time to wait for is one no
+        // retry fixes: a spent budget, a kill switch, a run budget, a decided approval,
+        // a request that is wrong. A body that came too slowly may come faster.
+        let retry_cannot_help = class.status.is_client_error()
+            && class.status != StatusCode::REQUEST_TIMEOUT
+            && retry_after.is_none();
         Disposition {
-            class: self.class(),
+            class,
             param,
             retry_after,
+            retry_cannot_help,
         }
     }
 
@@ -190,6 +203,11 @@ impl IntoResponse for ApiError {
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+        }
+        if disposition.retry_cannot_help {
+            response
+                .headers_mut()
+                .insert(SHOULD_RETRY, HeaderValue::from_static("false"));
         }
         if disposition.class.status == StatusCode::UNAUTHORIZED {
             response

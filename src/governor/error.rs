@@ -29,13 +29,14 @@ pub enum GovernorError {
         per_minute: u64,
         retry_after: Duration,
     },
-    #[error("{scope} has spent ${spent} of its {} cap of ${cap}; it resets in {}s", period.as_str(), seconds(*retry_after))]
+    #[error("{scope} has spent ${spent} of its {} cap of ${cap}; it resets in {}s", period.as_str(), seconds(*resets_in))]
     BudgetExceeded {
         scope: BudgetScope,
         period: Period,
         cap: Decimal,
         spent: Decimal,
-        retry_after: Duration,
+        /// Until the day or month ends: told in the message, not as a time to retry at.
+        resets_in: Duration,
     },
     #[error("the {scope} kill switch is engaged ({reason}); an operator must clear it")]
     KillSwitch { scope: KillScope, reason: String },
@@ -82,15 +83,16 @@ impl std::fmt::Display for BudgetScope {
 }
 
 impl GovernorError {
-    /// When a retry may succeed; `None` when waiting will not help.
+    /// When a retry may succeed; `None` when waiting will not help. A spent cap is
+    /// `None`: it resets hours away, and a client told to sleep that long (SDKs do
+    /// sleep as told) is better told that retrying will not help.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GovernorError::QueueFull { retry_after, .. }
             | GovernorError::QueueTimeout { retry_after, .. }
             | GovernorError::RateLimited { retry_after, .. }
-            | GovernorError::BudgetExceeded { retry_after, .. }
             | GovernorError::BackendBusy { retry_after, .. } => Some(*retry_after),
-            GovernorError::KillSwitch { .. } => None,
+            GovernorError::BudgetExceeded { .. } | GovernorError::KillSwitch { .. } => None,
         }
     }
 

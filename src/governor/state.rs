@@ -432,7 +432,7 @@ impl State {
                 period: reached.period,
                 cap: reached.cap,
                 spent: reached.spent,
-                retry_after: reached.resets_in,
+                resets_in: reached.resets_in,
             };
         if let Some(reached) = book.spend.reached(book.limits.spend, wall) {
             return Err(over_budget(BudgetScope::Agent(book.id.clone()), reached));
