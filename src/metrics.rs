@@ -22,6 +22,9 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 
 pub struct Metrics {
     registry: Registry,
+    /// The process's own series (CPU, memory, file descriptors) under the standard
+    /// `process_` names dashboards already know, so without warden's prefix.
+    process: Registry,
     /// HTTP requests by endpoint and status code.
     pub http_requests: IntCounterVec,
     /// Time to the response head (for streams: to the first byte, not the last).
@@ -225,7 +228,14 @@ impl Metrics {
         let governor = GovernorMetrics::register(&registry)?;
         registry.register(Box::new(policy.decisions.clone()))?;
         registry.register(Box::new(policy.findings.clone()))?;
+        let process = Registry::new();
+        // Read from /proc: Linux only.
+        #[cfg(target_os = "linux")]
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
+            process,
             connections: ConnectionMetrics::register(&registry)?,
             requests: RequestMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
@@ -247,7 +257,9 @@ impl Metrics {
     /// The Prometheus text exposition of every registered series.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
-        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(error) = TextEncoder::new().encode(&families, &mut buffer) {
             tracing::error!(%error, "encoding metrics failed");
         }
         String::from_utf8_lossy(&buffer).into_owned()

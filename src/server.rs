@@ -89,6 +89,12 @@ pub fn build_state(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    if let Some(collector) = local.collector() {
+        metrics
+            .registry()
+            .register(collector)
+            .context("registering the local engine's metrics")?;
+    }
     crate::schema::set_budget(config.server.schema_cache_bytes);
     let audit = AuditLog::open(&config.audit, metrics.audit.clone())
         .with_context(|| format!("{}: `audit`", config.path.display()))?;

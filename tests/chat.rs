@@ -5,6 +5,7 @@ mod common;
 
 use common::{streamed_content, user, weather_tool, TestServer, KEY_B};
 use serde_json::{json, Value};
+use warden::backend::provider::config::ProviderKind;
 
 #[tokio::test]
 async fn capital_of_france_is_paris() {
@@ -509,4 +510,67 @@ async fn run_id_from_header_or_metadata_is_echoed() {
         .await
         .unwrap();
     assert_eq!(body["warden"]["run_id"], "run-header");
+}
+
+/// What a dashboard alerts on exists at zero before the first event, and the local
+/// engine reports its load and the tokens it read.
+#[tokio::test]
+async fn dashboard_series_exist_from_the_start_and_the_engine_reports_its_load() {
+    let server = TestServer::builder()
+        .agent("agent-a", |agent| agent.requests_per_minute = Some(1000))
+        // Never contacted: only its series are looked at.
+        .provider(common::provider(
+            "spare",
+            ProviderKind::Openai,
+            "http://127.0.0.1:9/v1",
+            &["spare-large"],
+        ))
+        .start()
+        .await;
+    let metrics = server.metrics().await;
+    let value = |series: &str| {
+        common::metric(&metrics, series).unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    for reason in warden::governor::GovernorError::CODES {
+        assert_eq!(
+            value(&format!(
+                "warden_governor_rejections_total{{reason=\"{reason}\"}}"
+            )),
+            0.0
+        );
+    }
+    for series in [
+        "warden_governor_rate_limited_total{agent=\"agent-a\",limit=\"requests\"}",
+        "warden_routes_total{route=\"escalated\"}",
+        "warden_requests_total{route=\"local\",status=\"failed\"}",
+        "warden_requests_total{route=\"none\",status=\"refused\"}",
+        "warden_escalations_total{reason=\"low_mean_logprob\"}",
+        "warden_provider_saturated_total{provider=\"spare\"}",
+        "warden_local_sequences{state=\"running\"}",
+        "warden_local_kv_cache_tokens{state=\"used\"}",
+        "warden_local_tokens_total{phase=\"decode\"}",
+    ] {
+        assert_eq!(value(series), 0.0, "{series}");
+    }
+    assert_eq!(value("warden_local_slots"), 2.0);
+    let free = value("warden_local_kv_cache_tokens{state=\"free\"}");
+    assert!(free > 0.0);
+    assert!(value("process_resident_memory_bytes") > 0.0);
+    assert!(metrics.contains("process_cpu_seconds_total"), "{metrics}");
+
+    let (status, body) = server
+        .chat(json!({"messages": user("Count to ten."), "max_tokens": 4, "temperature": 0}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = server.metrics().await;
+    let value = |series: &str| common::metric(&metrics, series).unwrap();
+    let prompt = body["usage"]["prompt_tokens"].as_f64().unwrap();
+    let read = value("warden_local_tokens_total{phase=\"prefill\"}")
+        + value("warden_local_tokens_total{phase=\"decode\"}");
+    // Every prompt token, and every answer token but the last (sampled, never read).
+    let completion = body["usage"]["completion_tokens"].as_f64().unwrap();
+    assert_eq!(read, prompt + completion - 1.0, "{metrics}");
+    assert!(value("warden_local_tokens_total{phase=\"decode\"}") >= completion - 1.0);
+    // The answer ended: its cache room is free again.
+    assert_eq!(value("warden_local_kv_cache_tokens{state=\"free\"}"), free);
 }

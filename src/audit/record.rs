@@ -52,6 +52,13 @@ pub enum RequestStatus {
 }
 
 impl RequestStatus {
+    pub const ALL: [RequestStatus; 4] = [
+        RequestStatus::Completed,
+        RequestStatus::Refused,
+        RequestStatus::Failed,
+        RequestStatus::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RequestStatus::Completed => "completed",

@@ -76,6 +76,11 @@ pub trait Backend: Send + Sync {
     /// Whether the backend can take requests now.
     fn status(&self) -> BackendStatus;
 
+    /// The backend's own series for `/metrics`, if it keeps any.
+    fn collector(&self) -> Option<Box<dyn prometheus::core::Collector>> {
+        None
+    }
+
     /// Starts a generation. Errors that can be known up front (context overflow,
     /// saturation) come from this call so the caller can answer with a proper status
     /// before any byte is streamed. A backend that queues requests serves them in the

@@ -30,7 +30,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use crate::audit::record::BusinessOutcome;
+use crate::audit::record::{BusinessOutcome, RequestStatus};
 use crate::audit::{AuditLog, Receipt};
 use crate::auth::Principal;
 use crate::backend::provider::breaker::BreakerState;
@@ -44,7 +44,7 @@ use crate::metrics::{Metrics, PANIC_IN_HANDLER};
 use crate::policy::PolicyEngine;
 use crate::route::plan::{self, Steps};
 use crate::route::{
-    assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target,
+    assess_risk, check_local_answer, Reason, Route, RoutingState, RoutingTable, Target, SHORTFALLS,
 };
 use crate::runs::RunTracker;
 use history::RouteHistory;
@@ -155,6 +155,7 @@ impl Gateway {
         recorder: Recorder,
         governor: Governor,
     ) -> Self {
+        present_at_zero(&metrics, &routing.current());
         Self {
             local,
             routing,
@@ -708,6 +709,31 @@ fn provider_answer(
 }
 
 /// The span of a wait in the governor's queue for `backend`.
+/// Creates at zero every series a dashboard alerts on whose labels are known at start,
+/// so an alert on an increase has a series to watch before the first event.
+fn present_at_zero(metrics: &Metrics, table: &RoutingTable) {
+    for route in Route::ALL {
+        metrics.routes.with_label_values(&[route.as_str()]);
+    }
+    let routes = Route::ALL.map(Route::as_str);
+    for route in routes.iter().chain([&record::UNROUTED]) {
+        for status in RequestStatus::ALL {
+            metrics
+                .requests
+                .requests
+                .with_label_values(&[route, status.as_str()]);
+        }
+    }
+    for reason in SHORTFALLS {
+        metrics.escalations.with_label_values(&[reason.as_str()]);
+    }
+    for provider in &table.providers {
+        metrics
+            .providers_saturated
+            .with_label_values(&[provider.name()]);
+    }
+}
+
 fn queue_wait(backend: &str) -> tracing::Span {
     tracing::info_span!("queue_wait", backend)
 }

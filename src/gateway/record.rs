@@ -28,7 +28,7 @@ use crate::policy::report::{CallOutcome, DecisionRecord};
 use crate::runs::{RunTicket, RunTracker, RunUsage};
 
 /// The route label of a request that was never routed.
-const UNROUTED: &str = "none";
+pub(super) const UNROUTED: &str = "none";
 
 /// Where every request's record goes: the audit log, its run and the request metrics.
 pub struct Recorder {

@@ -96,6 +96,16 @@ impl GovernorError {
         }
     }
 
+    /// Every code `code` gives.
+    pub const CODES: [&'static str; 6] = [
+        "queue_full",
+        "queue_timeout",
+        "rate_limit_exceeded",
+        "budget_exceeded",
+        "kill_switch",
+        "backend_busy",
+    ];
+
     /// The refusal's code: the `reason` label of the rejections metric, and the `code`
     /// the client and the audit record name it by (`crate::error`'s table).
     pub fn code(&self) -> &'static str {

@@ -310,6 +310,11 @@ impl State {
         for (backend, limit) in settings.backends {
             state.backend(&backend, Some(limit));
         }
+        // Every refusal's series exists at zero from the start, so an alert on its
+        // increase has something to watch before the first one.
+        for code in GovernorError::CODES {
+            state.metrics.rejections.with_label_values(&[code]);
+        }
         state
     }
 
@@ -345,6 +350,16 @@ impl State {
             in_flight: 0,
             limit: limits.max_concurrent,
         });
+        for (limit, per_minute) in [
+            (RateLimit::Requests, limits.requests_per_minute),
+            (RateLimit::Tokens, limits.tokens_per_minute),
+        ] {
+            if per_minute.is_some() {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[id, limit.unit()]);
+            }
+        }
         self.agents.push(AgentBook {
             id: id.to_string(),
             tenant,

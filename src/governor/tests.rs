@@ -842,16 +842,10 @@ mod property {
         assert!(kills_seen_late <= killed_in_queue);
         let refusals = refusals + killed_in_queue as u64;
         // Each refusal was counted once, and nothing else was.
-        let counted: u64 = [
-            "queue_full",
-            "queue_timeout",
-            "rate_limit_exceeded",
-            "budget_exceeded",
-            "kill_switch",
-        ]
-        .iter()
-        .map(|reason| metrics.rejections.with_label_values(&[reason]).get())
-        .sum();
+        let counted: u64 = GovernorError::CODES
+            .iter()
+            .map(|reason| metrics.rejections.with_label_values(&[reason]).get())
+            .sum();
         assert_eq!(counted, refusals);
     }
 

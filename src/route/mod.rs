@@ -12,4 +12,4 @@ mod verdict;
 pub use reason::{Reason, Route};
 pub use risk::{assess_risk, Risk};
 pub use table::{RoutingState, RoutingTable, TableSource, Target};
-pub use verdict::check_local_answer;
+pub use verdict::{check_local_answer, SHORTFALLS};

@@ -17,6 +17,13 @@ pub enum Route {
 }
 
 impl Route {
+    pub const ALL: [Route; 4] = [
+        Route::Local,
+        Route::External,
+        Route::Escalated,
+        Route::FallbackLocal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Local => "local",

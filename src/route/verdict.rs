@@ -9,7 +9,16 @@ use crate::policy::fits_offered;
 
 use super::Reason;
 
-/// The reasons to escalate; empty when the answer may be sent.
+/// Every reason `check_local_answer` gives.
+pub const SHORTFALLS: [Reason; 5] = [
+    Reason::LowMeanLogprob,
+    Reason::LowTokenLogprob,
+    Reason::MalformedToolCall,
+    Reason::GenerationDeadline,
+    Reason::InvalidToolArguments,
+];
+
+/// The reasons to escalate (among `SHORTFALLS`); empty when the answer may be sent.
 pub fn check_local_answer(
     summary: &GenerationSummary,
     tools: &[ToolSpec],

@@ -6,6 +6,7 @@
 //! queue timeout.
 
 pub mod engine;
+mod engine_metrics;
 mod generation;
 pub mod network;
 pub use warden_llama as llama;
@@ -28,6 +29,7 @@ pub use scheduler::Capacity;
 
 use super::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::ChatRequest;
+use engine_metrics::EngineMetrics;
 use llama::kv_cache::KvCache;
 use scheduler::{Occupancy, Scheduler, Submission};
 
@@ -93,7 +95,6 @@ struct Ready {
     engine: Arc<Engine>,
     /// The engine thread's queue.
     submissions: std_mpsc::Sender<Submission>,
-    occupancy: Arc<Occupancy>,
     /// Longest sequence (prompt and answer) the cache can hold at all.
     cache_tokens: usize,
 }
@@ -105,6 +106,9 @@ pub struct LocalBackend {
     kv_cache_bytes: usize,
     max_generation: Duration,
     state: RwLock<LoadState>,
+    /// What the engine thread publishes; shared from the start, so the metrics that
+    /// read it can be registered before the model is loaded.
+    occupancy: Arc<Occupancy>,
 }
 
 impl LocalBackend {
@@ -122,6 +126,7 @@ impl LocalBackend {
             kv_cache_bytes: DEFAULT_KV_CACHE_BYTES,
             max_generation: DEFAULT_MAX_GENERATION,
             state: RwLock::new(LoadState::Loading),
+            occupancy: Arc::default(),
         }
     }
 
@@ -149,9 +154,13 @@ impl LocalBackend {
                 "the key/value cache budget holds less than one full context"
             );
         }
-        let occupancy = Arc::new(Occupancy::default());
         let (submissions, receiver) = std_mpsc::channel();
-        let scheduler = Scheduler::new(engine.clone(), cache, self.slot_count, occupancy.clone());
+        let scheduler = Scheduler::new(
+            engine.clone(),
+            cache,
+            self.slot_count,
+            self.occupancy.clone(),
+        );
         let started = std::thread::Builder::new()
             .name("warden-engine".into())
             .spawn(move || scheduler.run(receiver));
@@ -159,7 +168,6 @@ impl LocalBackend {
             Ok(_) => self.set_state(LoadState::Ready(Arc::new(Ready {
                 engine,
                 submissions,
-                occupancy,
                 cache_tokens,
             }))),
             Err(error) => self.set_failed(format!("starting the engine thread: {error}")),
@@ -191,7 +199,7 @@ impl LocalBackend {
 
     /// Sequences in the batch right now.
     pub fn busy_slots(&self) -> usize {
-        self.ready().map_or(0, |ready| ready.occupancy.running())
+        self.occupancy.running()
     }
 
     pub fn slot_count(&self) -> usize {
@@ -203,10 +211,10 @@ impl LocalBackend {
     pub fn capacity(&self) -> Option<Capacity> {
         self.ready().ok().map(|ready| Capacity {
             max_sequences: self.slot_count,
-            running: ready.occupancy.running(),
-            waiting: ready.occupancy.waiting(),
+            running: self.occupancy.running(),
+            waiting: self.occupancy.waiting(),
             cache_tokens: ready.cache_tokens,
-            free_cache_tokens: ready.occupancy.free_tokens(),
+            free_cache_tokens: self.occupancy.free_tokens(),
         })
     }
 
@@ -223,6 +231,16 @@ impl Backend for LocalBackend {
 
     fn models(&self) -> Vec<String> {
         vec![self.model_name.clone()]
+    }
+
+    fn collector(&self) -> Option<Box<dyn prometheus::core::Collector>> {
+        match EngineMetrics::new(self.occupancy.clone(), self.slot_count) {
+            Ok(metrics) => Some(Box::new(metrics)),
+            Err(error) => {
+                tracing::error!(%error, "the local engine's metrics could not be made");
+                None
+            }
+        }
     }
 
     fn status(&self) -> BackendStatus {

@@ -12,7 +12,7 @@
 //! scheduler never refuses one.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +56,13 @@ pub struct Submission {
 pub struct Occupancy {
     running: AtomicUsize,
     waiting: AtomicUsize,
+    cache_tokens: AtomicUsize,
     free_tokens: AtomicUsize,
+    /// Prompt tokens read several at a time (prefill), since the start.
+    prefilled_tokens: AtomicU64,
+    /// Tokens read one at a time (decode, and a prompt's lone last token), since the
+    /// start.
+    decoded_tokens: AtomicU64,
 }
 
 /// A snapshot of the engine's load and room.
@@ -83,8 +89,36 @@ impl Occupancy {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Positions the key/value cache holds in all; 0 until the engine is ready.
+    pub fn cache_tokens(&self) -> usize {
+        self.cache_tokens.load(Ordering::Relaxed)
+    }
+
     pub fn free_tokens(&self) -> usize {
         self.free_tokens.load(Ordering::Relaxed)
+    }
+
+    pub fn prefilled_tokens(&self) -> u64 {
+        self.prefilled_tokens.load(Ordering::Relaxed)
+    }
+
+    pub fn decoded_tokens(&self) -> u64 {
+        self.decoded_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Counts the tokens of one forward pass that went through.
+    fn count(&self, plan: &[(usize, usize)]) {
+        let (mut prefilled, mut decoded) = (0, 0);
+        for &(_, take) in plan {
+            if take == 1 {
+                decoded += 1;
+            } else {
+                prefilled += take as u64;
+            }
+        }
+        self.prefilled_tokens
+            .fetch_add(prefilled, Ordering::Relaxed);
+        self.decoded_tokens.fetch_add(decoded, Ordering::Relaxed);
     }
 }
 
@@ -185,6 +219,9 @@ impl Scheduler {
         max_sequences: usize,
         occupancy: Arc<Occupancy>,
     ) -> Self {
+        occupancy
+            .cache_tokens
+            .store(cache.capacity_tokens(), Ordering::Relaxed);
         occupancy
             .free_tokens
             .store(cache.free_tokens(), Ordering::Relaxed);
@@ -364,7 +401,7 @@ impl Scheduler {
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.forward(&plan)));
         match outcome {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.occupancy.count(&plan),
             Ok(Err(error)) => self.fail(&plan, &error),
             Err(_) => self.fail(&plan, "the engine panicked"),
         }
