@@ -771,6 +771,24 @@ async fn external_models_are_listed_and_unknown_ones_are_404() {
         .chat(json!({"model": "mock-huge", "messages": user("Hi")}))
         .await;
     assert_eq!(status, 404);
+
+    // One model by its id, as `client.models.retrieve` asks; an unknown one is 404.
+    let one = |id: &str| {
+        server
+            .client
+            .get(server.url(&format!("/v1/models/{id}")))
+            .bearer_auth(common::KEY_A)
+            .send()
+    };
+    let card: Value = one("mock-large").await.unwrap().json().await.unwrap();
+    assert_eq!(card, models["data"][2]);
+    for unknown in ["mock-huge", "vendor/mock-large"] {
+        let response = one(unknown).await.unwrap();
+        assert_eq!(response.status(), 404, "{unknown}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+        assert_eq!(body["error"]["param"], "model", "{body}");
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Probes and the model list: `/healthz` (the process answers), `/readyz` (the local
-//! model is loaded), `/v1/models`.
+//! model is loaded), `/v1/models` and `/v1/models/{id}`.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 
 use super::admin::require_admin;
 use super::error::ApiError;
-use super::extract::{bearer_token, Caller};
+use super::extract::{bearer_token, Caller, OpenAiPath};
 use super::openai::types::{ModelCard, ModelList};
 use super::AppState;
 use crate::config::MetricsAccess;
+use crate::error::GatewayError;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -56,16 +57,28 @@ pub async fn metrics(
 pub async fn models(State(state): State<AppState>, _caller: Caller) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
-        data: state
-            .gateway
-            .models()
-            .into_iter()
-            .map(|model| ModelCard {
-                id: model.id,
-                object: "model",
-                created: 0,
-                owned_by: model.owned_by,
-            })
-            .collect(),
+        data: model_cards(&state).collect(),
+    })
+}
+
+/// One model of the list (`GET /v1/models/{id}`); ids may hold slashes, as some
+/// providers' do (`vendor/model`).
+pub async fn model(
+    State(state): State<AppState>,
+    _caller: Caller,
+    OpenAiPath(id): OpenAiPath<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    model_cards(&state)
+        .find(|card| card.id == id)
+        .map(Json)
+        .ok_or(ApiError::Gateway(GatewayError::ModelNotFound(id)))
+}
+
+fn model_cards(state: &AppState) -> impl Iterator<Item = ModelCard> {
+    state.gateway.models().into_iter().map(|model| ModelCard {
+        id: model.id,
+        object: "model",
+        created: 0,
+        owned_by: model.owned_by,
     })
 }

@@ -69,6 +69,7 @@ pub fn build_app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(health::models))
+        .route("/v1/models/{*id}", get(health::model))
         .route("/v1/outcomes", post(outcomes::record_outcome))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));

@@ -1,4 +1,5 @@
-"""Drives warden with the official OpenAI Python SDK: a plain and a streamed chat.
+"""Drives warden with the official OpenAI Python SDK: the model list, one model, a
+plain and a streamed chat.
 
 Usage: openai_chat.py BASE_URL API_KEY. Exits non-zero (with the reason) on any
 mismatch, so the Rust test that runs it fails.
@@ -16,6 +17,7 @@ def main() -> None:
 
     models = [m.id for m in client.models.list()]
     assert "auto" in models, models
+    assert client.models.retrieve("auto").id == "auto"
 
     plain = client.chat.completions.create(model="auto", messages=question, temperature=0, seed=7)
     answer = plain.choices[0].message.content
