@@ -647,6 +647,78 @@ async fn the_anthropic_adapter_round_trips_tools() {
     assert_eq!(turns[2]["content"][1]["text"], "And Paris?");
 }
 
+/// A client of the API before tools (`functions`, `function_call`, `role: function`) is
+/// served as a tools client and answered in its own words, plain and streamed.
+#[tokio::test]
+async fn legacy_functions_are_served_as_tools_and_answered_as_a_function_call() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::Answer {
+        content: String::new(),
+        tool_call: Some(("get_weather".into(), r#"{"city": "Paris"}"#.into())),
+    });
+    let server = routed(vec![mock_large(&mock)], RawRouting::default())
+        .start()
+        .await;
+    let body = json!({
+        "model": "mock-large",
+        "messages": [
+            {"role": "user", "content": "Weather in Lyon?"},
+            {"role": "assistant", "content": null, "function_call": {"name": "get_weather", "arguments": "{\"city\": \"Lyon\"}"}},
+            {"role": "function", "name": "get_weather", "content": "{\"temp\": 21}"},
+            {"role": "user", "content": "And Paris?"}
+        ],
+        "functions": [weather_tool()[0]["function"]],
+        "function_call": {"name": "get_weather"},
+    });
+    let (status, answer) = server.chat(body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["function_call"]["name"], "get_weather", "{answer}");
+    assert_eq!(message["function_call"]["arguments"], r#"{"city":"Paris"}"#);
+    assert!(message.get("tool_calls").is_none(), "{answer}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "function_call");
+
+    // The provider was asked in the tools' form, the result tied to its call.
+    let sent = &mock.received()[0].body;
+    assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(sent["tool_choice"]["function"]["name"], "get_weather");
+    let turns = sent["messages"].as_array().unwrap();
+    assert_eq!(turns[2]["role"], "tool");
+    assert_eq!(turns[1]["tool_calls"][0]["id"], turns[2]["tool_call_id"]);
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let chunks: Vec<Value> = server
+        .stream(streamed)
+        .await
+        .iter()
+        .filter(|frame| *frame != "[DONE]")
+        .map(|frame| serde_json::from_str(frame).unwrap())
+        .collect();
+    let deltas = || chunks.iter().map(|chunk| &chunk["choices"][0]["delta"]);
+    let call = deltas()
+        .find_map(|delta| delta.get("function_call"))
+        .unwrap();
+    assert_eq!(call["name"], "get_weather");
+    assert!(deltas().all(|delta| delta.get("tool_calls").is_none()));
+    let finish = chunks
+        .iter()
+        .find_map(|chunk| chunk["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("function_call"));
+
+    // One form or the other, not both.
+    let (status, error) = server
+        .chat(json!({
+            "model": "mock-large",
+            "messages": user("Hi"),
+            "tools": weather_tool(),
+            "functions": [weather_tool()[0]["function"]],
+        }))
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "functions");
+}
+
 #[tokio::test]
 async fn when_every_provider_is_down_local_serves_what_it_may_and_the_rest_is_503() {
     let mock = MockUpstream::start().await;

@@ -87,6 +87,7 @@ async fn answer(
         stream,
         include_usage,
         metadata,
+        legacy_functions,
     } = match parsed {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -112,6 +113,7 @@ async fn answer(
         id: format!("chatcmpl-{request_id}"),
         created: unix_now(),
         model: started.model.clone(),
+        legacy_functions,
     };
     let mut response = if stream {
         let events = sse_events(started.events, identity, include_usage, logprobs);

@@ -1,8 +1,8 @@
 //! Validation: an OpenAI request becomes a `ChatRequest` or a 400 naming the field.
 
 use super::types::{
-    ChatCompletionRequest, MessageContent, RequestMessage, StopSequences, ToolChoiceValue,
-    ToolDefinition,
+    ChatCompletionRequest, FunctionChoice, MessageContent, NamedToolChoice, RequestMessage,
+    RequestToolCall, StopSequences, ToolChoiceValue, ToolDefinition,
 };
 use crate::api::error::ApiError;
 use crate::api::extract::parse_json;
@@ -42,6 +42,9 @@ pub struct ParsedRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub metadata: RequestMetadata,
+    /// The request offered `functions`, the API before tools: its call goes back as
+    /// `function_call`.
+    pub legacy_functions: bool,
 }
 
 type Invalid = GatewayError;
@@ -101,16 +104,24 @@ pub fn parse(
     let metadata = metadata(wire.metadata.as_ref())?;
     let sampling = sampling(&wire)?;
     let logprobs = logprobs(wire.logprobs, wire.top_logprobs)?;
-    let tools = tools(wire.tools.unwrap_or_default(), limits, agent)?;
-    let tool_choice = tool_choice(wire.tool_choice, &tools)?;
-    if wire.messages.is_empty() {
+    let legacy_functions = wire.functions.is_some();
+    let (definitions, offered, choice) = offered_tools(
+        wire.tools,
+        wire.tool_choice,
+        wire.functions,
+        wire.function_call,
+    )?;
+    let tools = tools(definitions, offered, limits, agent)?;
+    let tool_choice = tool_choice(choice, &tools)?;
+    let mut wire_messages = wire.messages;
+    if wire_messages.is_empty() {
         return Err(GatewayError::invalid(
             "messages",
             "`messages` must contain at least one message",
         ));
     }
-    let messages = wire
-        .messages
+    legacy_messages(&mut wire_messages);
+    let messages = wire_messages
         .into_iter()
         .enumerate()
         .map(|(index, message)| self::message(index, message))
@@ -127,7 +138,96 @@ pub fn parse(
         stream: wire.stream,
         include_usage: wire.stream_options.is_some_and(|o| o.include_usage),
         metadata,
+        legacy_functions,
     })
+}
+
+/// Which field the tools came in: `tools`, or `functions` (the API before tools).
+#[derive(Debug, Clone, Copy)]
+enum Offered {
+    Tools,
+    Functions,
+}
+
+impl Offered {
+    /// The request parameter at fault: `field` of the tool at `index`, as the client
+    /// wrote it (a function is not wrapped in `function` there).
+    fn param(self, index: usize, field: &str) -> String {
+        match self {
+            Offered::Tools => format!("tools[{index}].{field}"),
+            Offered::Functions => {
+                let field = field.strip_prefix("function.").unwrap_or(field);
+                format!("functions[{index}].{field}")
+            }
+        }
+    }
+}
+
+/// The tools offered and the choice among them, from `tools` and `tool_choice` or from
+/// their older forms `functions` and `function_call` (one pair or the other).
+fn offered_tools(
+    tools: Option<Vec<ToolDefinition>>,
+    tool_choice: Option<ToolChoiceValue>,
+    functions: Option<Vec<super::types::FunctionDefinition>>,
+    function_call: Option<FunctionChoice>,
+) -> Result<(Vec<ToolDefinition>, Offered, Option<ToolChoiceValue>), Invalid> {
+    if functions.is_none() && function_call.is_none() {
+        return Ok((tools.unwrap_or_default(), Offered::Tools, tool_choice));
+    }
+    if tools.is_some() || tool_choice.is_some() {
+        let param = if functions.is_some() {
+            "functions"
+        } else {
+            "function_call"
+        };
+        return Err(GatewayError::invalid(
+            param,
+            "`functions` and `function_call` cannot be mixed with `tools` and `tool_choice`",
+        ));
+    }
+    let definitions = functions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|function| ToolDefinition {
+            kind: "function".into(),
+            function: Some(function),
+        })
+        .collect();
+    let choice = function_call.map(|choice| match choice {
+        FunctionChoice::Mode(mode) => ToolChoiceValue::Mode(mode),
+        FunctionChoice::Named(function) => ToolChoiceValue::Named(NamedToolChoice {
+            kind: "function".into(),
+            function,
+        }),
+    });
+    Ok((definitions, Offered::Functions, choice))
+}
+
+/// Messages in the API before tools, rewritten in the tools' form: an assistant's
+/// `function_call` becomes its tool call, and a `function` message the result of the
+/// call before it, tied to it by an id made up here (that API had none).
+fn legacy_messages(messages: &mut [RequestMessage]) {
+    let mut last_call = None;
+    for (index, message) in messages.iter_mut().enumerate() {
+        if let Some(function) = message.function_call.take() {
+            let id = format!("call_legacy_{index}");
+            message
+                .tool_calls
+                .get_or_insert_with(Vec::new)
+                .push(RequestToolCall {
+                    id: id.clone(),
+                    kind: Some("function".into()),
+                    function,
+                });
+            last_call = Some(id);
+        }
+        if message.role == "function" {
+            message.role = "tool".into();
+            if message.tool_call_id.is_none() {
+                message.tool_call_id = last_call.clone();
+            }
+        }
+    }
 }
 
 /// `priority` and `run_id` are warden's; every other entry is a label.
@@ -278,12 +378,17 @@ fn logprobs(logprobs: Option<bool>, top_logprobs: Option<u32>) -> Result<Option<
 
 fn tools(
     definitions: Vec<ToolDefinition>,
+    offered: Offered,
     limits: &Limits,
     agent: &str,
 ) -> Result<Vec<ToolSpec>, Invalid> {
     if definitions.len() > limits.max_tools {
+        let field = match offered {
+            Offered::Tools => "tools",
+            Offered::Functions => "functions",
+        };
         return Err(GatewayError::invalid(
-            "tools",
+            field,
             format!(
                 "{} tools offered; at most {} per request",
                 definitions.len(),
@@ -294,7 +399,7 @@ fn tools(
     let mut names = std::collections::HashSet::with_capacity(definitions.len());
     let mut tools: Vec<ToolSpec> = Vec::with_capacity(definitions.len());
     for (index, definition) in definitions.into_iter().enumerate() {
-        let param = |field: &str| format!("tools[{index}].{field}");
+        let param = |field: &str| offered.param(index, field);
         if definition.kind != "function" {
             return Err(GatewayError::invalid(
                 param("type"),
@@ -679,5 +784,48 @@ mod tests {
         assert_eq!(chat.logprobs, Some(2));
         assert_eq!(chat.sampling.stop, vec!["END".to_string()]);
         assert_eq!(chat.sampling.seed, Some(u64::MAX));
+    }
+
+    #[test]
+    fn legacy_functions_convert_to_tools_and_name_their_own_fields() {
+        let parsed = parse_json(serde_json::json!({
+            "messages": [
+                {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{}"}},
+                {"role": "function", "name": "f", "content": "ok"}
+            ],
+            "functions": [{"name": "f"}],
+            "function_call": "auto"
+        }))
+        .unwrap();
+        assert!(parsed.legacy_functions);
+        let chat = parsed.chat;
+        assert_eq!(chat.tools[0].name, "f");
+        assert_eq!(chat.tool_choice, ToolChoice::Auto);
+        let call = &chat.messages[0].tool_calls[0];
+        assert_eq!(chat.messages[1].role, Role::Tool);
+        assert_eq!(chat.messages[1].tool_call_id.as_ref(), Some(&call.id));
+
+        let hi = || serde_json::json!([{"role": "user", "content": "hi"}]);
+        let cases = [
+            (
+                serde_json::json!({"messages": hi(), "functions": [{"name": "bad name"}]}),
+                "functions[0].name",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "functions": [{"name": "f"}], "tool_choice": "auto"}),
+                "functions",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "tools": [{"type": "function", "function": {"name": "f"}}], "function_call": "auto"}),
+                "function_call",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "function", "name": "f", "content": "ok"}], "functions": [{"name": "f"}]}),
+                "messages[0].tool_call_id",
+            ),
+        ];
+        for (body, param) in cases {
+            assert_eq!(param_of(body), param);
+        }
     }
 }

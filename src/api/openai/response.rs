@@ -36,9 +36,38 @@ pub struct CompletionIdentity {
     pub id: String,
     pub created: u64,
     pub model: String,
+    /// The request offered `functions` (the API before tools): a call goes back as
+    /// `function_call`, the one call that API has room for, with finish reason
+    /// `function_call`.
+    pub legacy_functions: bool,
+}
+
+/// How an answer's calls are written: as tool calls, or as the one legacy call.
+struct Calls {
+    tool_calls: Vec<ResponseToolCall>,
+    function_call: Option<FunctionCall>,
+    finish_reason: &'static str,
 }
 
 impl CompletionIdentity {
+    fn calls(&self, calls: &[ToolCall], finish: FinishReason, indexed: bool) -> Calls {
+        match calls.first() {
+            Some(first) if self.legacy_functions => Calls {
+                tool_calls: Vec::new(),
+                function_call: Some(FunctionCall {
+                    name: first.name.clone(),
+                    arguments: first.arguments.clone(),
+                }),
+                finish_reason: "function_call",
+            },
+            _ => Calls {
+                tool_calls: tool_calls(calls, indexed),
+                function_call: None,
+                finish_reason: finish_reason(finish),
+            },
+        }
+    }
+
     pub fn completion(&self, response: Response, logprobs: bool) -> ChatCompletion {
         let Recorded {
             summary,
@@ -47,6 +76,7 @@ impl CompletionIdentity {
         } = response.finished;
         let content = (!response.content.is_empty() || summary.tool_calls.is_empty())
             .then_some(response.content);
+        let calls = self.calls(&summary.tool_calls, summary.finish_reason, false);
         ChatCompletion {
             id: self.id.clone(),
             object: "chat.completion",
@@ -57,12 +87,13 @@ impl CompletionIdentity {
                 message: ResponseMessage {
                     role: "assistant",
                     content,
-                    tool_calls: tool_calls(&summary.tool_calls, false),
+                    tool_calls: calls.tool_calls,
+                    function_call: calls.function_call,
                 },
                 logprobs: logprobs.then_some(LogprobsBody {
                     content: response.logprobs,
                 }),
-                finish_reason: finish_reason(summary.finish_reason),
+                finish_reason: calls.finish_reason,
             }],
             usage: summary.usage.into(),
             warden: report_json,
@@ -127,21 +158,19 @@ impl CompletionIdentity {
     ) -> Vec<ChatCompletionChunk> {
         let summary = &completed.summary;
         let mut chunks = Vec::new();
-        if !summary.tool_calls.is_empty() {
+        let calls = self.calls(&summary.tool_calls, summary.finish_reason, true);
+        if !calls.tool_calls.is_empty() || calls.function_call.is_some() {
             chunks.push(self.chunk(
                 Delta {
-                    tool_calls: tool_calls(&summary.tool_calls, true),
+                    tool_calls: calls.tool_calls,
+                    function_call: calls.function_call,
                     ..Delta::default()
                 },
                 None,
                 None,
             ));
         }
-        let mut last = self.chunk(
-            Delta::default(),
-            None,
-            Some(finish_reason(summary.finish_reason)),
-        );
+        let mut last = self.chunk(Delta::default(), None, Some(calls.finish_reason));
         last.warden = Some(completed.report_json.clone());
         chunks.push(last);
         if include_usage {

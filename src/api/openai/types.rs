@@ -30,6 +30,10 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<ToolDefinition>>,
     pub tool_choice: Option<ToolChoiceValue>,
     pub parallel_tool_calls: Option<bool>,
+    /// The API before tools: functions offered (as `tools`) and chosen (as
+    /// `tool_choice`); OpenAI still accepts them, and older clients still send them.
+    pub functions: Option<Vec<FunctionDefinition>>,
+    pub function_call: Option<FunctionChoice>,
     pub response_format: Option<ResponseFormat>,
     pub user: Option<String>,
     pub metadata: Option<serde_json::Map<String, Value>>,
@@ -61,6 +65,8 @@ pub struct RequestMessage {
     pub name: Option<String>,
     pub tool_calls: Option<Vec<RequestToolCall>>,
     pub tool_call_id: Option<String>,
+    /// An assistant's call in the API before tools.
+    pub function_call: Option<FunctionCall>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +133,14 @@ pub struct NamedFunction {
     pub name: String,
 }
 
+/// `function_call` of a request: `none`, `auto` or `{"name": ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FunctionChoice {
+    Mode(String),
+    Named(NamedFunction),
+}
+
 // ---- responses ----
 
 #[derive(Debug, Serialize)]
@@ -155,6 +169,9 @@ pub struct ResponseMessage {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ResponseToolCall>,
+    /// The call, for a request that offered `functions` rather than `tools`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionCall>,
 }
 
 #[derive(Debug, Serialize)]
@@ -220,6 +237,8 @@ pub struct Delta {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ResponseToolCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionCall>,
 }
 
 #[derive(Debug, Serialize)]
