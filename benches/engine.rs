@@ -286,6 +286,7 @@ async fn generate(backend: &LocalBackend, n: usize, max_tokens: u32) -> Vec<(u32
                 ..Sampling::default()
             },
             logprobs: None,
+            response_format: Default::default(),
         };
         async move {
             let generation = collect(backend.generate(request, Instant::now()).await.unwrap())

@@ -31,6 +31,7 @@ async fn direct_url(backend: Arc<dyn Backend>) -> String {
                 tool_choice: ToolChoice::Auto,
                 sampling: Sampling::default(),
                 logprobs: None,
+                response_format: Default::default(),
             };
             let generation = collect(backend.generate(request, Instant::now()).await.unwrap())
                 .await

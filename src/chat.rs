@@ -163,9 +163,32 @@ pub struct ChatRequest {
     pub sampling: Sampling,
     /// `Some(k)`: return each token's log-probability and its `k` best alternatives.
     pub logprobs: Option<u8>,
+    pub response_format: ResponseFormat,
+}
+
+/// The shape the answer must take.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ResponseFormat {
+    /// Any text.
+    #[default]
+    Text,
+    /// A JSON object.
+    JsonObject,
+    /// JSON valid against `schema` (`strict`: exactly, extra keys refused).
+    JsonSchema {
+        name: String,
+        schema: serde_json::Value,
+        strict: bool,
+    },
 }
 
 impl ChatRequest {
+    /// Whether the answer must be JSON, which only a backend that constrains its output
+    /// to it can promise.
+    pub fn wants_json(&self) -> bool {
+        self.response_format != ResponseFormat::Text
+    }
+
     /// The tools the model may call under the request's `tool_choice`.
     pub fn callable_tools(&self) -> &[ToolSpec] {
         match self.tool_choice {

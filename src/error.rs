@@ -222,6 +222,9 @@ impl From<PlanError> for GatewayError {
                 message: error.to_string(),
                 retry_after: None,
             },
+            PlanError::JsonNotPromised(message) => {
+                GatewayError::invalid("response_format", message)
+            }
         }
     }
 }

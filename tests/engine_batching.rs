@@ -61,6 +61,7 @@ fn request(question: &str, max_tokens: u32) -> ChatRequest {
             ..Sampling::default()
         },
         logprobs: None,
+        response_format: Default::default(),
     }
 }
 

@@ -109,6 +109,7 @@ fn prompt_tokens(engine: &Engine, question: &str) -> Vec<u32> {
         tool_choice: ToolChoice::Auto,
         sampling: Sampling::default(),
         logprobs: None,
+        response_format: Default::default(),
     };
     engine.prepare(&request, usize::MAX).unwrap().tokens
 }

@@ -3,38 +3,43 @@
 
 mod common;
 
+use common::mock_upstream::{Behaviour, MockUpstream};
 use common::{python_with_openai_sdk, repo_path, user, TestServer, KEY_A, KEY_B};
 use serde_json::json;
+use warden::backend::provider::config::ProviderKind;
 use warden::config::raw::RawRunLimits;
 
-#[tokio::test]
-async fn the_openai_python_sdk_completes_plain_and_streamed_chats() {
+/// Runs the SDK script `tests/sdk/{script}` with `args` in the SDK's virtualenv (made on
+/// first use); fails the test if the script does, and returns what it printed.
+async fn sdk_script(script: &str, args: &[&str]) -> String {
     let python = tokio::task::spawn_blocking(python_with_openai_sdk)
         .await
         .unwrap();
-    let server = TestServer::start().await;
     let output = tokio::process::Command::new(python)
-        .arg(repo_path("tests/sdk/openai_chat.py"))
-        .arg(&server.base)
-        .arg(KEY_A)
+        .arg(repo_path(&format!("tests/sdk/{script}")))
+        .args(args)
         .output()
         .await
         .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(
         output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
+        "{script}: stdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout.trim().to_string()
+}
+
+#[tokio::test]
+async fn the_openai_python_sdk_completes_plain_and_streamed_chats() {
+    let server = TestServer::start().await;
+    sdk_script("openai_chat.py", &[&server.base, KEY_A]).await;
 }
 
 /// Refusals no retry can fix say so (`x-should-retry: false`, no `Retry-After`), and
 /// the SDK, with its default two retries, asks once: a spent budget and a spent run.
 #[tokio::test]
 async fn the_python_sdk_does_not_retry_refusals_that_waiting_cannot_fix() {
-    let python = tokio::task::spawn_blocking(python_with_openai_sdk)
-        .await
-        .unwrap();
     // Each request costs about 3e-7 USD at routing/prices.yaml's local price.
     let server = TestServer::builder()
         .agent("agent-b", |agent| {
@@ -48,51 +53,44 @@ async fn the_python_sdk_does_not_retry_refusals_that_waiting_cannot_fix() {
         })
         .start()
         .await;
-    let refusal = |key: &'static str, run: &'static str| {
-        let python = python.clone();
-        let base = server.base.clone();
-        async move {
-            let output = tokio::process::Command::new(python)
-                .arg(repo_path("tests/sdk/openai_refusals.py"))
-                .args([base.as_str(), key, run])
-                .output()
-                .await
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-            assert!(
-                output.status.success(),
-                "stdout: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            stdout.trim().to_string()
-        }
-    };
     for (key, run, code) in [
         (KEY_B, "spent-budget", "budget_exceeded"),
         (KEY_A, "spent-run", "run_budget_exceeded"),
     ] {
         let first =
             json!({"messages": user("Say hi."), "max_tokens": 2, "metadata": {"run_id": run}});
-        let response = server
-            .client
-            .post(server.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&first)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let response = server
-            .client
-            .post(server.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&first)
-            .send()
-            .await
-            .unwrap();
+        let send = || {
+            let url = server.url("/v1/chat/completions");
+            server.client.post(url).bearer_auth(key).json(&first).send()
+        };
+        assert_eq!(send().await.unwrap().status(), 200);
+        let response = send().await.unwrap();
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["x-should-retry"], "false");
         assert!(!response.headers().contains_key("retry-after"));
-        assert_eq!(refusal(key, run).await, format!("429 {code} 1"));
+        let refusal = sdk_script("openai_refusals.py", &[&server.base, key, run]).await;
+        assert_eq!(refusal, format!("429 {code} 1"));
     }
+}
+
+/// `.parse()` with a Pydantic model: its strict JSON schema goes to the escalation
+/// model's provider, and the SDK reads the answer back into the model.
+#[tokio::test]
+async fn the_python_sdk_parses_structured_output_served_by_a_provider() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::answer(r#"{"city": "Paris"}"#));
+    let server = TestServer::builder()
+        .provider(common::provider(
+            "mock",
+            ProviderKind::Openai,
+            &mock.base,
+            &["mock-large"],
+        ))
+        .configure(|config| config.routing.escalation_models = vec!["mock-large".into()])
+        .start()
+        .await;
+    sdk_script("openai_parse.py", &[&server.base, KEY_A]).await;
+    let format = &mock.received()[0].body["response_format"];
+    assert_eq!(format["type"], "json_schema", "{format}");
+    assert_eq!(format["json_schema"]["strict"], true, "{format}");
 }

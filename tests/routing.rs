@@ -32,6 +32,14 @@ fn mock_large(mock: &MockUpstream) -> RawProvider {
     provider("mock", ProviderKind::Openai, &mock.base, "mock-large")
 }
 
+/// The mock as an Anthropic provider serving `claude-mock`.
+fn claude(mock: &MockUpstream) -> RawProvider {
+    RawProvider {
+        api_key_env: Some("TEST_ANTHROPIC_KEY".into()),
+        ..provider("claude", ProviderKind::Anthropic, &mock.base, "claude-mock")
+    }
+}
+
 /// A test server with `providers` and the `routing` section.
 fn routed(providers: Vec<RawProvider>, routing: RawRouting) -> TestServerBuilder {
     let builder = TestServer::builder().configure(|config| config.routing = routing);
@@ -596,11 +604,7 @@ async fn the_anthropic_adapter_round_trips_tools() {
         content: "Checking the weather.".into(),
         tool_call: Some(("get_weather".into(), r#"{"city": "Paris"}"#.into())),
     });
-    let claude = RawProvider {
-        api_key_env: Some("TEST_ANTHROPIC_KEY".into()),
-        ..provider("claude", ProviderKind::Anthropic, &mock.base, "claude-mock")
-    };
-    let server = TestServer::builder().provider(claude).start().await;
+    let server = TestServer::builder().provider(claude(&mock)).start().await;
     let (status, body) = server
         .chat(json!({
             "model": "claude-mock",
@@ -1154,4 +1158,62 @@ async fn with_the_providers_circuit_open_a_request_waits_for_the_local_slot() {
         "only the request that opened the circuit"
     );
     assert_eq!(holder.await.unwrap()["warden"]["route"], "local");
+}
+
+/// A JSON answer goes to a provider that can promise it, with the format passed on;
+/// where nothing can, the request is refused naming `response_format`.
+#[tokio::test]
+async fn a_json_answer_is_asked_of_a_provider_that_can_promise_it() {
+    let mock = MockUpstream::start().await;
+    mock.always(Behaviour::answer(r#"{"city": "Paris"}"#));
+    let server = routed(
+        vec![claude(&mock), mock_large(&mock)],
+        RawRouting {
+            escalation_models: vec!["claude-mock".into(), "mock-large".into()],
+            ..never_escalate()
+        },
+    )
+    .start()
+    .await;
+    let format = json!({
+        "type": "json_schema",
+        "json_schema": {
+            "name": "place",
+            "strict": true,
+            "schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false}
+        }
+    });
+    let (status, body) = server
+        .chat(json!({"messages": user("Where?"), "response_format": format}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        r#"{"city": "Paris"}"#
+    );
+    assert_eq!(body["warden"]["route"], "external", "{body}");
+    assert_eq!(
+        body["warden"]["reasons"],
+        json!(["structured_output"]),
+        "{body}"
+    );
+    // Past the Anthropic target, whose API takes no response_format, to the one that does.
+    let received = mock.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].path, "/v1/chat/completions");
+    assert_eq!(received[0].body["response_format"], format);
+
+    for (model, routing) in [
+        ("smollm2-135m-instruct", never_escalate()),
+        ("auto", escalating_to("claude-mock")),
+    ] {
+        let server = routed(vec![mock_large(&mock), claude(&mock)], routing)
+            .start()
+            .await;
+        let (status, body) = server
+            .chat(json!({"model": model, "messages": user("Where?"), "response_format": {"type": "json_object"}}))
+            .await;
+        assert_eq!(status, 400, "{model}: {body}");
+        assert_eq!(body["error"]["param"], "response_format", "{body}");
+    }
 }

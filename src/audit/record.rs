@@ -253,6 +253,7 @@ mod tests {
             tool_choice: ToolChoice::Auto,
             sampling: Sampling::default(),
             logprobs: None,
+            response_format: Default::default(),
         };
         let hidden = TextDigest::of_prompt(&request, false);
         assert_eq!(hidden.sha256.len(), 64);

@@ -272,6 +272,7 @@ impl Gateway {
             model: &request.model,
             stream,
             agent: &context.principal.agent_id,
+            wants_json: request.wants_json(),
         };
         let planned = plan::plan(asked, &table, &self.local.models(), &history.risk)
             .map_err(GatewayError::from)?;

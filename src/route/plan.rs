@@ -43,6 +43,9 @@ pub enum PlanError {
     /// It must go to a provider and none is configured.
     #[error("this request must be served by an external provider and none is configured")]
     NoProvider,
+    /// It asks for a JSON answer and nothing that would serve it can promise one.
+    #[error("{0}")]
+    JsonNotPromised(String),
 }
 
 /// What the plan is made from.
@@ -53,6 +56,9 @@ pub struct Request<'a> {
     /// The client reads the answer as it comes.
     pub stream: bool,
     pub agent: &'a str,
+    /// The answer must be JSON (`response_format`): the local engine does not constrain
+    /// its output yet, so only a provider whose API does can promise it.
+    pub wants_json: bool,
 }
 
 /// Plans `request` under `table`, given the local model's `local_models` and the
@@ -65,15 +71,30 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     if request.model != AUTO_MODEL {
         if local_models.iter().any(|name| name == request.model) {
+            if request.wants_json {
+                return Err(PlanError::JsonNotPromised(format!(
+                    "the local model `{}` cannot promise a JSON answer; name a provider's model or `auto`",
+                    request.model
+                )));
+            }
             return Ok(Plan {
                 route: Route::Local,
                 reasons: vec![Reason::NamedModel],
                 steps: Steps::Local,
             });
         }
-        let targets = table.targets_for(request.model);
+        let mut targets = table.targets_for(request.model);
         if targets.is_empty() {
             return Err(PlanError::ModelNotFound(request.model.to_string()));
+        }
+        if request.wants_json {
+            targets.retain(|target| target.provider.constrains_json());
+            if targets.is_empty() {
+                return Err(PlanError::JsonNotPromised(format!(
+                    "no provider of `{}` can promise a JSON answer",
+                    request.model
+                )));
+            }
         }
         return Ok(Plan {
             route: Route::External,
@@ -82,7 +103,22 @@ pub fn plan(
         });
     }
     let thresholds = table.routing.thresholds_for(request.agent);
-    let chain = table.escalation_chain();
+    let mut chain = table.escalation_chain();
+    if request.wants_json {
+        chain.retain(|target| target.provider.constrains_json());
+        if chain.is_empty() {
+            return Err(PlanError::JsonNotPromised(
+                "a JSON answer needs an escalation model whose provider can promise one \
+                 (an OpenAI-compatible one); none is configured"
+                    .into(),
+            ));
+        }
+        return Ok(Plan {
+            route: Route::External,
+            reasons: vec![Reason::StructuredOutput],
+            steps: Steps::External { targets: chain },
+        });
+    }
     if risk.score > thresholds.local_risk_ceiling {
         if chain.is_empty() {
             return Err(PlanError::NoProvider);
@@ -128,6 +164,30 @@ mod tests {
             model,
             stream,
             agent: "a",
+            wants_json: false,
+        }
+    }
+
+    #[test]
+    fn a_json_answer_goes_to_a_provider_that_can_promise_it() {
+        let json = |model| Request {
+            wants_json: true,
+            ..ask(model, false)
+        };
+        let table = table("  escalation_models: [big]\n");
+        let auto = plan(json(AUTO_MODEL), &table, &local_models(), &risk(0)).unwrap();
+        assert_eq!(
+            (auto.route, auto.reasons),
+            (Route::External, vec![Reason::StructuredOutput])
+        );
+        assert_eq!(targets(&auto.steps), ["big"]);
+        let named = plan(json("free"), &table, &local_models(), &risk(0)).unwrap();
+        assert_eq!(targets(&named.steps), ["free"]);
+        for (model, table) in [("small", &table), (AUTO_MODEL, &table_without_chain())] {
+            assert!(matches!(
+                plan(json(model), table, &local_models(), &risk(0)),
+                Err(PlanError::JsonNotPromised(_))
+            ));
         }
     }
 

@@ -69,6 +69,8 @@ pub enum Reason {
     NoEscalationTarget,
     /// The local generation ran past `local.max_generation_ms` and was stopped.
     GenerationDeadline,
+    /// The answer must be JSON, which the local model cannot promise yet.
+    StructuredOutput,
 }
 
 impl Reason {
@@ -90,6 +92,7 @@ impl Reason {
             Reason::FallbackLocal => "fallback_local",
             Reason::NoEscalationTarget => "no_escalation_target",
             Reason::GenerationDeadline => "generation_deadline",
+            Reason::StructuredOutput => "structured_output",
         }
     }
 }

@@ -69,6 +69,7 @@ mod tests {
             tool_choice: ToolChoice::Auto,
             sampling: Sampling::default(),
             logprobs: None,
+            response_format: Default::default(),
         }
     }
 

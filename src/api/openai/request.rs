@@ -7,7 +7,8 @@ use super::types::{
 use crate::api::error::ApiError;
 use crate::api::extract::parse_json;
 use crate::chat::{
-    ChatRequest, MaxTokensField, Message, Role, Sampling, ToolCall, ToolChoice, ToolSpec,
+    ChatRequest, MaxTokensField, Message, ResponseFormat, Role, Sampling, ToolCall, ToolChoice,
+    ToolSpec,
 };
 use crate::error::GatewayError;
 use crate::gateway::{RequestMetadata, AUTO_MODEL};
@@ -86,15 +87,6 @@ pub fn parse(
             "`logit_bias` is not supported",
         ));
     }
-    if let Some(format) = wire.response_format.as_ref().filter(|f| f.kind != "text") {
-        return Err(GatewayError::invalid(
-            "response_format",
-            format!(
-                "response_format `{}` is not supported; only `text`",
-                format.kind
-            ),
-        ));
-    }
     if wire.stream_options.is_some() && !wire.stream {
         return Err(GatewayError::invalid(
             "stream_options",
@@ -104,6 +96,7 @@ pub fn parse(
     let metadata = metadata(wire.metadata.as_ref())?;
     let sampling = sampling(&wire)?;
     let logprobs = logprobs(wire.logprobs, wire.top_logprobs)?;
+    let response_format = response_format(wire.response_format, limits, agent)?;
     let legacy_functions = wire.functions.is_some();
     let (definitions, offered, choice) = offered_tools(
         wire.tools,
@@ -134,12 +127,81 @@ pub fn parse(
             tool_choice,
             sampling,
             logprobs,
+            response_format,
         },
         stream: wire.stream,
         include_usage: wire.stream_options.is_some_and(|o| o.include_usage),
         metadata,
         legacy_functions,
     })
+}
+
+/// `response_format`: text, a JSON object, or JSON matching a schema (checked as a
+/// tool's parameters are: bounded in size, and compiled).
+fn response_format(
+    format: Option<super::types::ResponseFormat>,
+    limits: &Limits,
+    agent: &str,
+) -> Result<ResponseFormat, Invalid> {
+    let Some(format) = format else {
+        return Ok(ResponseFormat::Text);
+    };
+    match format.kind.as_str() {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let spec = format.json_schema.ok_or_else(|| {
+                GatewayError::invalid(
+                    "response_format.json_schema",
+                    "`json_schema` needs its `json_schema` object",
+                )
+            })?;
+            let name = spec.name.filter(|name| !name.is_empty()).ok_or_else(|| {
+                GatewayError::invalid(
+                    "response_format.json_schema.name",
+                    "a json_schema needs a `name`",
+                )
+            })?;
+            let param = "response_format.json_schema.schema";
+            let schema = match spec.schema {
+                None => serde_json::json!({}),
+                Some(raw) if raw.get().len() > limits.max_tool_schema_bytes => {
+                    return Err(GatewayError::invalid(
+                        param,
+                        format!(
+                            "the schema is {} bytes; at most {}",
+                            raw.get().len(),
+                            limits.max_tool_schema_bytes
+                        ),
+                    ))
+                }
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|error| {
+                    GatewayError::invalid(param, format!("the schema is not usable JSON: {error}"))
+                })?,
+            };
+            if !schema.is_object() {
+                return Err(GatewayError::invalid(
+                    param,
+                    "the schema must be a JSON object",
+                ));
+            }
+            if let Err(error) = crate::schema::admit(agent, &schema) {
+                return Err(GatewayError::invalid(
+                    param,
+                    format!("not a valid JSON schema: {error}"),
+                ));
+            }
+            Ok(ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict: spec.strict.unwrap_or(false),
+            })
+        }
+        other => Err(GatewayError::invalid(
+            "response_format.type",
+            format!("`{other}` is not a response_format; use text, json_object or json_schema"),
+        )),
+    }
 }
 
 /// Which field the tools came in: `tools`, or `functions` (the API before tools).
@@ -723,8 +785,16 @@ mod tests {
                 "stream_options",
             ),
             (
-                serde_json::json!({"messages": hi(), "response_format": {"type": "json_object"}}),
-                "response_format",
+                serde_json::json!({"messages": hi(), "response_format": {"type": "yaml"}}),
+                "response_format.type",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
+                "response_format.json_schema.name",
+            ),
+            (
+                serde_json::json!({"messages": hi(), "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 7}}}}),
+                "response_format.json_schema.schema",
             ),
             (
                 serde_json::json!({"messages": hi(), "metadata": {"priority": "urgent"}}),

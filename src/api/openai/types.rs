@@ -56,6 +56,15 @@ pub struct StreamOptions {
 pub struct ResponseFormat {
     #[serde(rename = "type")]
     pub kind: String,
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: Option<String>,
+    /// Kept as sent until its size is checked, as a tool's parameters are.
+    pub schema: Option<Box<RawValue>>,
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

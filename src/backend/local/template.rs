@@ -203,6 +203,7 @@ mod tests {
             tool_choice,
             sampling: Sampling::default(),
             logprobs: None,
+            response_format: Default::default(),
         }
     }
 

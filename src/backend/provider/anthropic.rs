@@ -313,6 +313,7 @@ mod tests {
                 ..Sampling::default()
             },
             logprobs: None,
+            response_format: Default::default(),
         };
         let body = Anthropic.body(&request, "claude-upstream", 1024);
         assert_eq!(body["system"], "Be brief.");

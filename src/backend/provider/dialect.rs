@@ -62,6 +62,12 @@ pub trait Dialect: Send + Sync {
 
     /// A reader for one response's events.
     fn decoder(&self) -> Box<dyn StreamDecoder>;
+
+    /// Whether `body` carries a request's `response_format`, so the upstream's answer
+    /// is JSON when asked.
+    fn constrains_json(&self) -> bool {
+        false
+    }
 }
 
 pub trait StreamDecoder: Send {

@@ -86,6 +86,11 @@ impl Provider {
         &self.config
     }
 
+    /// Whether its API takes `response_format` and so can promise a JSON answer.
+    pub fn constrains_json(&self) -> bool {
+        self.dialect.constrains_json()
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::assemble::ToolCallDeltas;
 use super::dialect::{Delta, Dialect, Ending, StreamDecoder};
 use super::sse::SseEvent;
-use crate::chat::{ChatRequest, Message, Role, TokenLogprob, ToolChoice, Usage};
+use crate::chat::{ChatRequest, Message, ResponseFormat, Role, TokenLogprob, ToolChoice, Usage};
 
 pub struct OpenAi;
 
@@ -54,6 +54,7 @@ impl Dialect for OpenAi {
                 request.logprobs.filter(|&k| k > 0).map(|k| json!(k)),
             ),
             ("tools", (!request.tools.is_empty()).then(|| tools(request))),
+            ("response_format", response_format(&request.response_format)),
             (
                 "tool_choice",
                 (!request.tools.is_empty()).then(|| tool_choice(&request.tool_choice)),
@@ -69,6 +70,25 @@ impl Dialect for OpenAi {
 
     fn decoder(&self) -> Box<dyn StreamDecoder> {
         Box::<Decoder>::default()
+    }
+
+    fn constrains_json(&self) -> bool {
+        true
+    }
+}
+
+fn response_format(format: &ResponseFormat) -> Option<Value> {
+    match format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(json!({"type": "json_object"})),
+        ResponseFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+        } => Some(json!({
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": strict},
+        })),
     }
 }
 
@@ -314,6 +334,7 @@ mod tests {
                 ..Sampling::default()
             },
             logprobs: Some(2),
+            response_format: Default::default(),
         };
         let body = OpenAi.body(&request, "upstream-x", 0);
         assert_eq!(body["model"], "upstream-x");
