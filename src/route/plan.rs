@@ -88,13 +88,12 @@ pub fn plan(
             return Err(PlanError::ModelNotFound(request.model.to_string()));
         }
         if request.wants_json {
-            targets.retain(|target| target.provider.constrains_json());
-            if targets.is_empty() {
-                return Err(PlanError::JsonNotPromised(format!(
+            targets = promising_json(targets).ok_or_else(|| {
+                PlanError::JsonNotPromised(format!(
                     "no provider of `{}` can promise a JSON answer",
                     request.model
-                )));
-            }
+                ))
+            })?;
         }
         return Ok(Plan {
             route: Route::External,
@@ -103,16 +102,15 @@ pub fn plan(
         });
     }
     let thresholds = table.routing.thresholds_for(request.agent);
-    let mut chain = table.escalation_chain();
+    let chain = table.escalation_chain();
     if request.wants_json {
-        chain.retain(|target| target.provider.constrains_json());
-        if chain.is_empty() {
-            return Err(PlanError::JsonNotPromised(
+        let chain = promising_json(chain).ok_or_else(|| {
+            PlanError::JsonNotPromised(
                 "a JSON answer needs an escalation model whose provider can promise one \
                  (an OpenAI-compatible one); none is configured"
                     .into(),
-            ));
-        }
+            )
+        })?;
         return Ok(Plan {
             route: Route::External,
             reasons: vec![Reason::StructuredOutput],
@@ -145,6 +143,12 @@ pub fn plan(
             thresholds,
         },
     })
+}
+
+/// The targets whose provider can promise a JSON answer, in order; `None` if none can.
+fn promising_json(mut targets: Vec<Target>) -> Option<Vec<Target>> {
+    targets.retain(|target| target.provider.constrains_json());
+    (!targets.is_empty()).then_some(targets)
 }
 
 #[cfg(test)]

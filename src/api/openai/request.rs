@@ -136,8 +136,45 @@ pub fn parse(
     })
 }
 
-/// `response_format`: text, a JSON object, or JSON matching a schema (checked as a
-/// tool's parameters are: bounded in size, and compiled).
+/// A JSON schema as sent, where `param` says: within `server.max_tool_schema_bytes`,
+/// parsed only then, an object, and compiled (so a bad one is refused here, naming
+/// `param`, not found out later).
+fn read_schema(
+    raw: &serde_json::value::RawValue,
+    param: &str,
+    limits: &Limits,
+    agent: &str,
+) -> Result<serde_json::Value, Invalid> {
+    let size = raw.get().len();
+    if size > limits.max_tool_schema_bytes {
+        return Err(GatewayError::invalid(
+            param,
+            format!(
+                "the schema is {size} bytes; at most {}",
+                limits.max_tool_schema_bytes
+            ),
+        ));
+    }
+    let schema: serde_json::Value = serde_json::from_str(raw.get()).map_err(|error| {
+        GatewayError::invalid(param, format!("the schema is not usable JSON: {error}"))
+    })?;
+    if !schema.is_object() {
+        return Err(GatewayError::invalid(
+            param,
+            "the schema must be a JSON object",
+        ));
+    }
+    if let Err(error) = crate::schema::admit(agent, &schema) {
+        return Err(GatewayError::invalid(
+            param,
+            format!("not a valid JSON schema: {error}"),
+        ));
+    }
+    Ok(schema)
+}
+
+/// `response_format`: text, a JSON object, or JSON matching a schema (read as a
+/// tool's parameters are).
 fn response_format(
     format: Option<super::types::ResponseFormat>,
     limits: &Limits,
@@ -162,35 +199,12 @@ fn response_format(
                     "a json_schema needs a `name`",
                 )
             })?;
-            let param = "response_format.json_schema.schema";
             let schema = match spec.schema {
                 None => serde_json::json!({}),
-                Some(raw) if raw.get().len() > limits.max_tool_schema_bytes => {
-                    return Err(GatewayError::invalid(
-                        param,
-                        format!(
-                            "the schema is {} bytes; at most {}",
-                            raw.get().len(),
-                            limits.max_tool_schema_bytes
-                        ),
-                    ))
+                Some(raw) => {
+                    read_schema(&raw, "response_format.json_schema.schema", limits, agent)?
                 }
-                Some(raw) => serde_json::from_str(raw.get()).map_err(|error| {
-                    GatewayError::invalid(param, format!("the schema is not usable JSON: {error}"))
-                })?,
             };
-            if !schema.is_object() {
-                return Err(GatewayError::invalid(
-                    param,
-                    "the schema must be a JSON object",
-                ));
-            }
-            if let Err(error) = crate::schema::admit(agent, &schema) {
-                return Err(GatewayError::invalid(
-                    param,
-                    format!("not a valid JSON schema: {error}"),
-                ));
-            }
             Ok(ResponseFormat::JsonSchema {
                 name,
                 schema,
@@ -212,16 +226,21 @@ enum Offered {
 }
 
 impl Offered {
+    fn field(self) -> &'static str {
+        match self {
+            Offered::Tools => "tools",
+            Offered::Functions => "functions",
+        }
+    }
+
     /// The request parameter at fault: `field` of the tool at `index`, as the client
     /// wrote it (a function is not wrapped in `function` there).
     fn param(self, index: usize, field: &str) -> String {
-        match self {
-            Offered::Tools => format!("tools[{index}].{field}"),
-            Offered::Functions => {
-                let field = field.strip_prefix("function.").unwrap_or(field);
-                format!("functions[{index}].{field}")
-            }
-        }
+        let field = match self {
+            Offered::Tools => field,
+            Offered::Functions => field.strip_prefix("function.").unwrap_or(field),
+        };
+        format!("{}[{index}].{field}", self.field())
     }
 }
 
@@ -445,12 +464,8 @@ fn tools(
     agent: &str,
 ) -> Result<Vec<ToolSpec>, Invalid> {
     if definitions.len() > limits.max_tools {
-        let field = match offered {
-            Offered::Tools => "tools",
-            Offered::Functions => "functions",
-        };
         return Err(GatewayError::invalid(
-            field,
+            offered.field(),
             format!(
                 "{} tools offered; at most {} per request",
                 definitions.len(),
@@ -496,46 +511,14 @@ fn tools(
         }
         let parameters = match function.parameters {
             None => serde_json::json!({"type": "object", "properties": {}}),
-            Some(raw) if raw.get().len() > limits.max_tool_schema_bytes => {
-                return Err(GatewayError::invalid(
-                    param("function.parameters"),
-                    format!(
-                        "the schema is {} bytes; at most {} per tool",
-                        raw.get().len(),
-                        limits.max_tool_schema_bytes
-                    ),
-                ))
-            }
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|error| {
-                GatewayError::invalid(
-                    param("function.parameters"),
-                    format!("function parameters are not usable JSON: {error}"),
-                )
-            })?,
+            Some(raw) => read_schema(&raw, &param("function.parameters"), limits, agent)?,
         };
-        let parameters = match parameters {
-            schema @ serde_json::Value::Object(_) => {
-                if schema.get("type").is_some_and(|t| t != "object") {
-                    return Err(GatewayError::invalid(
-                        param("function.parameters"),
-                        "function parameters must be an object schema (`\"type\": \"object\"`)",
-                    ));
-                }
-                if let Err(error) = crate::schema::admit(agent, &schema) {
-                    return Err(GatewayError::invalid(
-                        param("function.parameters"),
-                        format!("function parameters are not a valid JSON schema: {error}"),
-                    ));
-                }
-                schema
-            }
-            _ => {
-                return Err(GatewayError::invalid(
-                    param("function.parameters"),
-                    "function parameters must be a JSON schema object",
-                ))
-            }
-        };
+        if parameters.get("type").is_some_and(|t| t != "object") {
+            return Err(GatewayError::invalid(
+                param("function.parameters"),
+                "function parameters must be an object schema (`\"type\": \"object\"`)",
+            ));
+        }
         tools.push(ToolSpec {
             name,
             description: function.description,
