@@ -287,6 +287,7 @@ async fn generate(backend: &LocalBackend, n: usize, max_tokens: u32) -> Vec<(u32
             },
             logprobs: None,
             response_format: Default::default(),
+            parallel_tool_calls: None,
         };
         async move {
             let generation = collect(backend.generate(request, Instant::now()).await.unwrap())

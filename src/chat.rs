@@ -160,6 +160,9 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub tools: Vec<ToolSpec>,
     pub tool_choice: ToolChoice,
+    /// Whether the model may call several tools in one answer; `None` when the client
+    /// did not say (OpenAI's default is yes).
+    pub parallel_tool_calls: Option<bool>,
     pub sampling: Sampling,
     /// `Some(k)`: return each token's log-probability and its `k` best alternatives.
     pub logprobs: Option<u8>,
@@ -183,6 +186,20 @@ pub enum ResponseFormat {
 }
 
 impl ChatRequest {
+    /// `messages` for `model`, with no tools and the default sampling.
+    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> Self {
+        Self {
+            model: model.into(),
+            messages,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::default(),
+            parallel_tool_calls: None,
+            sampling: Sampling::default(),
+            logprobs: None,
+            response_format: ResponseFormat::default(),
+        }
+    }
+
     /// Whether the answer must be JSON, which only a backend that constrains its output
     /// to it can promise.
     pub fn wants_json(&self) -> bool {

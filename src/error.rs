@@ -290,6 +290,10 @@ impl From<BackendError> for GatewayError {
                 retry_after: Some(retry_in.max(Duration::from_secs(1))),
             },
             BackendError::Generation(message) => GatewayError::Internal(message),
+            BackendError::Grammar(error) => {
+                let message = error.to_string();
+                GatewayError::invalid(error.field, message)
+            }
         }
     }
 }

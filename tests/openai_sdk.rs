@@ -3,10 +3,8 @@
 
 mod common;
 
-use common::mock_upstream::{Behaviour, MockUpstream};
 use common::{python_with_openai_sdk, repo_path, user, TestServer, KEY_A, KEY_B};
 use serde_json::json;
-use warden::backend::provider::config::ProviderKind;
 use warden::config::raw::RawRunLimits;
 
 /// Runs the SDK script `tests/sdk/{script}` with `args` in the SDK's virtualenv (made on
@@ -73,24 +71,10 @@ async fn the_python_sdk_does_not_retry_refusals_that_waiting_cannot_fix() {
     }
 }
 
-/// `.parse()` with a Pydantic model: its strict JSON schema goes to the escalation
-/// model's provider, and the SDK reads the answer back into the model.
+/// `.parse()` with a Pydantic model: the local model's grammar holds the answer to its
+/// strict JSON schema, and the SDK reads it back into the model, every time.
 #[tokio::test]
-async fn the_python_sdk_parses_structured_output_served_by_a_provider() {
-    let mock = MockUpstream::start().await;
-    mock.always(Behaviour::answer(r#"{"city": "Paris"}"#));
-    let server = TestServer::builder()
-        .provider(common::provider(
-            "mock",
-            ProviderKind::Openai,
-            &mock.base,
-            &["mock-large"],
-        ))
-        .configure(|config| config.routing.escalation_models = vec!["mock-large".into()])
-        .start()
-        .await;
+async fn the_python_sdk_parses_structured_output_from_the_local_model() {
+    let server = TestServer::start().await;
     sdk_script("openai_parse.py", &[&server.base, KEY_A]).await;
-    let format = &mock.received()[0].body["response_format"];
-    assert_eq!(format["type"], "json_schema", "{format}");
-    assert_eq!(format["json_schema"]["strict"], true, "{format}");
 }

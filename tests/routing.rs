@@ -253,7 +253,7 @@ async fn a_prompt_too_long_for_the_local_context_goes_out() {
 }
 
 #[tokio::test]
-async fn a_malformed_or_invalid_local_tool_call_is_escalated() {
+async fn a_malformed_local_call_or_one_the_grammar_cannot_hold_is_escalated() {
     let mock = MockUpstream::start().await;
     mock.always(Behaviour::Answer {
         content: String::new(),
@@ -281,7 +281,7 @@ async fn a_malformed_or_invalid_local_tool_call_is_escalated() {
     assert_eq!(call["function"]["name"], "get_weather");
     assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
 
-    // A well-formed call whose arguments break the declared schema.
+    // The grammar holds the call to the declared schema, even against the question.
     let mut strict = weather_tool();
     strict[0]["function"]["parameters"]["properties"]["city"] =
         json!({"type": "string", "enum": ["Lyon"]});
@@ -293,9 +293,24 @@ async fn a_malformed_or_invalid_local_tool_call_is_escalated() {
             "temperature": 0
         }))
         .await;
+    assert_eq!(body["warden"]["route"], "local", "{body}");
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["arguments"], r#"{"city":"Lyon"}"#);
+
+    // A tool schema the grammar engine cannot compile: the chain takes the request.
+    let mut unique = weather_tool();
+    unique[0]["function"]["parameters"]["properties"]["city"] =
+        json!({"type": "array", "uniqueItems": true});
+    let (_, body) = server
+        .chat(json!({
+            "messages": user("What is the weather in Paris?"),
+            "tools": unique,
+            "tool_choice": "required"
+        }))
+        .await;
     assert_eq!(body["warden"]["route"], "escalated", "{body}");
     assert!(
-        reasons(&body).contains(&"invalid_tool_arguments".to_string()),
+        reasons(&body).contains(&"structured_output".to_string()),
         "{body}"
     );
 }
@@ -1160,10 +1175,12 @@ async fn with_the_providers_circuit_open_a_request_waits_for_the_local_slot() {
     assert_eq!(holder.await.unwrap()["warden"]["route"], "local");
 }
 
-/// A JSON answer goes to a provider that can promise it, with the format passed on;
-/// where nothing can, the request is refused naming `response_format`.
+/// A JSON answer is held to its schema by the local model's grammar. A schema the
+/// grammar engine cannot compile goes to the escalation chain, to a provider that can
+/// promise JSON (Anthropic's through a forced tool); where nothing can, the request is
+/// refused naming the schema.
 #[tokio::test]
-async fn a_json_answer_is_asked_of_a_provider_that_can_promise_it() {
+async fn a_json_answer_is_held_to_its_schema_locally_or_asked_of_a_provider_that_can_promise_it() {
     let mock = MockUpstream::start().await;
     mock.always(Behaviour::answer(r#"{"city": "Paris"}"#));
     let server = routed(
@@ -1175,45 +1192,58 @@ async fn a_json_answer_is_asked_of_a_provider_that_can_promise_it() {
     )
     .start()
     .await;
-    let format = json!({
-        "type": "json_schema",
-        "json_schema": {
-            "name": "place",
-            "strict": true,
-            "schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false}
-        }
-    });
+    let format = |city: Value| {
+        json!({
+            "type": "json_schema",
+            "json_schema": {
+                "name": "place",
+                "strict": true,
+                "schema": {"type": "object", "properties": {"city": city}, "required": ["city"], "additionalProperties": false}
+            }
+        })
+    };
     let (status, body) = server
-        .chat(json!({"messages": user("Where?"), "response_format": format}))
+        .chat(json!({"messages": user("Where is the Eiffel Tower?"), "response_format": format(json!({"type": "string", "maxLength": 30}))}))
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["choices"][0]["message"]["content"],
-        r#"{"city": "Paris"}"#
-    );
+    assert_eq!(body["warden"]["route"], "local", "{body}");
+    let answer: Value = serde_json::from_str(content(&body)).unwrap();
+    assert!(answer["city"].is_string(), "{answer}");
+    assert!(mock.received().is_empty());
+
+    let unique = format(json!({"type": "array", "uniqueItems": true}));
+    let (status, body) = server
+        .chat(json!({"messages": user("Where?"), "response_format": unique}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content(&body), r#"{"city": "Paris"}"#);
     assert_eq!(body["warden"]["route"], "external", "{body}");
-    assert_eq!(
-        body["warden"]["reasons"],
-        json!(["structured_output"]),
+    assert!(
+        reasons(&body).contains(&"structured_output".to_string()),
         "{body}"
     );
-    // Past the Anthropic target, whose API takes no response_format, to the one that does.
     let received = mock.received();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].path, "/v1/chat/completions");
-    assert_eq!(received[0].body["response_format"], format);
+    assert_eq!(received[0].path, "/v1/messages");
+    assert_eq!(received[0].body["tool_choice"]["name"], "json_answer");
+    assert_eq!(
+        received[0].body["tools"][0]["input_schema"],
+        unique["json_schema"]["schema"]
+    );
 
-    for (model, routing) in [
-        ("smollm2-135m-instruct", never_escalate()),
-        ("auto", escalating_to("claude-mock")),
-    ] {
-        let server = routed(vec![mock_large(&mock), claude(&mock)], routing)
-            .start()
-            .await;
-        let (status, body) = server
-            .chat(json!({"model": model, "messages": user("Where?"), "response_format": {"type": "json_object"}}))
-            .await;
-        assert_eq!(status, 400, "{model}: {body}");
-        assert_eq!(body["error"]["param"], "response_format", "{body}");
-    }
+    let alone = TestServer::start().await;
+    let (status, body) = alone
+        .chat(json!({"messages": user("Where?"), "response_format": unique}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["param"], "response_format.json_schema.schema",
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("uniqueItems"),
+        "{body}"
+    );
 }

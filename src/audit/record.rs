@@ -254,6 +254,7 @@ mod tests {
             sampling: Sampling::default(),
             logprobs: None,
             response_format: Default::default(),
+            parallel_tool_calls: None,
         };
         let hidden = TextDigest::of_prompt(&request, false);
         assert_eq!(hidden.sha256.len(), 64);

@@ -54,6 +54,10 @@ pub enum BackendError {
     Unavailable(String),
     #[error("generation failed: {0}")]
     Generation(String),
+    /// A schema the request holds the answer to that the local grammar engine cannot
+    /// compile.
+    #[error(transparent)]
+    Grammar(#[from] local::GrammarError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -393,6 +393,7 @@ impl Gateway {
             BackendError::Loading | BackendError::Unavailable(_) => Reason::LocalUnavailable,
             // Stopped before it answered anything: a provider may still answer in time.
             BackendError::DeadlineExceeded { .. } => Reason::GenerationDeadline,
+            BackendError::Grammar(_) => Reason::StructuredOutput,
             _ => return false,
         };
         if chain.is_empty() {

@@ -56,8 +56,8 @@ pub struct Request<'a> {
     /// The client reads the answer as it comes.
     pub stream: bool,
     pub agent: &'a str,
-    /// The answer must be JSON (`response_format`): the local engine does not constrain
-    /// its output yet, so only a provider whose API does can promise it.
+    /// The answer must be JSON (`response_format`): the local engine holds its output
+    /// to it, and only a provider whose API does too may be escalated to.
     pub wants_json: bool,
 }
 
@@ -71,12 +71,6 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     if request.model != AUTO_MODEL {
         if local_models.iter().any(|name| name == request.model) {
-            if request.wants_json {
-                return Err(PlanError::JsonNotPromised(format!(
-                    "the local model `{}` cannot promise a JSON answer; name a provider's model or `auto`",
-                    request.model
-                )));
-            }
             return Ok(Plan {
                 route: Route::Local,
                 reasons: vec![Reason::NamedModel],
@@ -102,24 +96,24 @@ pub fn plan(
         });
     }
     let thresholds = table.routing.thresholds_for(request.agent);
-    let chain = table.escalation_chain();
+    let mut chain = table.escalation_chain();
+    let configured = !chain.is_empty();
     if request.wants_json {
-        let chain = promising_json(chain).ok_or_else(|| {
-            PlanError::JsonNotPromised(
-                "a JSON answer needs an escalation model whose provider can promise one \
-                 (an OpenAI-compatible one); none is configured"
-                    .into(),
-            )
-        })?;
-        return Ok(Plan {
-            route: Route::External,
-            reasons: vec![Reason::StructuredOutput],
-            steps: Steps::External { targets: chain },
-        });
+        // The local model is held to the schema by its grammar; an escalation target
+        // must promise the same, or the request stays local.
+        chain = promising_json(chain).unwrap_or_default();
     }
     if risk.score > thresholds.local_risk_ceiling {
         if chain.is_empty() {
-            return Err(PlanError::NoProvider);
+            return Err(if configured {
+                PlanError::JsonNotPromised(
+                    "the request is too risky for the local model, and no escalation model's \
+                     provider can promise a JSON answer (an OpenAI-compatible one can)"
+                        .into(),
+                )
+            } else {
+                PlanError::NoProvider
+            });
         }
         return Ok(Plan {
             route: Route::External,
@@ -173,26 +167,21 @@ mod tests {
     }
 
     #[test]
-    fn a_json_answer_goes_to_a_provider_that_can_promise_it() {
+    fn a_json_answer_stays_with_whoever_can_promise_it() {
         let json = |model| Request {
             wants_json: true,
             ..ask(model, false)
         };
         let table = table("  escalation_models: [big]\n");
         let auto = plan(json(AUTO_MODEL), &table, &local_models(), &risk(0)).unwrap();
-        assert_eq!(
-            (auto.route, auto.reasons),
-            (Route::External, vec![Reason::StructuredOutput])
-        );
+        assert_eq!(auto.route, Route::Local);
         assert_eq!(targets(&auto.steps), ["big"]);
+        let local = plan(json("small"), &table, &local_models(), &risk(0)).unwrap();
+        assert!(matches!(local.steps, Steps::Local));
         let named = plan(json("free"), &table, &local_models(), &risk(0)).unwrap();
         assert_eq!(targets(&named.steps), ["free"]);
-        for (model, table) in [("small", &table), (AUTO_MODEL, &table_without_chain())] {
-            assert!(matches!(
-                plan(json(model), table, &local_models(), &risk(0)),
-                Err(PlanError::JsonNotPromised(_))
-            ));
-        }
+        let risky = plan(json(AUTO_MODEL), &table, &local_models(), &risk(100)).unwrap();
+        assert_eq!(targets(&risky.steps), ["big"]);
     }
 
     const LOCAL: &[String] = &[];

@@ -69,7 +69,8 @@ pub enum Reason {
     NoEscalationTarget,
     /// The local generation ran past `local.max_generation_ms` and was stopped.
     GenerationDeadline,
-    /// The answer must be JSON, which the local model cannot promise yet.
+    /// The answer must follow a schema (a tool's, or `response_format`'s) that the
+    /// local model's grammar engine cannot compile.
     StructuredOutput,
 }
 

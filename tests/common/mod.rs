@@ -164,7 +164,12 @@ impl TestServerBuilder {
         let base = serve(&config, local.clone()).await;
         TestServer {
             base,
-            client: reqwest::Client::new(),
+            // Pooled connections are dropped before the server's idle timeout closes
+            // them: a request sent on one the server is closing fails outright.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(config.server.idle_timeout / 2)
+                .build()
+                .unwrap(),
             local,
             audit_dir: config.audit.dir.clone(),
             _audit: owned,

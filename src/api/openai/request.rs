@@ -125,6 +125,7 @@ pub fn parse(
             messages,
             tools,
             tool_choice,
+            parallel_tool_calls: wire.parallel_tool_calls,
             sampling,
             logprobs,
             response_format,

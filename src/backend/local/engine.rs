@@ -9,8 +9,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use tokenizers::Tokenizer;
 
+use super::constraint::{Constraint, Grammars};
 use super::network::{Network, Runner};
-use super::template::{ChatTemplate, RenderedPrompt};
+use super::template::ChatTemplate;
 use super::token_text::TokenBytes;
 use super::tokenizer::GgufTokenizer;
 use crate::backend::BackendError;
@@ -34,16 +35,18 @@ pub struct Engine {
     tokenizer: Tokenizer,
     token_bytes: TokenBytes,
     control_ids: HashSet<u32>,
+    grammars: Grammars,
     template: ChatTemplate,
     context_length: usize,
     default_max_tokens: u32,
 }
 
-/// A request made ready for the scheduler: its tokens and the limits that apply.
+/// A request made ready for the scheduler: its tokens, the limits that apply, and the
+/// grammar its answer must follow, if any.
 pub struct PreparedPrompt {
     pub tokens: Vec<u32>,
-    pub answer_prefix: String,
     pub max_tokens: usize,
+    pub constraint: Option<Constraint>,
 }
 
 impl Engine {
@@ -70,6 +73,25 @@ impl Engine {
         );
         let model =
             Network::load(options.runner, content, &mut file, &options.device).map_err(fail)?;
+        let end_of_turn = tokenizer
+            .token_to_id(options.template.end_of_turn())
+            .ok_or_else(|| fail(format!("no `{}` token", options.template.end_of_turn())))?;
+        let grammars = Grammars::new(
+            model.config().vocab,
+            |id| token_bytes.get(id).to_vec(),
+            |id| control.contains(&id),
+            end_of_turn,
+            {
+                let tokenizer = tokenizer.clone();
+                move |bytes| {
+                    tokenizer
+                        .encode(String::from_utf8_lossy(bytes).as_ref(), false)
+                        .map(|encoding| encoding.get_ids().to_vec())
+                        .unwrap_or_default()
+                }
+            },
+        )
+        .map_err(|e| fail(format!("the grammar engine: {e}")))?;
         let trained = model.context_length();
         let context_length = options.context_length.unwrap_or(trained).min(trained);
         Ok(Self {
@@ -78,6 +100,7 @@ impl Engine {
             tokenizer,
             token_bytes,
             control_ids: control,
+            grammars,
             template: options.template,
             context_length,
             default_max_tokens: options.default_max_tokens,
@@ -99,19 +122,17 @@ impl Engine {
             .map_err(|e| BackendError::Generation(format!("tokenization failed: {e}")))
     }
 
-    /// Renders and tokenizes `request` and checks it against `context_length` positions
-    /// (the model's, or fewer when the key/value cache budget holds fewer). Tokenising
-    /// takes a while for a long text: call it off the async workers.
+    /// Renders and tokenizes `request`, checks it against `context_length` positions
+    /// (the model's, or fewer when the key/value cache budget holds fewer) and compiles
+    /// the grammar its answer must follow. Tokenising a long text and compiling a large
+    /// schema take a while: call it off the async workers.
     pub fn prepare(
         &self,
         request: &ChatRequest,
         context_length: usize,
     ) -> Result<PreparedPrompt, BackendError> {
         let context_length = context_length.min(self.context_length);
-        let RenderedPrompt {
-            text,
-            answer_prefix,
-        } = self.template.render(request);
+        let text = self.template.render(request);
         // No token stands for more than the longest token's bytes, so a text that long
         // needs at least this many: a prompt sure not to fit is refused by its length,
         // before seconds of tokenising a 4 MB body.
@@ -142,25 +163,17 @@ impl Engine {
                 field: request.sampling.max_tokens_field,
             });
         }
+        let constraint = self.grammars.for_request(request)?;
         Ok(PreparedPrompt {
             tokens,
-            answer_prefix,
             max_tokens: asked.min(room),
+            constraint,
         })
     }
 
     /// Control tokens end the turn.
     pub fn is_control(&self, token: u32) -> bool {
         self.control_ids.contains(&token)
-    }
-
-    /// Control tokens (end of turn and the like) that are in the vocabulary.
-    pub fn control_tokens(&self) -> impl Iterator<Item = u32> + '_ {
-        let vocab = self.model.config().vocab;
-        self.control_ids
-            .iter()
-            .copied()
-            .filter(move |&token| (token as usize) < vocab)
     }
 
     pub fn token_bytes(&self, token: u32) -> &[u8] {

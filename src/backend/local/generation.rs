@@ -1,11 +1,13 @@
-//! One request's generation, driven a token at a time by the scheduler: sampling, stop
-//! sequences, held-back tool calls, log-probabilities, and the summary at the end. The
+//! One request's generation, driven a token at a time by the scheduler: the grammar's
+//! mask, sampling, stop sequences, held-back tool calls, log-probabilities, and the
+//! summary at the end. The
 //! model's forward pass is not here; the scheduler batches it and hands each
 //! sequence its logits.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::constraint::Constraint;
 use super::engine::{Engine, PreparedPrompt};
 use super::output::OutputGate;
 use super::sampler::Sampler;
@@ -13,8 +15,12 @@ use super::token_text::Utf8Stream;
 use super::tool_parse;
 use crate::chat::{
     ChatRequest, Confidence, FinishReason, GenerationEvent, GenerationSummary, MalformedToolCall,
-    Timings, TokenLogprob, ToolCall, ToolSpec, Usage,
+    Timings, TokenLogprob, ToolCall, ToolChoice, ToolSpec, Usage,
 };
+
+/// The last tokens of a constrained answer go to closing it (`Constraint::restrict`):
+/// enough for a string, its object and a call's closing tag.
+const WIND_DOWN_TOKENS: usize = 12;
 
 /// What the sequence needs next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +33,13 @@ pub enum Next {
 
 pub struct Generation {
     tools: Vec<ToolSpec>,
+    /// `tool_choice` demands a call: an answer without a whole one is withheld.
+    call_required: bool,
     logprobs: bool,
     max_tokens: usize,
     prompt_tokens: usize,
     sampler: Sampler,
+    constraint: Option<Constraint>,
     gate: OutputGate,
     utf8: Utf8Stream,
     pending_logprobs: Vec<TokenLogprob>,
@@ -45,21 +54,30 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// A generation admitted now, `queue_ms` after it `arrived`.
+    /// A generation admitted now, `queue_ms` after it `arrived`; it takes the prompt's
+    /// grammar.
     pub fn new(
         request: &ChatRequest,
-        prompt: &PreparedPrompt,
+        prompt: &mut PreparedPrompt,
         arrived: Instant,
         queue_ms: f64,
     ) -> Self {
         let tools = request.callable_tools().to_vec();
+        let call_required = !tools.is_empty()
+            && matches!(
+                request.tool_choice,
+                ToolChoice::Required | ToolChoice::Function(_)
+            );
+        let gate = OutputGate::new(request.sampling.stop.clone(), !tools.is_empty());
         let now = Instant::now();
         Self {
-            gate: OutputGate::new(
-                request.sampling.stop.clone(),
-                !tools.is_empty(),
-                &prompt.answer_prefix,
-            ),
+            gate: if call_required {
+                gate.holding_everything()
+            } else {
+                gate
+            },
+            call_required,
+            constraint: prompt.constraint.take(),
             tools,
             logprobs: request.logprobs.is_some(),
             max_tokens: prompt.max_tokens,
@@ -95,20 +113,28 @@ impl Generation {
         if self.sampled_logprobs.len() >= self.max_tokens {
             return Next::Finished;
         }
-        let sampled = if self.gate.inside_open_call() {
-            let mut logits = logits.to_vec();
-            for token in engine.control_tokens() {
-                logits[token as usize] = f32::NEG_INFINITY;
+        let sampled = match &mut self.constraint {
+            Some(constraint) => {
+                let mut allowed = logits.to_vec();
+                let left = self.max_tokens - self.sampled_logprobs.len();
+                let winding_down = left <= (self.max_tokens / 4).min(WIND_DOWN_TOKENS);
+                if let Err(error) = constraint.restrict(&mut allowed, winding_down) {
+                    return self.grammar_failed(&error);
+                }
+                self.sampler.sample(&allowed)
             }
-            self.sampler.sample(&logits)
-        } else {
-            self.sampler.sample(logits)
+            None => self.sampler.sample(logits),
         };
         self.first_token_ms
             .get_or_insert_with(|| ms_since(self.arrived));
         if engine.is_control(sampled.token) {
             self.finish_reason = FinishReason::Stop;
             return Next::Finished;
+        }
+        if let Some(constraint) = &mut self.constraint {
+            if let Err(error) = constraint.advance(sampled.token) {
+                return self.grammar_failed(&error);
+            }
         }
         self.sampled_logprobs.push(sampled.logprob);
         if self.logprobs {
@@ -127,7 +153,11 @@ impl Generation {
                 logprobs: std::mem::take(&mut self.pending_logprobs),
             });
         }
-        if self.gate.stopped() {
+        let grammar_complete = self
+            .constraint
+            .as_ref()
+            .is_some_and(Constraint::is_complete);
+        if self.gate.stopped() || grammar_complete {
             self.finish_reason = FinishReason::Stop;
             return Next::Finished;
         }
@@ -135,6 +165,14 @@ impl Generation {
             return Next::Finished;
         }
         Next::Token(sampled.token)
+    }
+
+    /// The grammar allowed nothing (it should not happen): the answer ends here, and
+    /// whatever call it holds is read, or withheld, as usual.
+    fn grammar_failed(&mut self, error: &str) -> Next {
+        tracing::warn!(%error, "the grammar could not go on");
+        self.finish_reason = FinishReason::Stop;
+        Next::Finished
     }
 
     /// Whether any token of the answer has been sampled yet.
@@ -152,7 +190,12 @@ impl Generation {
     pub fn finish(mut self, engine: &Engine, out: &mut VecDeque<GenerationEvent>) {
         let tail = self.gate.push(&self.utf8.finish());
         let (_, held) = self.gate.finish();
-        let parsed = tool_parse::parse(&held, &self.tools);
+        let mut parsed = tool_parse::parse(&held, &self.tools);
+        if self.call_required && parsed.tool_calls.is_empty() {
+            // Cut short before its call was whole (`max_tokens`): nothing of it is text.
+            parsed.content.clear();
+            parsed.malformed = true;
+        }
         if parsed.malformed {
             tracing::debug!(output = %held, "withheld a malformed tool call");
         }

@@ -5,6 +5,7 @@
 //! requests wait, in the order the gateway gives them (the governor's), for at most the
 //! queue timeout.
 
+mod constraint;
 pub mod engine;
 mod engine_metrics;
 mod generation;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
+pub use constraint::GrammarError;
 pub use engine::{Engine, EngineOptions};
 pub use scheduler::Capacity;
 

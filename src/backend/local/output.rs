@@ -1,9 +1,11 @@
 //! Decides which generated text may be shown to the client yet. Text that might be the
 //! start of a stop sequence is held until it is clear; once a tool call begins,
 //! everything from there on is held so an unchecked call never leaks out mid-stream.
+//! Where a call ends is the grammar's business (`constraint`); the gate only ends an
+//! answer that repeats a call it has made.
 
-use super::template::{TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
-use super::tool_parse::starts_like_json_call;
+use super::template::TOOL_CALL_OPEN;
+use super::tool_parse::{self, starts_like_json_call};
 
 pub struct OutputGate {
     stops: Vec<String>,
@@ -16,19 +18,21 @@ pub struct OutputGate {
 }
 
 impl OutputGate {
-    /// `prefix` is answer text written on the model's behalf; it passes the gate like
-    /// generated text.
-    pub fn new(stops: Vec<String>, tools_active: bool, prefix: &str) -> Self {
-        let mut gate = Self {
+    pub fn new(stops: Vec<String>, tools_active: bool) -> Self {
+        Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             tools_active,
             text: String::new(),
             released: 0,
             capture_from: None,
             stopped: false,
-        };
-        gate.push(prefix);
-        gate
+        }
+    }
+
+    /// The answer must be a tool call: nothing of it is released before the end.
+    pub fn holding_everything(mut self) -> Self {
+        self.capture_from = Some(0);
+        self
     }
 
     /// Adds generated text; returns what may be released now.
@@ -38,12 +42,16 @@ impl OutputGate {
         }
         let search_from = self.released;
         self.text.push_str(piece);
-        if let Some(stop_at) = self.find_stop(search_from) {
+        self.update_capture();
+        // A stop sequence ends the text, not a tool call the grammar is writing: its
+        // own newlines and quotes would otherwise cut it short.
+        let window_end = self.capture_from.unwrap_or(self.text.len());
+        if let Some(stop_at) = self.find_stop(search_from, window_end) {
             self.text.truncate(stop_at);
+            self.capture_from = None;
             self.stopped = true;
         }
-        self.update_capture();
-        self.end_after_tool_call();
+        self.end_at_repeated_call();
         let hold_from = if self.stopped {
             self.text.len()
         } else {
@@ -58,24 +66,27 @@ impl OutputGate {
         self.stopped
     }
 
-    /// A tool call has begun and its JSON object is not closed yet. Ending the turn
-    /// here could only give a malformed call, so the generation does not let the model
-    /// end it (small models do end a forced call right after a long argument).
-    pub fn inside_open_call(&self) -> bool {
-        let Some(start) = self.capture_from.filter(|_| !self.stopped) else {
-            return false;
-        };
-        let call = &self.text[start..];
-        let json = call.strip_prefix(TOOL_CALL_OPEN).unwrap_or(call);
-        json_object_unclosed(json)
-    }
-
     /// Ends the gate: returns the text released so far is a prefix of, plus the held
     /// remainder (the caller parses it for tool calls).
     pub fn finish(self) -> (String, String) {
         let released = self.text[..self.released].to_string();
         let held = self.text[self.released..].to_string();
         (released, held)
+    }
+
+    /// A small model allowed several calls tends to repeat the one it just made, word
+    /// for word, until its tokens run out; the answer ends before the repeat.
+    fn end_at_repeated_call(&mut self) {
+        let Some(start) = self.capture_from else {
+            return;
+        };
+        let calls = &self.text[start..];
+        let (made, _) = tool_parse::blocks(calls);
+        let written = |index: usize| &calls[made[index].start..made[index].end];
+        if let Some(repeat) = (1..made.len()).find(|&i| (0..i).any(|j| written(j) == written(i))) {
+            self.text.truncate(start + made[repeat].start);
+            self.stopped = true;
+        }
     }
 
     fn release_until(&mut self, until: usize) -> String {
@@ -87,8 +98,8 @@ impl OutputGate {
         out
     }
 
-    fn find_stop(&self, from: usize) -> Option<usize> {
-        let window = &self.text[from..];
+    fn find_stop(&self, from: usize, to: usize) -> Option<usize> {
+        let window = &self.text[from..to.max(from)];
         self.stops
             .iter()
             .filter_map(|stop| window.find(stop.as_str()))
@@ -105,18 +116,6 @@ impl OutputGate {
             self.capture_from = Some(self.released + at);
         } else if self.released == 0 && starts_like_json_call(unreleased) {
             self.capture_from = Some(0);
-        }
-    }
-
-    /// A local model that has closed its call tends to go on to imagine the tool's
-    /// answer; the turn ends with the call.
-    fn end_after_tool_call(&mut self) {
-        let Some(start) = self.capture_from else {
-            return;
-        };
-        if let Some(close) = self.text[start..].find(TOOL_CALL_CLOSE) {
-            self.text.truncate(start + close + TOOL_CALL_CLOSE.len());
-            self.stopped = true;
         }
     }
 
@@ -138,30 +137,6 @@ impl OutputGate {
             .max()
             .unwrap_or(0)
     }
-}
-
-/// Whether `text` is empty of JSON yet or stops inside its first object (or a string in
-/// it). Text after that object closes is not the call's business.
-fn json_object_unclosed(text: &str) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for c in text.trim_start().chars() {
-        match (in_string, c) {
-            (true, _) if escaped => escaped = false,
-            (true, '\\') => escaped = true,
-            (true, '"') => in_string = false,
-            (true, _) => {}
-            (false, '"') => in_string = true,
-            (false, '{' | '[') => depth += 1,
-            (false, '}' | ']') => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return false;
-                }
-            }
-            (false, _) => {}
-        }
-    }
-    true
 }
 
 /// The longest proper prefix of `marker` that `text` ends with, in bytes.
@@ -187,33 +162,15 @@ mod tests {
     }
 
     #[test]
-    fn a_call_is_open_until_its_object_closes() {
-        let mut gate = OutputGate::new(vec![], true, "<tool_call>\n{\"name\": \"f\", ");
-        assert!(gate.inside_open_call());
-        gate.push("\"arguments\": {\"q\": \"a } \\\" {");
-        assert!(
-            gate.inside_open_call(),
-            "braces and quotes in a string do not count"
-        );
-        gate.push("\"}");
-        assert!(gate.inside_open_call());
-        gate.push("}");
-        assert!(!gate.inside_open_call());
-
-        let plain = OutputGate::new(vec![], true, "");
-        assert!(!plain.inside_open_call(), "no call begun");
-    }
-
-    #[test]
     fn plain_text_flows_through() {
-        let mut gate = OutputGate::new(vec![], false, "");
+        let mut gate = OutputGate::new(vec![], false);
         assert_eq!(run(&mut gate, &["Hello", ", world"]), "Hello, world");
         assert_eq!(gate.finish(), ("Hello, world".into(), String::new()));
     }
 
     #[test]
     fn stop_sequence_split_across_tokens_is_never_shown() {
-        let mut gate = OutputGate::new(vec!["END".into()], false, "");
+        let mut gate = OutputGate::new(vec!["END".into()], false);
         assert_eq!(gate.push("one E"), "one ");
         assert_eq!(gate.push("N"), "");
         assert!(!gate.stopped());
@@ -224,17 +181,17 @@ mod tests {
 
     #[test]
     fn held_prefix_released_when_it_does_not_complete() {
-        let mut gate = OutputGate::new(vec!["END".into()], false, "");
+        let mut gate = OutputGate::new(vec!["END".into()], false);
         assert_eq!(gate.push("E"), "");
         assert_eq!(gate.push("ND"), "");
-        let mut gate = OutputGate::new(vec!["END".into()], false, "");
+        let mut gate = OutputGate::new(vec!["END".into()], false);
         assert_eq!(gate.push("E"), "");
         assert_eq!(gate.push("ast"), "East");
     }
 
     #[test]
     fn tool_call_text_is_held_until_the_end() {
-        let mut gate = OutputGate::new(vec![], true, "");
+        let mut gate = OutputGate::new(vec![], true);
         let shown = run(
             &mut gate,
             &["Sure. <tool", "_call>{\"name\":", " \"x\"}</tool_call>"],
@@ -246,33 +203,42 @@ mod tests {
     }
 
     #[test]
-    fn generation_ends_with_the_closed_call() {
-        let mut gate = OutputGate::new(vec![], true, "");
-        gate.push("<tool_call>{\"name\": \"x\"}</tool_call>\nThe weather is fine.");
+    fn stop_sequences_do_not_cut_a_call_short() {
+        let mut gate = OutputGate::new(vec!["\n".into()], true);
+        gate.push("<tool_call>\n{\"name\": \"x\"}\n</tool_call>");
+        assert!(!gate.stopped());
+        assert_eq!(
+            gate.finish().1,
+            "<tool_call>\n{\"name\": \"x\"}\n</tool_call>"
+        );
+        let mut gate = OutputGate::new(vec!["\n".into()], true);
+        assert_eq!(gate.push("Sure\n<tool_call>\n{"), "Sure");
         assert!(gate.stopped());
-        assert_eq!(gate.finish().1, "<tool_call>{\"name\": \"x\"}</tool_call>");
+        assert_eq!(gate.finish(), ("Sure".into(), String::new()));
+    }
+
+    #[test]
+    fn a_repeated_call_ends_the_answer() {
+        let call = "<tool_call>\n{\"name\": \"x\"}\n</tool_call>";
+        let other = "<tool_call>\n{\"name\": \"y\"}\n</tool_call>";
+        let mut gate = OutputGate::new(vec![], true);
+        gate.push(&format!("{call}\n{other}\n"));
+        assert!(!gate.stopped(), "two different calls");
+        gate.push(&format!("{call}\n<tool_"));
+        assert!(gate.stopped());
+        assert_eq!(gate.finish().1, format!("{call}\n{other}\n"));
     }
 
     #[test]
     fn bare_json_answer_is_held_when_tools_are_offered() {
-        let mut gate = OutputGate::new(vec![], true, "");
+        let mut gate = OutputGate::new(vec![], true);
         assert_eq!(run(&mut gate, &["  ", "{\"name\"", ": 1}"]), "");
         assert_eq!(gate.finish().1, "  {\"name\": 1}");
     }
 
     #[test]
-    fn prefix_counts_as_output() {
-        let mut gate = OutputGate::new(vec![], true, "<tool_call>\n{\"name\": \"");
-        assert_eq!(gate.push("get\"}</tool_call>"), "");
-        assert_eq!(
-            gate.finish().1,
-            "<tool_call>\n{\"name\": \"get\"}</tool_call>"
-        );
-    }
-
-    #[test]
     fn multibyte_text_never_splits_a_character() {
-        let mut gate = OutputGate::new(vec!["é!".into()], false, "");
+        let mut gate = OutputGate::new(vec!["é!".into()], false);
         assert_eq!(gate.push("café"), "caf");
         assert_eq!(gate.push("?"), "é?");
     }

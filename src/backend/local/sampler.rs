@@ -1,6 +1,7 @@
 //! Picks the next token from the model's logits and reports its log-probability.
 //! Reported log-probabilities are the model's own (before temperature and penalties),
-//! since they feed the confidence figures that decide escalation.
+//! since they feed the confidence figures that decide escalation; under a grammar they
+//! are over the tokens it allows, so a token it forces is certain.
 
 use std::collections::HashMap;
 
@@ -131,7 +132,9 @@ fn top_k(values: &[f32], k: usize) -> Vec<u32> {
     }
     let mut best: Vec<u32> = Vec::with_capacity(k + 1);
     for (id, &value) in values.iter().enumerate() {
-        if best.len() == k && value <= values[best[k - 1] as usize] {
+        // A token the grammar ruled out is no alternative.
+        if value == f32::NEG_INFINITY || (best.len() == k && value <= values[best[k - 1] as usize])
+        {
             continue;
         }
         let at = best.partition_point(|&b| values[b as usize] >= value);

@@ -319,7 +319,7 @@ impl Scheduler {
     /// it: otherwise a stream of short P2 requests could keep a long P0 one out.
     fn admit(&mut self) {
         while self.running.len() < self.max_sequences {
-            let Some((place, submission)) = self.waiting.pop_first() else {
+            let Some((place, mut submission)) = self.waiting.pop_first() else {
                 break;
             };
             if submission.admitted.is_closed() {
@@ -349,7 +349,7 @@ impl Scheduler {
                 max_generation: submission.max_generation,
                 generation: Some(Generation::new(
                     &submission.request,
-                    &submission.prompt,
+                    &mut submission.prompt,
                     submission.arrived,
                     queue_ms,
                 )),

@@ -1,7 +1,7 @@
 //! Renders a conversation into the prompt text a local model was trained on, including
 //! how offered tools are described to it and how it should answer with a call.
 
-use crate::chat::{ChatRequest, Message, Role, ToolChoice, ToolSpec};
+use crate::chat::{ChatRequest, Message, ResponseFormat, Role, ToolSpec};
 
 /// Marks the start and end of a tool call in the model's output.
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";
@@ -21,23 +21,22 @@ pub struct ChatTemplate {
     pub default_system_prompt: Option<String>,
 }
 
-/// The prompt, and the start of the answer already written on the model's behalf (to
-/// steer it into a tool call when one is required). The prefix belongs to the answer's
-/// text but was not generated, so it counts in neither usage nor logprobs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RenderedPrompt {
-    pub text: String,
-    pub answer_prefix: String,
-}
-
 impl ChatTemplate {
-    pub fn render(&self, request: &ChatRequest) -> RenderedPrompt {
+    /// The prompt text, up to where the model's answer begins.
+    pub fn render(&self, request: &ChatRequest) -> String {
         match self.kind {
             TemplateKind::Chatml => self.render_chatml(request),
         }
     }
 
-    fn render_chatml(&self, request: &ChatRequest) -> RenderedPrompt {
+    /// The token that ends the model's turn.
+    pub fn end_of_turn(&self) -> &'static str {
+        match self.kind {
+            TemplateKind::Chatml => "<|im_end|>",
+        }
+    }
+
+    fn render_chatml(&self, request: &ChatRequest) -> String {
         let tools = request.callable_tools();
         let mut text = String::new();
         let (system, rest) = match request.messages.split_first() {
@@ -49,7 +48,8 @@ impl ChatTemplate {
                 request.messages.as_slice(),
             ),
         };
-        let system = with_tool_instructions(system, tools);
+        let mut system = with_tool_instructions(system, tools);
+        append_paragraph(&mut system, &format_instructions(&request.response_format));
         if !system.is_empty() {
             push_turn(&mut text, Role::System, &system);
         }
@@ -57,12 +57,7 @@ impl ChatTemplate {
             push_turn(&mut text, message.role, &message_body(message));
         }
         text.push_str("<|im_start|>assistant\n");
-        let answer_prefix = forced_call_prefix(&request.tool_choice, tools);
-        text.push_str(&answer_prefix);
-        RenderedPrompt {
-            text,
-            answer_prefix,
-        }
+        text
     }
 }
 
@@ -91,15 +86,35 @@ fn message_body(message: &Message) -> String {
     body
 }
 
+/// Adds `paragraph` to `text`, a blank line apart.
+fn append_paragraph(text: &mut String, paragraph: &str) {
+    if paragraph.is_empty() {
+        return;
+    }
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str(paragraph);
+}
+
+/// The grammar holds the answer to the schema whatever the model meant to say; told
+/// the schema, the model fills it with what its keys ask for.
+fn format_instructions(format: &ResponseFormat) -> String {
+    match format {
+        ResponseFormat::Text => String::new(),
+        ResponseFormat::JsonObject => "Reply with only a JSON object.".into(),
+        ResponseFormat::JsonSchema { schema, .. } => {
+            format!("Reply with only a JSON object that follows this JSON schema:\n{schema}")
+        }
+    }
+}
+
 fn with_tool_instructions(system: Option<&str>, tools: &[ToolSpec]) -> String {
     let mut text = system.unwrap_or_default().to_string();
     let Some(example) = tools.first() else {
         return text;
     };
-    if !text.is_empty() {
-        text.push_str("\n\n");
-    }
-    text.push_str("You can call these functions:\n<tools>\n");
+    append_paragraph(&mut text, "You can call these functions:\n<tools>\n");
     for tool in tools {
         let description = serde_json::json!({
             "name": tool.name,
@@ -142,54 +157,10 @@ fn example_arguments(tool: &ToolSpec) -> serde_json::Value {
     serde_json::Value::Object(placeholders)
 }
 
-/// How a forced call's arguments should begin: the first required argument's name,
-/// and its opening quote when it is a string (small models otherwise write numbers).
-fn first_argument_opening(tool: &ToolSpec) -> Option<String> {
-    let name = tool
-        .parameters
-        .get("required")?
-        .as_array()?
-        .first()?
-        .as_str()?;
-    let is_string = tool.parameters.pointer(&format!(
-        "/properties/{}/type",
-        name.replace('~', "~0").replace('/', "~1")
-    )) == Some(&serde_json::Value::String("string".into()));
-    let key = serde_json::Value::String(name.to_string());
-    Some(if is_string {
-        format!("{key}: \"")
-    } else {
-        format!("{key}: ")
-    })
-}
-
-/// Small models rarely call a tool unprompted, so when the client demands a call the
-/// answer is begun for them; they only have to fill in the rest.
-fn forced_call_prefix(choice: &ToolChoice, tools: &[ToolSpec]) -> String {
-    match choice {
-        ToolChoice::Required if !tools.is_empty() => format!("{TOOL_CALL_OPEN}\n{{\"name\": \""),
-        ToolChoice::Function(name) => {
-            let mut prefix = format!(
-                "{TOOL_CALL_OPEN}\n{{\"name\": {}, \"arguments\": {{",
-                serde_json::Value::String(name.clone())
-            );
-            if let Some(opening) = tools
-                .iter()
-                .find(|tool| &tool.name == name)
-                .and_then(first_argument_opening)
-            {
-                prefix.push_str(&opening);
-            }
-            prefix
-        }
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::Sampling;
+    use crate::chat::{Sampling, ToolChoice};
 
     fn request(
         messages: Vec<Message>,
@@ -204,6 +175,7 @@ mod tests {
             sampling: Sampling::default(),
             logprobs: None,
             response_format: Default::default(),
+            parallel_tool_calls: None,
         }
     }
 
@@ -230,11 +202,10 @@ mod tests {
             ToolChoice::Auto,
         ));
         assert_eq!(
-            rendered.text,
+            rendered,
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
              <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        assert_eq!(rendered.answer_prefix, "");
     }
 
     #[test]
@@ -247,10 +218,8 @@ mod tests {
             vec![],
             ToolChoice::Auto,
         ));
-        assert!(rendered
-            .text
-            .starts_with("<|im_start|>system\nBe terse.<|im_end|>\n"));
-        assert!(!rendered.text.contains("helpful"));
+        assert!(rendered.starts_with("<|im_start|>system\nBe terse.<|im_end|>\n"));
+        assert!(!rendered.contains("helpful"));
     }
 
     #[test]
@@ -269,29 +238,13 @@ mod tests {
             ToolChoice::Auto,
         ));
         assert!(rendered
-            .text
-            .contains("<tools>\n{\"description\":\"Current weather\""));
+            .contains("<tools>\n{\"name\":\"get_weather\",\"description\":\"Current weather\""));
         assert!(rendered
-            .text
             .contains("{\"name\": \"get_weather\", \"arguments\": {\"city\":\"<string>\"}}"));
-        assert!(rendered.text.contains(
+        assert!(rendered.contains(
             "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><|im_end|>"
         ));
-        assert!(rendered.text.contains("<|im_start|>tool\n18C<|im_end|>"));
-    }
-
-    #[test]
-    fn named_tool_choice_begins_the_call() {
-        let rendered = template().render(&request(
-            vec![Message::text(Role::User, "Weather in Paris?")],
-            vec![weather_tool()],
-            ToolChoice::Function("get_weather".into()),
-        ));
-        assert_eq!(
-            rendered.answer_prefix,
-            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \""
-        );
-        assert!(rendered.text.ends_with(&rendered.answer_prefix));
+        assert!(rendered.contains("<|im_start|>tool\n18C<|im_end|>"));
     }
 
     #[test]
@@ -301,6 +254,6 @@ mod tests {
             vec![weather_tool()],
             ToolChoice::None,
         ));
-        assert!(!rendered.text.contains("<tools>"));
+        assert!(!rendered.contains("<tools>"));
     }
 }

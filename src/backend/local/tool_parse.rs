@@ -40,76 +40,100 @@ pub fn parse(text: &str, tools: &[ToolSpec]) -> ParsedOutput {
     }
 }
 
+/// A tool-call block: its place in the text and the JSON it holds, read as JSON (not by
+/// searching for the closing tag, which a string in the call may hold).
+pub struct Block {
+    pub start: usize,
+    /// Just past the closing tag.
+    pub end: usize,
+    /// `None` when what follows the opening tag is not one JSON value and the tag.
+    pub body: Option<Value>,
+}
+
+/// The tool-call blocks in `text`, in order, and where an unclosed one begins.
+pub fn blocks(text: &str) -> (Vec<Block>, Option<usize>) {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(open) = text[from..].find(TOOL_CALL_OPEN) {
+        let start = from + open;
+        let body_start = start + TOOL_CALL_OPEN.len();
+        let mut values = serde_json::Deserializer::from_str(&text[body_start..]).into_iter();
+        let body: Option<Value> = values.next().and_then(Result::ok);
+        let after_body = body_start + values.byte_offset();
+        let closed = body.as_ref().and_then(|_| {
+            let rest = &text[after_body..];
+            let gap = rest.len() - rest.trim_start().len();
+            rest.trim_start()
+                .starts_with(TOOL_CALL_CLOSE)
+                .then_some(after_body + gap + TOOL_CALL_CLOSE.len())
+        });
+        // What is not a JSON value and its tag is read to the next closing tag, if any.
+        let end = match closed {
+            Some(end) => end,
+            None => match text[body_start..].find(TOOL_CALL_CLOSE) {
+                Some(close) => body_start + close + TOOL_CALL_CLOSE.len(),
+                None => return (found, Some(start)),
+            },
+        };
+        found.push(Block {
+            start,
+            end,
+            body: closed.and(body),
+        });
+        from = end;
+    }
+    (found, None)
+}
+
 fn parse_tagged(text: &str, tools: &[ToolSpec]) -> ParsedOutput {
     let mut out = ParsedOutput::default();
-    let mut rest = text;
-    while let Some(open) = rest.find(TOOL_CALL_OPEN) {
-        out.content.push_str(&rest[..open]);
-        let body_start = open + TOOL_CALL_OPEN.len();
-        let (body, after) = match rest[body_start..].find(TOOL_CALL_CLOSE) {
-            Some(close) => (
-                &rest[body_start..body_start + close],
-                &rest[body_start + close + TOOL_CALL_CLOSE.len()..],
-            ),
-            // Unclosed: the model stopped mid-call. Only whole calls are trusted.
-            None => {
-                out.malformed = true;
-                rest = "";
-                break;
-            }
-        };
-        match calls_from_json(body, tools) {
-            Some(calls) => out.tool_calls.extend(calls),
+    let (found, unclosed) = blocks(text);
+    let mut from = 0;
+    for block in found {
+        out.content.push_str(&text[from..block.start]);
+        match block.body.and_then(|body| call_from_object(body, tools)) {
+            Some(call) => out.tool_calls.push(call),
             None => out.malformed = true,
         }
-        rest = after;
+        from = block.end;
     }
-    out.content.push_str(rest);
+    // Unclosed: the model stopped mid-call. Only whole calls are trusted.
+    let rest_end = unclosed.unwrap_or(text.len());
+    out.malformed |= unclosed.is_some();
+    out.content.push_str(&text[from..rest_end]);
     out.content = out.content.trim().to_string();
     out
 }
 
 fn parse_bare(text: &str, tools: &[ToolSpec]) -> ParsedOutput {
     let trimmed = text.trim();
-    match calls_from_json(trimmed, tools) {
-        Some(calls) => ParsedOutput {
-            content: String::new(),
-            tool_calls: calls,
-            malformed: false,
+    let as_content = || ParsedOutput {
+        content: text.to_string(),
+        ..ParsedOutput::default()
+    };
+    match serde_json::from_str::<Value>(trimmed) {
+        Ok(value) => match call_from_object(value, tools) {
+            Some(call) => ParsedOutput {
+                content: String::new(),
+                tool_calls: vec![call],
+                malformed: false,
+            },
+            // Whole JSON that is no call is an answer in JSON (`response_format`).
+            None => as_content(),
         },
-        None => {
-            // JSON that never tried to be a call is just an answer in JSON.
-            let looks_like_call = trimmed.contains("\"name\"") || trimmed.contains("\"arguments\"");
-            if looks_like_call {
-                ParsedOutput {
-                    content: String::new(),
-                    tool_calls: Vec::new(),
-                    malformed: true,
-                }
-            } else {
-                ParsedOutput {
-                    content: text.to_string(),
-                    ..ParsedOutput::default()
-                }
+        // Cut short: withheld if it was on its way to being a call.
+        Err(_) if trimmed.contains("\"name\"") || trimmed.contains("\"arguments\"") => {
+            ParsedOutput {
+                malformed: true,
+                ..ParsedOutput::default()
             }
         }
+        Err(_) => as_content(),
     }
 }
 
-/// One call object or an array of them; `None` when any of them is unusable.
-fn calls_from_json(body: &str, tools: &[ToolSpec]) -> Option<Vec<ToolCall>> {
-    let value: Value = serde_json::from_str(body.trim()).ok()?;
-    let objects = match value {
-        Value::Array(items) if !items.is_empty() => items,
-        object @ Value::Object(_) => vec![object],
-        _ => return None,
-    };
-    objects
-        .into_iter()
-        .map(|object| call_from_object(object, tools))
-        .collect()
-}
-
+/// A call of one of `tools`, written as the grammar writes it: its name and its
+/// arguments object.
 fn call_from_object(object: Value, tools: &[ToolSpec]) -> Option<ToolCall> {
     let Value::Object(mut fields) = object else {
         return None;
@@ -121,15 +145,7 @@ fn call_from_object(object: Value, tools: &[ToolSpec]) -> Option<ToolCall> {
     if !tools.iter().any(|tool| tool.name == name) {
         return None;
     }
-    let arguments = match fields
-        .remove("arguments")
-        .or_else(|| fields.remove("parameters"))
-    {
-        None => Value::Object(Default::default()),
-        // Some models quote the arguments object.
-        Some(Value::String(text)) => serde_json::from_str(&text).ok()?,
-        Some(value) => value,
-    };
+    let arguments = fields.remove("arguments")?;
     if !arguments.is_object() {
         return None;
     }
@@ -167,24 +183,39 @@ mod tests {
     }
 
     #[test]
-    fn recorded_smollm_output_with_quoted_arguments_parses() {
-        // Seen from SmolLM2-135M when the call was begun for it.
+    fn tags_inside_a_string_are_text_of_the_call() {
         let out = parse(
-            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Paris\\\"}\"}\n</tool_call>",
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"</tool_call> <tool_call>\"}}\n</tool_call>",
             &tools(),
         );
-        assert_eq!(out.tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert!(!out.malformed);
+        assert_eq!(out.content, "");
+        assert_eq!(
+            out.tool_calls[0].arguments,
+            r#"{"city":"</tool_call> <tool_call>"}"#
+        );
     }
 
     #[test]
-    fn bare_json_call_and_arrays_are_accepted() {
-        let out = parse(
-            r#"[{"name": "get_weather", "arguments": {}}, {"name": "get_weather"}]"#,
-            &tools(),
-        );
-        assert_eq!(out.tool_calls.len(), 2);
-        assert_eq!(out.tool_calls[1].arguments, "{}");
+    fn several_calls_are_read_in_order() {
+        let call = |city: &str| {
+            format!("<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {{\"city\": \"{city}\"}}}}\n</tool_call>")
+        };
+        let out = parse(&format!("{}\n{}", call("Paris"), call("Rome")), &tools());
         assert!(!out.malformed);
+        assert_eq!(out.tool_calls.len(), 2);
+        assert_eq!(out.tool_calls[1].arguments, r#"{"city":"Rome"}"#);
+    }
+
+    #[test]
+    fn a_bare_call_is_a_call_and_other_json_an_answer() {
+        let out = parse(r#"{"name": "get_weather", "arguments": {}}"#, &tools());
+        assert_eq!(out.tool_calls.len(), 1);
+        assert_eq!(out.tool_calls[0].arguments, "{}");
+        let answer = r#"{"name": "Ann", "age": 30}"#;
+        let out = parse(answer, &tools());
+        assert!(!out.malformed);
+        assert_eq!(out.content, answer);
     }
 
     #[test]
@@ -194,6 +225,7 @@ mod tests {
             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}",
             "<tool_call>{\"name\": \"delete_everything\", \"arguments\": {}}</tool_call>",
             "<tool_call>{\"name\": \"get_weather\", \"arguments\": [1, 2]}</tool_call>",
+            "<tool_call>{\"name\": \"get_weather\"}</tool_call>",
             "{\"name\": \"get_weather\", \"arguments\": {\"city\": ",
         ];
         for case in cases {

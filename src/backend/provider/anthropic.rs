@@ -1,6 +1,7 @@
 //! Anthropic's Messages API, behind OpenAI's shape: system prompts move to `system`,
 //! tool calls become `tool_use` blocks and tool results `tool_result` blocks in a user
-//! turn, and the streamed content-block events are read back into deltas and calls.
+//! turn, a JSON answer (`response_format`) is asked for as a forced tool's input, and
+//! the streamed content-block events are read back into deltas and calls.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -8,11 +9,15 @@ use serde_json::{json, Value};
 use super::assemble::ToolCallDeltas;
 use super::dialect::{Delta, Dialect, Ending, StreamDecoder};
 use super::sse::SseEvent;
-use crate::chat::{ChatRequest, Message, Role, ToolChoice, Usage};
+use crate::chat::{ChatRequest, Message, ResponseFormat, Role, ToolChoice, Usage};
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic's temperature runs from 0 to 1 where OpenAI's runs to 2.
 const MAX_TEMPERATURE: f32 = 1.0;
+
+/// The tool a JSON answer is written through: the API has no `response_format`, but
+/// the input of a tool it is made to call is held to the tool's schema.
+const ANSWER_TOOL: &str = "json_answer";
 
 pub struct Anthropic;
 
@@ -53,24 +58,62 @@ impl Dialect for Anthropic {
         if !sampling.stop.is_empty() {
             body["stop_sequences"] = json!(sampling.stop);
         }
-        if !request.tools.is_empty() {
-            body["tools"] = request
-                .tools
-                .iter()
-                .map(|tool| json!({"name": tool.name, "description": tool.description, "input_schema": tool.parameters}))
-                .collect();
-            body["tool_choice"] = match &request.tool_choice {
-                ToolChoice::Auto => json!({"type": "auto"}),
-                ToolChoice::None => json!({"type": "none"}),
-                ToolChoice::Required => json!({"type": "any"}),
-                ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+        let mut tools: Vec<Value> = request
+            .tools
+            .iter()
+            .map(|tool| json!({"name": tool.name, "description": tool.description, "input_schema": tool.parameters}))
+            .collect();
+        let mut tool_choice = match &request.tool_choice {
+            ToolChoice::Auto => json!({"type": "auto"}),
+            ToolChoice::None => json!({"type": "none"}),
+            ToolChoice::Required => json!({"type": "any"}),
+            ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+        };
+        if let Some(schema) = answer_schema(request) {
+            tools.push(json!({"name": ANSWER_TOOL, "description": "Give the answer in this shape.", "input_schema": schema}));
+            // Where the model may answer or call, the answer is one more tool to call.
+            tool_choice = if request.callable_tools().is_empty() {
+                json!({"type": "tool", "name": ANSWER_TOOL})
+            } else {
+                json!({"type": "any"})
             };
+        }
+        if !tools.is_empty() {
+            body["tools"] = Value::Array(tools);
+            if request.parallel_tool_calls == Some(false) && tool_choice["type"] != "none" {
+                tool_choice["disable_parallel_tool_use"] = json!(true);
+            }
+            body["tool_choice"] = tool_choice;
         }
         body
     }
 
-    fn decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::<Decoder>::default()
+    fn decoder(&self, request: &ChatRequest) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder {
+            answer_tool: answer_schema(request).is_some(),
+            ..Decoder::default()
+        })
+    }
+
+    fn constrains_json(&self) -> bool {
+        true
+    }
+}
+
+/// The schema of the JSON answer `request` asks for, when the answer may be text
+/// (not when it must be a call of the client's own tools).
+fn answer_schema(request: &ChatRequest) -> Option<Value> {
+    if matches!(
+        request.tool_choice,
+        ToolChoice::Required | ToolChoice::Function(_)
+    ) && !request.tools.is_empty()
+    {
+        return None;
+    }
+    match &request.response_format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(json!({"type": "object"})),
+        ResponseFormat::JsonSchema { schema, .. } => Some(schema.clone()),
     }
 }
 
@@ -204,6 +247,10 @@ struct ErrorDetail {
 
 #[derive(Default)]
 struct Decoder {
+    /// The request asked for a JSON answer through `ANSWER_TOOL`.
+    answer_tool: bool,
+    /// The content block holding that answer, read back as text.
+    answer_block: Option<usize>,
     calls: ToolCallDeltas,
     stop_reason: Option<String>,
     usage: Usage,
@@ -233,13 +280,23 @@ impl StreamDecoder for Decoder {
                 content_block,
             } => {
                 if let Block::ToolUse { id, name } = content_block {
-                    self.calls.push(index, Some(&id), Some(&name), None);
+                    if self.answer_tool && name == ANSWER_TOOL {
+                        self.answer_block = Some(index);
+                    } else {
+                        self.calls.push(index, Some(&id), Some(&name), None);
+                    }
                 }
             }
             StreamedEvent::ContentBlockDelta { index, delta } => match delta {
                 BlockDelta::TextDelta { text } => {
                     return Ok(Some(Delta {
                         text,
+                        logprobs: Vec::new(),
+                    }))
+                }
+                BlockDelta::InputJsonDelta { partial_json } if self.answer_block == Some(index) => {
+                    return Ok(Some(Delta {
+                        text: partial_json,
                         logprobs: Vec::new(),
                     }))
                 }
@@ -314,6 +371,7 @@ mod tests {
             },
             logprobs: None,
             response_format: Default::default(),
+            parallel_tool_calls: None,
         };
         let body = Anthropic.body(&request, "claude-upstream", 1024);
         assert_eq!(body["system"], "Be brief.");
@@ -341,7 +399,7 @@ mod tests {
 
     #[test]
     fn streamed_text_and_tool_use_are_read_back() {
-        let mut decoder = Anthropic.decoder();
+        let mut decoder = Anthropic.decoder(&ChatRequest::new("m", Vec::new()));
         let events = [
             event(
                 "message_start",
@@ -400,8 +458,63 @@ mod tests {
     }
 
     #[test]
+    fn a_json_answer_is_asked_for_as_a_forced_tool_and_read_back_as_text() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        let mut request = ChatRequest::new("m", vec![Message::text(Role::User, "Where?")]);
+        request.response_format = ResponseFormat::JsonSchema {
+            name: "place".into(),
+            schema: schema.clone(),
+            strict: true,
+        };
+        let body = Anthropic.body(&request, "claude-x", 100);
+        assert_eq!(body["tools"][0]["name"], ANSWER_TOOL);
+        assert_eq!(body["tools"][0]["input_schema"], schema);
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": ANSWER_TOOL})
+        );
+        let mut decoder = Anthropic.decoder(&request);
+        let events = [
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": ANSWER_TOOL, "input": {}}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+        ];
+        let text: String = events
+            .iter()
+            .filter_map(|e| decoder.event(&event("e", e.clone())).unwrap())
+            .map(|delta| delta.text)
+            .collect();
+        assert_eq!(text, r#"{"city": "Paris"}"#);
+        let ending = decoder.ending();
+        assert_eq!(ending.finish_reason, FinishReason::Stop);
+        assert!(ending.tool_calls.is_empty());
+
+        // With the client's own tools on offer, the answer is one more tool to call; a
+        // call of one of them stays a call.
+        request.tools = vec![ToolSpec {
+            name: "get_weather".into(),
+            description: None,
+            parameters: json!({"type": "object"}),
+        }];
+        let body = Anthropic.body(&request, "claude-x", 100);
+        assert_eq!(body["tools"].as_array().unwrap().len(), 2);
+        assert_eq!(body["tool_choice"], json!({"type": "any"}));
+        request.tool_choice = ToolChoice::Required;
+        request.parallel_tool_calls = Some(false);
+        let body = Anthropic.body(&request, "claude-x", 100);
+        assert_eq!(body["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(body["tool_choice"]["disable_parallel_tool_use"], true);
+        let mut decoder = Anthropic.decoder(&request);
+        decoder
+            .event(&event("e", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_2", "name": ANSWER_TOOL, "input": {}}})))
+            .unwrap();
+        assert_eq!(decoder.ending().finish_reason, FinishReason::ToolCalls);
+    }
+
+    #[test]
     fn error_events_surface() {
-        let mut decoder = Anthropic.decoder();
+        let mut decoder = Anthropic.decoder(&ChatRequest::new("m", Vec::new()));
         let error = decoder
             .event(&event("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})))
             .unwrap_err();

@@ -60,11 +60,11 @@ pub trait Dialect: Send + Sync {
     /// The upstream request body, always asking for a stream.
     fn body(&self, request: &ChatRequest, upstream_model: &str, default_max_tokens: u32) -> Value;
 
-    /// A reader for one response's events.
-    fn decoder(&self) -> Box<dyn StreamDecoder>;
+    /// A reader for the events of the response to `request`.
+    fn decoder(&self, request: &ChatRequest) -> Box<dyn StreamDecoder>;
 
-    /// Whether `body` carries a request's `response_format`, so the upstream's answer
-    /// is JSON when asked.
+    /// Whether `body` carries a request's `response_format` (or its equivalent), so the
+    /// upstream's answer is JSON when asked.
     fn constrains_json(&self) -> bool {
         false
     }

@@ -231,7 +231,7 @@ impl Backend for Provider {
                     let stream = Streaming {
                         provider,
                         model: request.model.clone(),
-                        decoder: self.dialect.decoder(),
+                        decoder: self.dialect.decoder(&request),
                         idle_timeout: self.config.timeout,
                         started,
                         queue_ms,

@@ -59,6 +59,13 @@ impl Dialect for OpenAi {
                 "tool_choice",
                 (!request.tools.is_empty()).then(|| tool_choice(&request.tool_choice)),
             ),
+            (
+                "parallel_tool_calls",
+                request
+                    .parallel_tool_calls
+                    .filter(|_| !request.tools.is_empty())
+                    .map(|parallel| json!(parallel)),
+            ),
         ];
         for (name, value) in fields {
             if let Some(value) = value {
@@ -68,7 +75,7 @@ impl Dialect for OpenAi {
         body
     }
 
-    fn decoder(&self) -> Box<dyn StreamDecoder> {
+    fn decoder(&self, _request: &ChatRequest) -> Box<dyn StreamDecoder> {
         Box::<Decoder>::default()
     }
 
@@ -319,7 +326,7 @@ mod tests {
         });
         let mut tool = Message::text(Role::Tool, "42");
         tool.tool_call_id = Some("call_1".into());
-        let request = ChatRequest {
+        let mut request = ChatRequest {
             model: "gpt-x".into(),
             messages: vec![Message::text(Role::User, "hi"), assistant, tool],
             tools: vec![ToolSpec {
@@ -335,6 +342,7 @@ mod tests {
             },
             logprobs: Some(2),
             response_format: Default::default(),
+            parallel_tool_calls: None,
         };
         let body = OpenAi.body(&request, "upstream-x", 0);
         assert_eq!(body["model"], "upstream-x");
@@ -347,6 +355,10 @@ mod tests {
         assert_eq!(body["messages"][2]["tool_call_id"], "call_1");
         assert_eq!(body["tools"][0]["function"]["parameters"]["type"], "object");
         assert_eq!(body["tool_choice"], "required");
+        assert!(body.get("parallel_tool_calls").is_none(), "unsaid, unsent");
+        request.parallel_tool_calls = Some(false);
+        let body = OpenAi.body(&request, "upstream-x", 0);
+        assert_eq!(body["parallel_tool_calls"], false);
         assert_eq!(body["max_tokens"], 5);
         assert_eq!(body["top_logprobs"], 2);
         assert!(body.get("seed").is_none());
@@ -354,7 +366,7 @@ mod tests {
 
     #[test]
     fn stream_with_split_tool_call_and_usage() {
-        let mut decoder = OpenAi.decoder();
+        let mut decoder = OpenAi.decoder(&ChatRequest::new("m", Vec::new()));
         let delta = decoder
             .event(&data(r#"{"choices":[{"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#))
             .unwrap();
@@ -381,7 +393,7 @@ mod tests {
 
     #[test]
     fn arguments_that_are_not_json_go_on_as_written_for_policy_to_refuse() {
-        let mut decoder = OpenAi.decoder();
+        let mut decoder = OpenAi.decoder(&ChatRequest::new("m", Vec::new()));
         decoder
             .event(&data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{\"a\":"}}]},"finish_reason":"tool_calls"}]}"#))
             .unwrap();
@@ -393,7 +405,7 @@ mod tests {
 
     #[test]
     fn calls_whose_pieces_contradict_each_other_are_passed_on_as_malformed() {
-        let mut decoder = OpenAi.decoder();
+        let mut decoder = OpenAi.decoder(&ChatRequest::new("m", Vec::new()));
         for piece in [
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"f","arguments":"{}"}}]}}]}"#,
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"b","function":{"arguments":"x"}}]}}]}"#,
@@ -423,7 +435,7 @@ mod tests {
 
     #[test]
     fn in_stream_errors_surface() {
-        let mut decoder = OpenAi.decoder();
+        let mut decoder = OpenAi.decoder(&ChatRequest::new("m", Vec::new()));
         let error = decoder
             .event(&data(r#"{"error":{"message":"overloaded"}}"#))
             .unwrap_err();
