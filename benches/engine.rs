@@ -2,7 +2,8 @@
 //! of 128 tokens for one stream, measured as llama.cpp's `llama-bench` measures them
 //! (`pp200`, `tg128`: random tokens, bare forward passes, decode from an empty cache),
 //! then the aggregate rate of 1, 2 and 4 streams decoding at once through the real
-//! scheduler. `cargo bench --bench engine`.
+//! scheduler, and that rate again with each answer held to a JSON schema (the
+//! grammar's mask on every token). `cargo bench --bench engine`.
 //!
 //! Single-stream figures are taken on the file the engine serves and, should the
 //! manifest convert it, on the file as shipped too.
@@ -24,7 +25,7 @@ use warden::backend::local::llama::kv_cache::KvCache;
 use warden::backend::local::llama::{Llama, SequenceInput, Workspace};
 use warden::backend::local::LocalBackend;
 use warden::backend::{collect, Backend};
-use warden::chat::{ChatRequest, Message, Role, Sampling, ToolChoice};
+use warden::chat::{ChatRequest, Message, ResponseFormat, Role, Sampling};
 use warden::config::Config;
 use warden::model::ModelRef;
 
@@ -103,7 +104,12 @@ fn main() {
         println!("llama.cpp: not run; set LLAMA_BENCH to a llama-bench binary to compare");
     }
 
-    let ours = aggregate(&model, &config);
+    let engine = Arc::new(warden::server::load_engine(&model, &config.local).unwrap());
+    let slots = STREAMS.iter().copied().max().unwrap_or(1);
+    let backend = LocalBackend::loading(model.name(), slots, Duration::from_secs(600));
+    backend.set_ready(engine);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ours = aggregate(&runtime, &backend, &ResponseFormat::Text);
     let theirs = llama_server_binary
         .as_ref()
         .map(|binary| llama_server(Path::new(binary), &served, threads));
@@ -134,6 +140,7 @@ fn main() {
         Some(Err(why)) => println!("llama.cpp server: {why}"),
         Some(Ok(_)) => {}
     }
+    constrained(&runtime, &backend);
     println!("load average after: {}", load_average());
 }
 
@@ -232,21 +239,20 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// Aggregate decode tokens per second of `n` requests generating at once through the
-/// local backend (continuous batching), for each `n` in `STREAMS`; and the fewest tokens
-/// a stream generated (a stream that stops early leaves the others decoding in a
-/// smaller batch).
-fn aggregate(model: &ModelRef, config: &Config) -> Vec<(usize, f64, u32)> {
-    let engine = Arc::new(warden::server::load_engine(model, &config.local).unwrap());
-    let slots = STREAMS.iter().copied().max().unwrap_or(1);
-    let backend = LocalBackend::loading(model.name(), slots, Duration::from_secs(600));
-    backend.set_ready(engine);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// local backend (continuous batching), answers held to `format`, for each `n` in
+/// `STREAMS`; and the fewest tokens a stream generated (a stream that stops early
+/// leaves the others decoding in a smaller batch).
+fn aggregate(
+    runtime: &tokio::runtime::Runtime,
+    backend: &LocalBackend,
+    format: &ResponseFormat,
+) -> Vec<(usize, f64, u32)> {
     runtime.block_on(async {
-        generate(&backend, 1, 8).await; // warm-up
+        generate(backend, 1, 8, format).await; // warm-up
         let mut rates = Vec::new();
         for n in STREAMS {
             let started = Instant::now();
-            let streams = generate(&backend, n, DECODE_TOKENS as u32).await;
+            let streams = generate(backend, n, DECODE_TOKENS as u32, format).await;
             let elapsed = started.elapsed().as_secs_f64();
             // Decoding only: from the moment every stream has its first token (all
             // prompts read) to the last token, over the tokens generated after each
@@ -266,29 +272,70 @@ fn aggregate(model: &ModelRef, config: &Config) -> Vec<(usize, f64, u32)> {
     })
 }
 
-/// Runs `n` story requests at once; returns each one's generated tokens and the
-/// milliseconds to its first token.
-async fn generate(backend: &LocalBackend, n: usize, max_tokens: u32) -> Vec<(u32, f64)> {
+/// Decode with the answer held to a JSON schema beside decode without, in alternating
+/// rounds on one engine: the rate each gets and what the grammar's mask costs a token.
+fn constrained(runtime: &tokio::runtime::Runtime, backend: &LocalBackend) {
+    let story = ResponseFormat::JsonSchema {
+        name: "story".into(),
+        schema: serde_json::json!({"type": "object", "properties": {
+            "title": {"type": "string"}, "story": {"type": "string"}},
+            "required": ["title", "story"], "additionalProperties": false}),
+        strict: true,
+    };
+    let mut free = vec![Vec::new(); STREAMS.len()];
+    let mut held = vec![Vec::new(); STREAMS.len()];
+    for _ in 0..ROUNDS {
+        for (index, (_, rate, _)) in aggregate(runtime, backend, &ResponseFormat::Text)
+            .into_iter()
+            .enumerate()
+        {
+            free[index].push(rate);
+        }
+        for (index, (_, rate, _)) in aggregate(runtime, backend, &story).into_iter().enumerate() {
+            held[index].push(rate);
+        }
+    }
+    println!();
+    println!(
+        "decode held to a JSON schema beside free decode ({ROUNDS} alternating rounds), aggregate tok/s:"
+    );
+    for (index, count) in STREAMS.iter().enumerate() {
+        let (free, held) = (Rate::of(&free[index]), Rate::of(&held[index]));
+        // Every stream decodes in each step, so a step's extra time is the masks of
+        // all `count` streams: per token, it is the difference of the per-token times.
+        let mask_ms = (1.0 / held.mean - 1.0 / free.mean) * 1000.0 * *count as f64;
+        println!(
+            "  {count} stream{}: free {free}, schema {held}, {:.2}x; mask {mask_ms:.2} ms a token",
+            if *count == 1 { " " } else { "s" },
+            held.mean / free.mean
+        );
+    }
+}
+
+/// Runs `n` story requests at once, their answers held to `format`; returns each one's
+/// generated tokens and the milliseconds to its first token.
+async fn generate(
+    backend: &LocalBackend,
+    n: usize,
+    max_tokens: u32,
+    format: &ResponseFormat,
+) -> Vec<(u32, f64)> {
     let requests = (0..n).map(|stream| {
-        let request = ChatRequest {
-            model: "auto".into(),
-            messages: vec![Message::text(
+        let mut request = ChatRequest::new(
+            "auto",
+            vec![Message::text(
                 Role::User,
                 "Write a long story about a lighthouse keeper.",
             )],
-            tools: Vec::new(),
-            tool_choice: ToolChoice::Auto,
-            // Sampled rather than greedy, so that the streams differ and run long.
-            sampling: Sampling {
-                temperature: 0.8,
-                seed: Some(stream as u64 + 1),
-                max_tokens: Some(max_tokens),
-                ..Sampling::default()
-            },
-            logprobs: None,
-            response_format: Default::default(),
-            parallel_tool_calls: None,
+        );
+        // Sampled rather than greedy, so that the streams differ and run long.
+        request.sampling = Sampling {
+            temperature: 0.8,
+            seed: Some(stream as u64 + 1),
+            max_tokens: Some(max_tokens),
+            ..Sampling::default()
         };
+        request.response_format = format.clone();
         async move {
             let generation = collect(backend.generate(request, Instant::now()).await.unwrap())
                 .await

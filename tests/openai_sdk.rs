@@ -29,7 +29,7 @@ async fn sdk_script(script: &str, args: &[&str]) -> String {
 }
 
 #[tokio::test]
-async fn the_openai_python_sdk_completes_plain_and_streamed_chats() {
+async fn the_openai_python_sdk_completes_chats_streams_and_forced_calls() {
     let server = TestServer::start().await;
     sdk_script("openai_chat.py", &[&server.base, KEY_A]).await;
 }

@@ -308,7 +308,7 @@ async fn a_malformed_local_call_or_one_the_grammar_cannot_hold_is_escalated() {
             "tool_choice": "required"
         }))
         .await;
-    assert_eq!(body["warden"]["route"], "escalated", "{body}");
+    assert_eq!(body["warden"]["route"], "external", "{body}");
     assert!(
         reasons(&body).contains(&"structured_output".to_string()),
         "{body}"

@@ -1,13 +1,30 @@
 """Drives warden with the official OpenAI Python SDK: the model list, one model, a
-plain and a streamed chat.
+plain and a streamed chat, and forced tool calls (required and named) at the default
+temperature, twenty of each, every one well formed.
 
 Usage: openai_chat.py BASE_URL API_KEY. Exits non-zero (with the reason) on any
 mismatch, so the Rust test that runs it fails.
 """
 
+import json
 import sys
 
 from openai import OpenAI
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def main() -> None:
@@ -49,6 +66,18 @@ def main() -> None:
         raise AssertionError("an unknown model was accepted")
     except Exception as error:  # the SDK raises NotFoundError
         assert getattr(error, "status_code", None) == 404, error
+
+    weather = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for choice in ["required", {"type": "function", "function": {"name": "get_weather"}}]:
+        for _ in range(20):
+            reply = client.chat.completions.create(
+                model="auto", messages=weather, tools=[WEATHER], tool_choice=choice, max_tokens=40
+            )
+            assert reply.choices[0].finish_reason == "tool_calls", reply
+            call = reply.choices[0].message.tool_calls[0]
+            assert call.function.name == "get_weather", call
+            arguments = json.loads(call.function.arguments)
+            assert list(arguments) == ["city"] and isinstance(arguments["city"], str), arguments
 
     print("ok", answer)
 

@@ -116,7 +116,7 @@ impl Grammars {
         let parser = self
             .factory
             .create_parser(TopLevelGrammar::from_lark(lark))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| reason_only(&e.to_string()))?;
         Ok(Matcher::new(Ok(parser)))
     }
 
@@ -232,6 +232,16 @@ impl Constraint {
     /// The grammar is complete and allows nothing more.
     pub fn is_complete(&self) -> bool {
         self.matcher.is_stopped()
+    }
+}
+
+/// The engine's error without the place in the generated grammar it points at (`at
+/// 6(9):` and the grammar's lines), which would mean nothing to the client.
+fn reason_only(error: &str) -> String {
+    let first = error.lines().next().unwrap_or_default();
+    match first.split_once("): ") {
+        Some((place, reason)) if place.starts_with("at ") => reason.to_string(),
+        _ => first.to_string(),
     }
 }
 
@@ -681,7 +691,10 @@ mod tests {
         let with_tool = request(offered, ToolChoice::Auto, ResponseFormat::Text);
         let error = grammars().for_request(&with_tool).err().unwrap();
         assert_eq!(error.field, "tools[2].function.parameters");
-        assert!(error.message.contains("uniqueItems"), "{error}");
+        assert_eq!(
+            error.message,
+            "failed to compile JSON schema: Unimplemented keys: [\"uniqueItems\"]"
+        );
         let with_format = request(
             Vec::new(),
             ToolChoice::Auto,

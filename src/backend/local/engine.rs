@@ -84,9 +84,7 @@ impl Engine {
             {
                 let tokenizer = tokenizer.clone();
                 move |bytes| {
-                    tokenizer
-                        .encode(String::from_utf8_lossy(bytes).as_ref(), false)
-                        .map(|encoding| encoding.get_ids().to_vec())
+                    token_ids(&tokenizer, String::from_utf8_lossy(bytes).as_ref())
                         .unwrap_or_default()
                 }
             },
@@ -116,9 +114,7 @@ impl Engine {
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, BackendError> {
-        self.tokenizer
-            .encode(text, false)
-            .map(|encoding| encoding.get_ids().to_vec())
+        token_ids(&self.tokenizer, text)
             .map_err(|e| BackendError::Generation(format!("tokenization failed: {e}")))
     }
 
@@ -199,4 +195,11 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// `text` as the model's token ids, special tokens read as such.
+fn token_ids(tokenizer: &Tokenizer, text: &str) -> tokenizers::Result<Vec<u32>> {
+    tokenizer
+        .encode(text, false)
+        .map(|encoding| encoding.get_ids().to_vec())
 }

@@ -1,8 +1,7 @@
 //! One request's generation, driven a token at a time by the scheduler: the grammar's
 //! mask, sampling, stop sequences, held-back tool calls, log-probabilities, and the
-//! summary at the end. The
-//! model's forward pass is not here; the scheduler batches it and hands each
-//! sequence its logits.
+//! summary at the end. The model's forward pass is not here; the scheduler batches it
+//! and hands each sequence its logits.
 
 use std::collections::VecDeque;
 use std::time::Instant;
