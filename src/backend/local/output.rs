@@ -51,7 +51,10 @@ impl OutputGate {
             self.capture_from = None;
             self.stopped = true;
         }
-        self.end_at_repeated_call();
+        // A call is whole only once its closing tag's last byte has come.
+        if piece.contains('>') {
+            self.end_at_repeated_call();
+        }
         let hold_from = if self.stopped {
             self.text.len()
         } else {
