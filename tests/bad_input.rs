@@ -241,10 +241,11 @@ async fn a_client_that_disconnects_mid_stream_frees_its_slot() {
         .queue_timeout_ms(60_000)
         .start()
         .await;
-    // Long enough to hold the only slot for minutes if it were never released.
+    // Long enough to hold the only slot for minutes if it were never released; greedy,
+    // so that it cannot happen to end within the two chunks read.
     let response = server
         .chat_request()
-        .json(&json!({"messages": user("Write a very long story about a dragon."), "max_tokens": 3000, "stream": true, "temperature": 1.0}))
+        .json(&json!({"messages": user("Write a very long story about a dragon."), "max_tokens": 3000, "stream": true, "temperature": 0}))
         .send()
         .await
         .unwrap();
