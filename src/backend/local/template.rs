@@ -248,6 +248,26 @@ mod tests {
     }
 
     #[test]
+    fn a_json_schema_answer_is_described_after_the_system_prompt() {
+        let mut asked = request(
+            vec![
+                Message::text(Role::System, "Be terse."),
+                Message::text(Role::User, "Where?"),
+            ],
+            vec![],
+            ToolChoice::Auto,
+        );
+        asked.response_format = ResponseFormat::JsonSchema {
+            name: "place".into(),
+            schema: serde_json::json!({"type": "object"}),
+            strict: true,
+        };
+        assert!(template().render(&asked).starts_with(
+            "<|im_start|>system\nBe terse.\n\nReply with only a JSON object that follows this JSON schema:\n{\"type\":\"object\"}<|im_end|>\n"
+        ));
+    }
+
+    #[test]
     fn tool_choice_none_hides_tools() {
         let rendered = template().render(&request(
             vec![Message::text(Role::User, "Hi")],
