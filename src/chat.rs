@@ -185,6 +185,18 @@ pub enum ResponseFormat {
     },
 }
 
+impl ResponseFormat {
+    /// The JSON schema the answer must follow: any object for `json_object`, none for
+    /// text.
+    pub fn schema(&self) -> Option<serde_json::Value> {
+        match self {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(serde_json::json!({"type": "object"})),
+            ResponseFormat::JsonSchema { schema, .. } => Some(schema.clone()),
+        }
+    }
+}
+
 impl ChatRequest {
     /// `messages` for `model`, with no tools and the default sampling.
     pub fn new(model: impl Into<String>, messages: Vec<Message>) -> Self {
@@ -204,6 +216,15 @@ impl ChatRequest {
     /// to it can promise.
     pub fn wants_json(&self) -> bool {
         self.response_format != ResponseFormat::Text
+    }
+
+    /// `tool_choice` demands a call of one of the offered tools.
+    pub fn demands_call(&self) -> bool {
+        !self.tools.is_empty()
+            && matches!(
+                self.tool_choice,
+                ToolChoice::Required | ToolChoice::Function(_)
+            )
     }
 
     /// The tools the model may call under the request's `tool_choice`.

@@ -247,11 +247,7 @@ fn reason_only(error: &str) -> String {
 
 /// The grammar, in llguidance's Lark dialect, that `request` holds its answer to.
 fn grammar_for(request: &ChatRequest) -> Option<String> {
-    let answer = match &request.response_format {
-        ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => Some(json!({"type": "object"})),
-        ResponseFormat::JsonSchema { schema, .. } => Some(schema.clone()),
-    };
+    let answer = request.response_format.schema();
     let tools = request.callable_tools();
     let forced: Option<Vec<&ToolSpec>> = match &request.tool_choice {
         ToolChoice::Required => Some(tools.iter().collect()),

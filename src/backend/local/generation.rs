@@ -14,7 +14,7 @@ use super::token_text::Utf8Stream;
 use super::tool_parse;
 use crate::chat::{
     ChatRequest, Confidence, FinishReason, GenerationEvent, GenerationSummary, MalformedToolCall,
-    Timings, TokenLogprob, ToolCall, ToolChoice, ToolSpec, Usage,
+    Timings, TokenLogprob, ToolCall, ToolSpec, Usage,
 };
 
 /// The last tokens of a constrained answer go to closing it (`Constraint::restrict`):
@@ -62,11 +62,7 @@ impl Generation {
         queue_ms: f64,
     ) -> Self {
         let tools = request.callable_tools().to_vec();
-        let call_required = !tools.is_empty()
-            && matches!(
-                request.tool_choice,
-                ToolChoice::Required | ToolChoice::Function(_)
-            );
+        let call_required = request.demands_call();
         let gate = OutputGate::new(request.sampling.stop.clone(), !tools.is_empty());
         let now = Instant::now();
         Self {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::assemble::ToolCallDeltas;
 use super::dialect::{Delta, Dialect, Ending, StreamDecoder};
 use super::sse::SseEvent;
-use crate::chat::{ChatRequest, Message, ResponseFormat, Role, ToolChoice, Usage};
+use crate::chat::{ChatRequest, Message, Role, ToolChoice, Usage};
 
 pub const API_VERSION: &str = "2023-06-01";
 /// Anthropic's temperature runs from 0 to 1 where OpenAI's runs to 2.
@@ -103,18 +103,10 @@ impl Dialect for Anthropic {
 /// The schema of the JSON answer `request` asks for, when the answer may be text
 /// (not when it must be a call of the client's own tools).
 fn answer_schema(request: &ChatRequest) -> Option<Value> {
-    if matches!(
-        request.tool_choice,
-        ToolChoice::Required | ToolChoice::Function(_)
-    ) && !request.tools.is_empty()
-    {
+    if request.demands_call() {
         return None;
     }
-    match &request.response_format {
-        ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => Some(json!({"type": "object"})),
-        ResponseFormat::JsonSchema { schema, .. } => Some(schema.clone()),
-    }
+    request.response_format.schema()
 }
 
 /// Anthropic wants strictly alternating user and assistant turns of content blocks;
@@ -331,7 +323,7 @@ impl StreamDecoder for Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{FinishReason, Sampling, ToolCall, ToolSpec};
+    use crate::chat::{FinishReason, ResponseFormat, Sampling, ToolCall, ToolSpec};
 
     fn event(name: &str, data: Value) -> SseEvent {
         SseEvent {
