@@ -339,7 +339,7 @@ async fn generate(
         );
         // Sampled rather than greedy, so that the streams differ and run long.
         request.sampling = Sampling {
-            temperature: 0.8,
+            temperature: Some(0.8),
             seed: Some(stream as u64 + 1),
             max_tokens: Some(max_tokens),
             ..Sampling::default()

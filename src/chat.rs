@@ -107,9 +107,10 @@ pub enum ToolChoice {
 /// How tokens are drawn. Ranges are checked at the wire boundary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
-    /// 0 means greedy.
-    pub temperature: f32,
-    pub top_p: f32,
+    /// 0 means greedy; `None` leaves it to the backend (see [`SamplingDefaults`]).
+    pub temperature: Option<f32>,
+    /// `None` leaves it to the backend.
+    pub top_p: Option<f32>,
     pub seed: Option<u64>,
     /// `None` lets the backend choose its default.
     pub max_tokens: Option<u32>,
@@ -126,6 +127,8 @@ pub enum MaxTokensField {
     #[default]
     MaxTokens,
     MaxCompletionTokens,
+    /// The Responses API's name for it.
+    MaxOutputTokens,
 }
 
 impl MaxTokensField {
@@ -133,6 +136,7 @@ impl MaxTokensField {
         match self {
             MaxTokensField::MaxTokens => "max_tokens",
             MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+            MaxTokensField::MaxOutputTokens => "max_output_tokens",
         }
     }
 }
@@ -140,14 +144,42 @@ impl MaxTokensField {
 impl Default for Sampling {
     fn default() -> Self {
         Self {
-            temperature: 1.0,
-            top_p: 1.0,
+            temperature: None,
+            top_p: None,
             seed: None,
             max_tokens: None,
             max_tokens_field: MaxTokensField::default(),
             stop: Vec::new(),
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+        }
+    }
+}
+
+/// The temperature and top-p a backend draws with where the request does not say:
+/// OpenAI's (1 and 1) unless the model's authors recommend others, as small models'
+/// authors do (at 1, a 135M model rambles).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+}
+
+impl Default for SamplingDefaults {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+        }
+    }
+}
+
+impl SamplingDefaults {
+    /// What `sampling` draws with: its own figures, these where it has none.
+    pub fn applied_to(self, sampling: &Sampling) -> Self {
+        Self {
+            temperature: sampling.temperature.unwrap_or(self.temperature),
+            top_p: sampling.top_p.unwrap_or(self.top_p),
         }
     }
 }

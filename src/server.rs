@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::api::{AppState, CpuPool};
+use crate::api::{AppState, CpuPool, ResponseStore};
 use crate::audit::AuditLog;
 use crate::auth::KeyStore;
 use crate::backend::local::network::Runner;
 use crate::backend::local::template::{ChatTemplate, TemplateKind};
 use crate::backend::local::{self, Engine, EngineOptions, LocalBackend};
 use crate::backend::Backend;
+use crate::chat::SamplingDefaults;
 use crate::config::{Config, LocalConfig};
 use crate::gateway::operator::Operations;
 use crate::gateway::{Gateway, Recorder};
@@ -135,6 +136,7 @@ pub fn build_state(
         keys: Arc::new(keys),
         metrics,
         policy,
+        responses: Arc::new(ResponseStore::new(config.server.stored_responses_bytes)),
         cpu: CpuPool::for_this_machine(),
         started: std::time::Instant::now(),
     })
@@ -155,7 +157,7 @@ pub fn load_engine_with(
     device: candle_core::Device,
     runner: Runner,
 ) -> anyhow::Result<Engine> {
-    let (path, template, context_length) = match model {
+    let (path, template, context_length, sampling_defaults) = match model {
         ModelRef::Manifest(manifest) => {
             let path = if config.fetch_on_start {
                 ensure_available(manifest, &FetchOptions::new(config.models_dir.clone()))?
@@ -166,14 +168,19 @@ pub fn load_engine_with(
                 kind: manifest.chat_template,
                 default_system_prompt: manifest.default_system_prompt.clone(),
             };
-            (path, template, manifest.context_length)
+            (
+                path,
+                template,
+                manifest.context_length,
+                manifest.sampling_defaults,
+            )
         }
         ModelRef::File(path) => {
             let template = ChatTemplate {
                 kind: TemplateKind::Chatml,
                 default_system_prompt: None,
             };
-            (path.clone(), template, None)
+            (path.clone(), template, None, SamplingDefaults::default())
         }
     };
     tracing::info!(file = %path.display(), ?runner, "loading the local model");
@@ -184,6 +191,7 @@ pub fn load_engine_with(
             template,
             context_length,
             default_max_tokens: config.default_max_tokens,
+            sampling_defaults,
             runner,
             device,
         },

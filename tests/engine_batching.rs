@@ -56,7 +56,7 @@ fn request(question: &str, max_tokens: u32) -> ChatRequest {
         tools: Vec::new(),
         tool_choice: ToolChoice::Auto,
         sampling: Sampling {
-            temperature: 0.0,
+            temperature: Some(0.0),
             max_tokens: Some(max_tokens),
             ..Sampling::default()
         },

@@ -71,6 +71,23 @@ async fn the_python_sdk_does_not_retry_refusals_that_waiting_cannot_fix() {
     }
 }
 
+/// The Responses API: plain, streamed, forced calls twenty times each, a call's output
+/// sent back on the stored response, `.parse()`, retrieve and delete, a refusal.
+#[tokio::test]
+async fn the_python_sdk_uses_the_responses_api() {
+    let server = TestServer::start().await;
+    sdk_script("openai_responses.py", &[&server.base, KEY_A]).await;
+}
+
+/// openai-agents runs an agent with one function tool to a final answer, through the
+/// Responses API, twenty times: every run calls the tool, every run ends in text.
+#[tokio::test]
+async fn openai_agents_runs_an_agent_with_a_function_tool() {
+    let server = TestServer::start().await;
+    let calls = sdk_script("openai_agents.py", &[&server.base, KEY_A]).await;
+    assert!(calls.parse::<u32>().unwrap() >= 20, "{calls}");
+}
+
 /// `.parse()` with a Pydantic model: the local model's grammar holds the answer to its
 /// strict JSON schema, and the SDK reads it back into the model, every time.
 #[tokio::test]

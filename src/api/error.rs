@@ -46,6 +46,8 @@ pub enum ApiError {
     NoRoomForConnection,
     #[error("internal error while handling the request: {0}")]
     Panicked(String),
+    #[error("no stored response `{0}`: it was not stored, has been deleted or evicted, or belongs to another agent")]
+    ResponseNotFound(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -115,6 +117,9 @@ impl ApiError {
                 C::new(S::BAD_REQUEST, INVALID_REQUEST, "invalid_json")
             }
             ApiError::NotFound { .. } => C::new(S::NOT_FOUND, INVALID_REQUEST, "not_found"),
+            ApiError::ResponseNotFound(_) => {
+                C::new(S::NOT_FOUND, INVALID_REQUEST, "response_not_found")
+            }
             ApiError::MethodNotAllowed { .. } => {
                 C::new(S::METHOD_NOT_ALLOWED, INVALID_REQUEST, "method_not_allowed")
             }

@@ -8,10 +8,12 @@ mod chat;
 mod cpu;
 pub mod error;
 mod extract;
+mod generate;
 mod governor;
 mod health;
 pub mod openai;
 mod outcomes;
+mod responses;
 mod routing;
 pub mod serve;
 
@@ -30,6 +32,7 @@ use futures::FutureExt;
 
 pub use admin::AdminCaller;
 pub use cpu::CpuPool;
+pub use responses::ResponseStore;
 
 use crate::auth::KeyStore;
 use crate::config::Config;
@@ -53,6 +56,8 @@ pub struct AppState {
     pub keys: Arc<KeyStore>,
     pub metrics: Arc<Metrics>,
     pub policy: Arc<PolicyEngine>,
+    /// Responses-API responses kept for `GET` and `previous_response_id`.
+    pub responses: Arc<ResponseStore>,
     /// Where CPU-heavy request work runs.
     pub cpu: CpuPool,
     pub started: Instant,
@@ -68,6 +73,11 @@ pub fn build_app(state: AppState) -> Router {
     };
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::show).delete(responses::delete),
+        )
         .route("/v1/models", get(health::models))
         .route("/v1/models/{*id}", get(health::model))
         .route("/v1/outcomes", post(outcomes::record_outcome))

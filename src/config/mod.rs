@@ -98,6 +98,7 @@ pub struct ServerConfig {
     pub max_tools: usize,
     pub max_tool_schema_bytes: usize,
     pub schema_cache_bytes: usize,
+    pub stored_responses_bytes: usize,
     pub metrics_access: MetricsAccess,
     /// `/metrics` on a listener of its own, not the API's.
     pub metrics_listen: Option<SocketAddr>,
@@ -427,6 +428,12 @@ fn validate_server(server: raw::RawServer, listen: SocketAddr) -> Result<ServerC
             "must be between 1 and 65536 (MiB)".into(),
         ));
     }
+    if server.stored_responses_mib > 1 << 16 {
+        return Err((
+            "server.stored_responses_mib".into(),
+            "must be at most 65536 (MiB); 0 stores no responses".into(),
+        ));
+    }
     let metrics_listen = server
         .metrics
         .listen
@@ -452,6 +459,7 @@ fn validate_server(server: raw::RawServer, listen: SocketAddr) -> Result<ServerC
         max_tools: server.max_tools,
         max_tool_schema_bytes: server.max_tool_schema_bytes,
         schema_cache_bytes: server.schema_cache_mib << 20,
+        stored_responses_bytes: server.stored_responses_mib << 20,
         metrics_access: server.metrics.access,
         metrics_listen,
     })

@@ -39,6 +39,8 @@ pub const DEFAULT_MAX_TOOLS: usize = 128;
 pub const DEFAULT_MAX_TOOL_SCHEMA_BYTES: usize = 64 * 1024;
 /// Compiled tool schemas kept across requests, estimated; each agent may fill a quarter.
 pub const DEFAULT_SCHEMA_CACHE_MIB: usize = 64;
+/// Responses kept for `GET /v1/responses/{id}` and `previous_response_id`, estimated.
+pub const DEFAULT_STORED_RESPONSES_MIB: usize = 64;
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 pub const DEFAULT_MODELS_DIR: &str = "../models";
 pub const DEFAULT_DEVICE: &str = "cpu";
@@ -144,6 +146,10 @@ pub struct RawServer {
     /// their size); one agent may hold a quarter of it.
     #[serde(default = "default_schema_cache_mib")]
     pub schema_cache_mib: usize,
+    /// Memory for stored Responses-API responses and their conversations, in MiB
+    /// (estimated); past it the oldest are forgotten first.
+    #[serde(default = "default_stored_responses_mib")]
+    pub stored_responses_mib: usize,
     /// Who may read `/metrics`, and where.
     #[serde(default)]
     pub metrics: RawMetrics,
@@ -161,6 +167,7 @@ impl Default for RawServer {
             max_tools: default_max_tools(),
             max_tool_schema_bytes: default_max_tool_schema_bytes(),
             schema_cache_mib: default_schema_cache_mib(),
+            stored_responses_mib: default_stored_responses_mib(),
             metrics: RawMetrics::default(),
         }
     }
@@ -403,6 +410,9 @@ fn default_max_tool_schema_bytes() -> usize {
 }
 fn default_schema_cache_mib() -> usize {
     DEFAULT_SCHEMA_CACHE_MIB
+}
+fn default_stored_responses_mib() -> usize {
+    DEFAULT_STORED_RESPONSES_MIB
 }
 fn default_max_generation_ms() -> u64 {
     DEFAULT_MAX_GENERATION_MS

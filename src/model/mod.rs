@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::backend::local::template::TemplateKind;
+use crate::chat::SamplingDefaults;
 
 pub use convert::requantize;
 pub use fetch::{ensure_available, FetchOptions};
@@ -117,6 +118,15 @@ struct RawManifest {
     context_length: Option<usize>,
     convert_to: Option<ConvertTarget>,
     default_system_prompt: Option<String>,
+    sampling: Option<RawSampling>,
+}
+
+/// What the model's authors recommend drawing with, for requests that do not say.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSampling {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +140,7 @@ pub struct ModelManifest {
     pub context_length: Option<usize>,
     pub convert_to: Option<ConvertTarget>,
     pub default_system_prompt: Option<String>,
+    pub sampling_defaults: SamplingDefaults,
 }
 
 impl ModelManifest {
@@ -157,6 +168,25 @@ impl ModelManifest {
                 "`file`: must be a plain file name ending in .gguf".into(),
             ));
         }
+        let mut sampling_defaults = SamplingDefaults::default();
+        if let Some(sampling) = &raw.sampling {
+            let within = |key: &str, value: Option<f32>, max: f32, default: f32| match value {
+                None => Ok(default),
+                Some(value) if value > 0.0 && value <= max => Ok(value),
+                Some(value) => Err(invalid(format!(
+                    "`sampling.{key}`: {value} must be above 0 and at most {max}"
+                ))),
+            };
+            sampling_defaults = SamplingDefaults {
+                temperature: within(
+                    "temperature",
+                    sampling.temperature,
+                    2.0,
+                    sampling_defaults.temperature,
+                )?,
+                top_p: within("top_p", sampling.top_p, 1.0, sampling_defaults.top_p)?,
+            };
+        }
         Ok(ModelManifest {
             name: raw.name,
             source: raw
@@ -169,6 +199,7 @@ impl ModelManifest {
             context_length: raw.context_length,
             convert_to: raw.convert_to,
             default_system_prompt: raw.default_system_prompt,
+            sampling_defaults,
         })
     }
 

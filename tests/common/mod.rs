@@ -357,39 +357,45 @@ pub fn weather_tool() -> Value {
     }])
 }
 
-/// A Python interpreter with the official OpenAI SDK, in a venv under `target/` that is
-/// created on first use so `cargo test` needs nothing installed beforehand.
+/// A Python interpreter with the clients in `tests/sdk/requirements.txt` (the official
+/// OpenAI SDK, openai-agents), in a venv under `target/` that is created on first use
+/// and brought up to date when the requirements change, so `cargo test` needs nothing
+/// installed beforehand.
 pub fn python_with_openai_sdk() -> PathBuf {
+    // Tests of one binary run at once; one of them installs, the others wait for it.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = repo_path("target/python-openai-sdk");
     let python = venv.join("bin/python");
-    let requirements = repo_path("tests/sdk/requirements.txt");
-    let has_sdk = |python: &Path| {
-        std::process::Command::new(python)
-            .args(["-c", "import openai"])
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    if !has_sdk(&python) {
+    let requirements = std::fs::read_to_string(repo_path("tests/sdk/requirements.txt")).unwrap();
+    let installed = venv.join("requirements.installed");
+    if std::fs::read_to_string(&installed).ok().as_deref() == Some(requirements.as_str()) {
+        return python;
+    }
+    if !python.exists() {
         let created = std::process::Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
             .status()
             .unwrap();
         assert!(created.success(), "python3 -m venv failed");
-        let installed = std::process::Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements)
-            .status()
-            .unwrap();
-        assert!(installed.success(), "installing the OpenAI SDK failed");
     }
+    let status = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(repo_path("tests/sdk/requirements.txt"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "installing the Python clients failed");
+    std::fs::write(&installed, requirements).unwrap();
     python
 }
 

@@ -3,4 +3,5 @@
 
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod types;

@@ -386,10 +386,21 @@ fn in_range(
     }
 }
 
+/// `value`, when the client sent one, within `min..=max`.
+fn optional_in_range(
+    param: &str,
+    value: Option<f32>,
+    min: f32,
+    max: f32,
+) -> Result<Option<f32>, Invalid> {
+    value
+        .map(|value| in_range(param, Some(value), min, max, value))
+        .transpose()
+}
+
 fn sampling(wire: &ChatCompletionRequest) -> Result<Sampling, Invalid> {
-    let defaults = Sampling::default();
-    let top_p = in_range("top_p", wire.top_p, 0.0, 1.0, defaults.top_p)?;
-    if top_p == 0.0 {
+    let top_p = optional_in_range("top_p", wire.top_p, 0.0, 1.0)?;
+    if top_p == Some(0.0) {
         return Err(GatewayError::invalid("top_p", "`top_p` must be above 0"));
     }
     let (field, max_tokens) = match (wire.max_completion_tokens, wire.max_tokens) {
@@ -425,13 +436,7 @@ fn sampling(wire: &ChatCompletionRequest) -> Result<Sampling, Invalid> {
         ));
     }
     Ok(Sampling {
-        temperature: in_range(
-            "temperature",
-            wire.temperature,
-            0.0,
-            2.0,
-            defaults.temperature,
-        )?,
+        temperature: optional_in_range("temperature", wire.temperature, 0.0, 2.0)?,
         top_p,
         // OpenAI takes any integer; its bits make a fine seed.
         seed: wire.seed.map(|seed| seed as u64),

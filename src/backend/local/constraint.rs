@@ -40,6 +40,7 @@ impl TokenizerEnv for Vocabulary {
 pub struct Grammars {
     factory: ParserFactory,
     closing: Arc<Vec<Option<Closer>>>,
+    end_of_turn: TokenId,
 }
 
 impl Grammars {
@@ -91,6 +92,7 @@ impl Grammars {
         Ok(Self {
             factory,
             closing: Arc::new(closing),
+            end_of_turn,
         })
     }
 
@@ -104,6 +106,7 @@ impl Grammars {
             Ok(matcher) => Ok(Some(Constraint {
                 matcher,
                 closing: self.closing.clone(),
+                end_of_turn: self.end_of_turn,
             })),
             Err(message) => Err(GrammarError {
                 field: self.culprit(request),
@@ -188,6 +191,7 @@ pub struct Constraint {
     matcher: Matcher,
     /// What each token can close, by id.
     closing: Arc<Vec<Option<Closer>>>,
+    end_of_turn: TokenId,
 }
 
 impl Constraint {
@@ -198,14 +202,15 @@ impl Constraint {
     /// grammar leaves open-ended would be cut off as invalid JSON, so where the grammar
     /// allows a token that closes something (a quote first, then a bracket), only
     /// those are left: the answer spends its last tokens closing what it opened. Where
-    /// it allows none (a key or a tag the grammar writes), the grammar's choice stands.
+    /// it allows none (a key or a tag the grammar writes), or where the answer could
+    /// end here (free text, which a cut leaves whole), the grammar's choice stands.
     pub fn restrict(&mut self, logits: &mut [f32], winding_down: bool) -> Result<(), String> {
         let allowed: SimpleVob = self.matcher.compute_mask().map_err(|e| e.to_string())?;
         let allows = |closer| {
             (0..logits.len())
                 .any(|id| self.closing[id] == Some(closer) && allowed.is_allowed(id as TokenId))
         };
-        let only = if !winding_down {
+        let only = if !winding_down || allowed.is_allowed(self.end_of_turn) {
             None
         } else if allows(Closer::Quote) {
             Some(Closer::Quote)
@@ -676,6 +681,10 @@ mod tests {
         assert!(left(&mut note, false).contains(&b'x'));
         assert!(accepts(&mut note, "\""));
         assert_eq!(left(&mut note, true), b"}", "then the closing brace");
+        // Free text could end anywhere: winding down leaves it as it is.
+        let mut prose = constraint(&request(tools(), ToolChoice::Auto, ResponseFormat::Text));
+        assert!(accepts(&mut prose, "It is sunny"));
+        assert!(left(&mut prose, true).contains(&b'x'));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::template::ChatTemplate;
 use super::token_text::TokenBytes;
 use super::tokenizer::GgufTokenizer;
 use crate::backend::BackendError;
-use crate::chat::{ChatRequest, TokenLogprob, TopLogprob};
+use crate::chat::{ChatRequest, SamplingDefaults, TokenLogprob, TopLogprob};
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -24,6 +24,8 @@ pub struct EngineOptions {
     /// From the manifest; the GGUF's own figure when absent. Capped at the GGUF's.
     pub context_length: Option<usize>,
     pub default_max_tokens: u32,
+    /// What the model's authors recommend drawing with (its manifest's `sampling`).
+    pub sampling_defaults: SamplingDefaults,
     pub device: Device,
     /// Which forward pass runs the model (`Runner::for_device` unless a test says).
     pub runner: Runner,
@@ -39,6 +41,7 @@ pub struct Engine {
     template: ChatTemplate,
     context_length: usize,
     default_max_tokens: u32,
+    sampling_defaults: SamplingDefaults,
 }
 
 /// A request made ready for the scheduler: its tokens, the limits that apply, and the
@@ -47,6 +50,8 @@ pub struct PreparedPrompt {
     pub tokens: Vec<u32>,
     pub max_tokens: usize,
     pub constraint: Option<Constraint>,
+    /// The model's, for what the request leaves to it.
+    pub sampling_defaults: SamplingDefaults,
 }
 
 impl Engine {
@@ -102,6 +107,7 @@ impl Engine {
             template: options.template,
             context_length,
             default_max_tokens: options.default_max_tokens,
+            sampling_defaults: options.sampling_defaults,
         })
     }
 
@@ -164,6 +170,7 @@ impl Engine {
             tokens,
             max_tokens: asked.min(room),
             constraint,
+            sampling_defaults: self.sampling_defaults,
         })
     }
 

@@ -79,6 +79,7 @@ impl Generation {
             prompt_tokens: prompt.tokens.len(),
             sampler: Sampler::new(
                 &request.sampling,
+                prompt.sampling_defaults,
                 usize::from(request.logprobs.unwrap_or(0)),
             ),
             utf8: Utf8Stream::default(),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::chat::Sampling;
+use crate::chat::{Sampling, SamplingDefaults};
 
 /// Below this temperature sampling is greedy: dividing by ~0 only adds noise.
 const GREEDY_BELOW: f32 = 1e-4;
@@ -32,14 +32,16 @@ pub struct Sampled {
 }
 
 impl Sampler {
-    pub fn new(sampling: &Sampling, top_logprobs: usize) -> Self {
+    /// Draws as `sampling` asks, with `defaults` where it does not say.
+    pub fn new(sampling: &Sampling, defaults: SamplingDefaults, top_logprobs: usize) -> Self {
+        let drawn = defaults.applied_to(sampling);
         let rng = match sampling.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
         Self {
-            temperature: sampling.temperature,
-            top_p: sampling.top_p,
+            temperature: drawn.temperature,
+            top_p: drawn.top_p,
             presence_penalty: sampling.presence_penalty,
             frequency_penalty: sampling.frequency_penalty,
             top_logprobs,
@@ -150,8 +152,8 @@ mod tests {
 
     fn sampling(temperature: f32, top_p: f32, seed: u64) -> Sampling {
         Sampling {
-            temperature,
-            top_p,
+            temperature: Some(temperature),
+            top_p: Some(top_p),
             seed: Some(seed),
             ..Sampling::default()
         }
@@ -159,7 +161,7 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_best_and_reports_true_logprobs() {
-        let mut sampler = Sampler::new(&sampling(0.0, 1.0, 1), 2);
+        let mut sampler = Sampler::new(&sampling(0.0, 1.0, 1), SamplingDefaults::default(), 2);
         let sampled = sampler.sample(&[0.0, 2.0, 1.0]);
         assert_eq!(sampled.token, 1);
         let norm = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
@@ -175,7 +177,7 @@ mod tests {
     fn same_seed_same_draws() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = |seed| {
-            let mut s = Sampler::new(&sampling(1.0, 0.9, seed), 0);
+            let mut s = Sampler::new(&sampling(1.0, 0.9, seed), SamplingDefaults::default(), 0);
             (0..20).map(|_| s.sample(&logits).token).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
@@ -185,20 +187,37 @@ mod tests {
     #[test]
     fn top_p_cuts_the_tail() {
         // Token 0 holds ~88% of the mass: with top_p 0.5 nothing else can be drawn.
-        let mut sampler = Sampler::new(&sampling(1.0, 0.5, 3), 0);
+        let mut sampler = Sampler::new(&sampling(1.0, 0.5, 3), SamplingDefaults::default(), 0);
         for _ in 0..100 {
             assert_eq!(sampler.sample(&[4.0, 1.0, 1.0, 0.0]).token, 0);
         }
     }
 
     #[test]
+    fn the_models_defaults_fill_only_what_the_request_leaves_out() {
+        let model = SamplingDefaults {
+            temperature: 0.2,
+            top_p: 0.9,
+        };
+        let greedy = Sampling {
+            temperature: Some(0.0),
+            ..Sampling::default()
+        };
+        let drawn = model.applied_to(&greedy);
+        assert_eq!((drawn.temperature, drawn.top_p), (0.0, 0.9));
+        let drawn = model.applied_to(&Sampling::default());
+        assert_eq!((drawn.temperature, drawn.top_p), (0.2, 0.9));
+    }
+
+    #[test]
     fn frequency_penalty_discourages_repeats() {
         let mut sampler = Sampler::new(
             &Sampling {
-                temperature: 0.0,
+                temperature: Some(0.0),
                 frequency_penalty: 2.0,
                 ..Sampling::default()
             },
+            SamplingDefaults::default(),
             0,
         );
         assert_eq!(sampler.sample(&[1.0, 0.5]).token, 0);

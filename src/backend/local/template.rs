@@ -6,6 +6,9 @@ use crate::chat::{ChatRequest, Message, ResponseFormat, Role, ToolSpec};
 /// Marks the start and end of a tool call in the model's output.
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";
 pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+/// Marks a function's result, given back to the model.
+const TOOL_RESPONSE_OPEN: &str = "<tool_response>";
+const TOOL_RESPONSE_CLOSE: &str = "</tool_response>";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,7 +57,14 @@ impl ChatTemplate {
             push_turn(&mut text, Role::System, &system);
         }
         for message in rest {
-            push_turn(&mut text, message.role, &message_body(message));
+            // A tool's result comes back as the user's turn, wrapped so the model can
+            // tell it from a question: small chat models have no tool role, and shown
+            // one they call the same function again rather than read its result.
+            let role = match message.role {
+                Role::Tool => Role::User,
+                role => role,
+            };
+            push_turn(&mut text, role, &message_body(message));
         }
         text.push_str("<|im_start|>assistant\n");
         text
@@ -72,6 +82,12 @@ fn push_turn(text: &mut String, role: Role, body: &str) {
 /// An assistant turn that called tools is shown to the model the way it would have
 /// written the calls itself, so a multi-turn conversation stays in one format.
 fn message_body(message: &Message) -> String {
+    if message.role == Role::Tool {
+        return format!(
+            "{TOOL_RESPONSE_OPEN}\n{}\n{TOOL_RESPONSE_CLOSE}",
+            message.content
+        );
+    }
     let mut body = message.content.clone();
     for call in &message.tool_calls {
         if !body.is_empty() {
@@ -128,7 +144,8 @@ fn with_tool_instructions(system: Option<&str>, tools: &[ToolSpec]) -> String {
     // than an abstract description of one.
     text.push_str(&format!(
         "</tools>\nTo call a function, reply with only the call, for example:\n{TOOL_CALL_OPEN}\n\
-         {{\"name\": {}, \"arguments\": {}}}\n{TOOL_CALL_CLOSE}",
+         {{\"name\": {}, \"arguments\": {}}}\n{TOOL_CALL_CLOSE}\n\
+         A function's result comes back in {TOOL_RESPONSE_OPEN}; answer the user from it.",
         serde_json::Value::String(example.name.clone()),
         example_arguments(example)
     ));
@@ -244,7 +261,9 @@ mod tests {
         assert!(rendered.contains(
             "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><|im_end|>"
         ));
-        assert!(rendered.contains("<|im_start|>tool\n18C<|im_end|>"));
+        assert!(
+            rendered.contains("<|im_start|>user\n<tool_response>\n18C\n</tool_response><|im_end|>")
+        );
     }
 
     #[test]

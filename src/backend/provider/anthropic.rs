@@ -47,13 +47,15 @@ impl Dialect for Anthropic {
             "max_tokens": sampling.max_tokens.unwrap_or(default_max_tokens),
             "messages": turns(&request.messages),
             "stream": true,
-            "temperature": sampling.temperature.min(MAX_TEMPERATURE),
         });
+        if let Some(temperature) = sampling.temperature {
+            body["temperature"] = json!(temperature.min(MAX_TEMPERATURE));
+        }
         if !system.is_empty() {
             body["system"] = json!(system.join("\n\n"));
         }
-        if sampling.top_p < 1.0 {
-            body["top_p"] = json!(sampling.top_p);
+        if let Some(top_p) = sampling.top_p.filter(|&top_p| top_p < 1.0) {
+            body["top_p"] = json!(top_p);
         }
         if !sampling.stop.is_empty() {
             body["stop_sequences"] = json!(sampling.stop);
@@ -358,7 +360,7 @@ mod tests {
             }],
             tool_choice: ToolChoice::Function("get_weather".into()),
             sampling: Sampling {
-                temperature: 1.7,
+                temperature: Some(1.7),
                 ..Sampling::default()
             },
             logprobs: None,

@@ -30,10 +30,10 @@ impl Dialect for OpenAi {
             "messages": request.messages.iter().map(message).collect::<Vec<_>>(),
             "stream": true,
             "stream_options": {"include_usage": true},
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
         });
         let fields = [
+            ("temperature", sampling.temperature.map(|t| json!(t))),
+            ("top_p", sampling.top_p.map(|p| json!(p))),
             ("seed", sampling.seed.map(|seed| json!(seed as i64))),
             ("max_tokens", sampling.max_tokens.map(|n| json!(n))),
             (
