@@ -105,16 +105,8 @@ impl Gateway {
         key: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let (status, text) = common::send(&self.client, &self.base, method, path, key, body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     async fn chat(&self, key: &str, body: Value) -> Value {

@@ -90,15 +90,7 @@ impl Gateway {
         key: &str,
         body: Option<Value>,
     ) -> (u16, String) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+        common::send(&self.client, &self.base, method, path, key, body).await
     }
 
     async fn chat(&self, body: Value) -> Value {

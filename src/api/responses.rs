@@ -74,6 +74,7 @@ async fn answer(
         history_at,
         echo,
         logprobs,
+        origins,
     } = parts;
     if let Some(previous) = &previous_response_id {
         let Some(stored) = state.responses.get(previous, &context.principal.agent_id) else {
@@ -94,7 +95,14 @@ async fn answer(
     };
     let stream = parsed.stream;
     let request_id = context.request_id.clone();
-    let started = generate::start(&state, context, parsed).await?;
+    // The gateway's refusals (a schema the local model cannot hold its answer to, say)
+    // name the chat field; the client wrote the Responses one.
+    let started = generate::start(&state, context, parsed)
+        .await
+        .map_err(|error| match error {
+            ApiError::Gateway(error) => responses::in_responses_terms(error, &origins).into(),
+            other => other,
+        })?;
     let identity = ResponseIdentity {
         id: format!("resp_{request_id}"),
         created_at: generate::unix_now(),
@@ -277,5 +285,62 @@ impl ResponseStore {
             order.retain(|id| by_id.contains_key(id));
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Role;
+
+    fn conversation(text: &str) -> Vec<Message> {
+        vec![Message::text(Role::User, text)]
+    }
+
+    #[test]
+    fn past_its_budget_the_store_forgets_the_oldest_first() {
+        // Each entry is 200 bytes: a 100-byte body, a 36-byte message, 64 of bookkeeping.
+        let store = ResponseStore::new(650);
+        for id in ["a", "b", "c", "d", "e"] {
+            let body = "x".repeat(100);
+            store.insert(id.into(), "agent", body, conversation(&"y".repeat(36)));
+        }
+        let kept: Vec<&str> = ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .filter(|id| store.get(id, "agent").is_some())
+            .collect();
+        assert_eq!(kept, ["c", "d", "e"]);
+        let too_large = "z".repeat(1000);
+        store.insert("f".into(), "agent", too_large, conversation("q"));
+        assert!(store.get("f", "agent").is_none(), "larger than the budget");
+        assert!(
+            store.get("e", "agent").is_some(),
+            "and nothing evicted for it"
+        );
+    }
+
+    #[test]
+    fn a_stored_response_is_its_agents_alone() {
+        let store = ResponseStore::new(1 << 20);
+        store.insert("r".into(), "owner", "{}".into(), conversation("hi"));
+        assert!(store.get("r", "other").is_none());
+        assert!(!store.remove("r", "other"));
+        assert_eq!(store.get("r", "owner").unwrap().conversation.len(), 1);
+        assert!(store.remove("r", "owner"));
+        assert!(store.get("r", "owner").is_none());
+        assert!(!store.remove("r", "owner"));
+    }
+
+    #[test]
+    fn deleted_ids_do_not_pile_up() {
+        let store = ResponseStore::new(1 << 20);
+        for index in 0..1000 {
+            let id = format!("r{index}");
+            store.insert(id.clone(), "agent", "{}".into(), conversation("hi"));
+            assert!(store.remove(&id, "agent"));
+        }
+        let kept = store.kept.lock().unwrap();
+        assert!(kept.order.len() <= 64 + 1, "{}", kept.order.len());
+        assert_eq!(kept.bytes, 0);
     }
 }

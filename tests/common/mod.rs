@@ -246,6 +246,22 @@ impl TestServer {
         scrape(&self.client, &self.base).await
     }
 
+    /// `method` on `path` under `key`, with `body` as JSON when given; the status and
+    /// the answer (JSON when it parses, its text otherwise).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (status, text) = send(&self.client, &self.base, method, path, key, body).await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// A POST to the chat endpoint as agent A.
     pub fn chat_request(&self) -> reqwest::RequestBuilder {
         self.client
@@ -315,6 +331,26 @@ pub fn provider_keys(name: &str) -> Option<String> {
         "TEST_OPENAI_KEY" => Some("sk-test-openai".into()),
         _ => None,
     }
+}
+
+/// `method` on `base` + `path` under `key`, with `body` as JSON when given; the status
+/// and the answer's text.
+pub async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, String) {
+    let mut request = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 pub fn sse_data(text: &str) -> Vec<String> {

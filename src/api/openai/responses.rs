@@ -138,6 +138,8 @@ pub struct ResponseParts {
     pub history_at: usize,
     pub echo: RequestEcho,
     pub logprobs: bool,
+    /// Where each message came from, for naming the field of a later refusal.
+    pub origins: Vec<String>,
 }
 
 /// What a response object repeats of the request that made it, as OpenAI's does.
@@ -233,6 +235,7 @@ pub fn parse(
         history_at,
         echo,
         logprobs,
+        origins,
     };
     Ok((request, parts))
 }

@@ -252,7 +252,10 @@ fn reason_only(error: &str) -> String {
 
 /// The grammar, in llguidance's Lark dialect, that `request` holds its answer to.
 fn grammar_for(request: &ChatRequest) -> Option<String> {
-    let answer = request.response_format.schema();
+    let answer = match request.response_format {
+        ResponseFormat::JsonObject => Some(any_object()),
+        _ => request.response_format.schema(),
+    };
     let tools = request.callable_tools();
     let forced: Option<Vec<&ToolSpec>> = match &request.tool_choice {
         ToolChoice::Required => Some(tools.iter().collect()),
@@ -411,6 +414,24 @@ fn cap_decimals(schema: &mut Value) {
     }
 }
 
+/// `json_object`'s schema spelt out, so that its numbers, however deep, are capped
+/// like a schema's (`cap_decimals`): `{"type": "object"}` leaves every value untyped.
+fn any_object() -> Value {
+    let value = json!({"$ref": "#/$defs/value"});
+    json!({
+        "type": "object",
+        "additionalProperties": value,
+        "$defs": {"value": {"anyOf": [
+            {"type": "object", "additionalProperties": value},
+            {"type": "array", "items": value},
+            {"type": "string"},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+        ]}},
+    })
+}
+
 /// A Lark string literal (Lark reads them as JSON strings).
 fn lark_string(text: &str) -> String {
     Value::String(text.to_string()).to_string()
@@ -494,6 +515,25 @@ mod tests {
     }
 
     const WEATHER_CALL: &str = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+
+    #[test]
+    fn a_json_object_s_numbers_are_capped_at_any_depth() {
+        let object = request(Vec::new(), ToolChoice::Auto, ResponseFormat::JsonObject);
+        let nested = "{\"a\": [{\"b\": 1.123456";
+        let mut answer = constraint(&object);
+        assert!(accepts(&mut answer, nested));
+        assert!(!accepts(&mut answer, "7"), "a seventh decimal");
+        let mut answer = constraint(&object);
+        assert!(accepts(
+            &mut answer,
+            "{\"a\": [true, null, \"x\", {}], \"b\": -2}"
+        ));
+        assert!(can_end(&mut answer));
+        assert!(
+            !accepts(&mut constraint(&object), "[1]"),
+            "an object, not an array"
+        );
+    }
 
     #[test]
     fn a_required_call_names_an_offered_tool_and_follows_its_schema() {
