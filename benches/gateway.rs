@@ -32,6 +32,7 @@ async fn direct_url(backend: Arc<dyn Backend>) -> String {
                 sampling: Sampling::default(),
                 logprobs: None,
                 response_format: Default::default(),
+                raw_prompt: false,
                 parallel_tool_calls: None,
             };
             let generation = collect(backend.generate(request, Instant::now()).await.unwrap())

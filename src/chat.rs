@@ -199,6 +199,10 @@ pub struct ChatRequest {
     /// `Some(k)`: return each token's log-probability and its `k` best alternatives.
     pub logprobs: Option<u8>,
     pub response_format: ResponseFormat,
+    /// The one user message is the whole prompt, continued by the model as written,
+    /// without the chat template (`/v1/completions`). Only the local model takes one:
+    /// a provider's chat model would read it as a question.
+    pub raw_prompt: bool,
 }
 
 /// The shape the answer must take.
@@ -241,6 +245,7 @@ impl ChatRequest {
             sampling: Sampling::default(),
             logprobs: None,
             response_format: ResponseFormat::default(),
+            raw_prompt: false,
         }
     }
 

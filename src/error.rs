@@ -225,6 +225,7 @@ impl From<PlanError> for GatewayError {
             PlanError::JsonNotPromised(message) => {
                 GatewayError::invalid("response_format", message)
             }
+            PlanError::LocalOnly(message) => GatewayError::invalid("model", message),
         }
     }
 }

@@ -62,6 +62,7 @@ fn request(question: &str, max_tokens: u32) -> ChatRequest {
         },
         logprobs: None,
         response_format: Default::default(),
+        raw_prompt: false,
         parallel_tool_calls: None,
     }
 }

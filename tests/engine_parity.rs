@@ -110,6 +110,7 @@ fn prompt_tokens(engine: &Engine, question: &str) -> Vec<u32> {
         sampling: Sampling::default(),
         logprobs: None,
         response_format: Default::default(),
+        raw_prompt: false,
         parallel_tool_calls: None,
     };
     engine.prepare(&request, usize::MAX).unwrap().tokens

@@ -46,7 +46,7 @@ async fn answer(
     let logprobs = parsed.chat.logprobs.is_some();
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
     let legacy_functions = parsed.legacy_functions;
-    let started = generate::start(&state, context, parsed).await?;
+    let started = generate::start(&state, context, parsed, std::convert::identity).await?;
     let identity = CompletionIdentity {
         id: format!("chatcmpl-{request_id}"),
         created: generate::unix_now(),

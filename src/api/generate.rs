@@ -169,17 +169,20 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
 }
 
 /// Hands the request to the gateway, with its metadata and the way the client reads the
-/// answer (streamed or whole).
+/// answer (streamed or whole). The gateway's refusals name the chat field; an endpoint
+/// whose client wrote another puts them `in_clients_terms`.
 pub async fn start(
     state: &AppState,
     mut context: RequestContext,
     parsed: ParsedRequest,
+    in_clients_terms: impl FnOnce(GatewayError) -> GatewayError,
 ) -> Result<Started, ApiError> {
     context.metadata = parsed.metadata;
-    Ok(state
+    state
         .gateway
         .start(context, parsed.chat, parsed.stream)
-        .await?)
+        .await
+        .map_err(|error| in_clients_terms(error).into())
 }
 
 /// `response` with the route it took (`x-warden-route`), as far as known before the

@@ -5,6 +5,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod chat;
+mod completions;
 mod cpu;
 pub mod error;
 mod extract;
@@ -73,6 +74,7 @@ pub fn build_app(state: AppState) -> Router {
     };
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::create))
         .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",

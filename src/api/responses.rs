@@ -94,12 +94,8 @@ async fn answer(
     let request_id = context.request_id.clone();
     // The gateway's refusals (a schema the local model cannot hold its answer to, say)
     // name the chat field; the client wrote the Responses one.
-    let started = generate::start(&state, context, parsed)
-        .await
-        .map_err(|error| match error {
-            ApiError::Gateway(error) => responses::in_responses_terms(error, &origins).into(),
-            other => other,
-        })?;
+    let in_responses_terms = |error| responses::in_responses_terms(error, &origins);
+    let started = generate::start(&state, context, parsed, in_responses_terms).await?;
     let identity = ResponseIdentity {
         id: format!("resp_{request_id}"),
         created_at: generate::unix_now(),

@@ -254,6 +254,7 @@ mod tests {
             sampling: Sampling::default(),
             logprobs: None,
             response_format: Default::default(),
+            raw_prompt: false,
             parallel_tool_calls: None,
         };
         let hidden = TextDigest::of_prompt(&request, false);

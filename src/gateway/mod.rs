@@ -273,6 +273,7 @@ impl Gateway {
             stream,
             agent: &context.principal.agent_id,
             wants_json: request.wants_json(),
+            raw_prompt: request.raw_prompt,
         };
         let planned = plan::plan(asked, &table, &self.local.models(), &history.risk)
             .map_err(GatewayError::from)?;

@@ -46,6 +46,9 @@ pub enum PlanError {
     /// It asks for a JSON answer and nothing that would serve it can promise one.
     #[error("{0}")]
     JsonNotPromised(String),
+    /// Only the local model can serve it (a raw prompt), and it may not.
+    #[error("{0}")]
+    LocalOnly(String),
 }
 
 /// What the plan is made from.
@@ -59,6 +62,9 @@ pub struct Request<'a> {
     /// The answer must be JSON (`response_format`): the local engine holds its output
     /// to it, and only a provider whose API does too may be escalated to.
     pub wants_json: bool,
+    /// The prompt is raw text for the local model to continue (`/v1/completions`): no
+    /// provider takes it, so nothing escalates.
+    pub raw_prompt: bool,
 }
 
 /// Plans `request` under `table`, given the local model's `local_models` and the
@@ -69,6 +75,9 @@ pub fn plan(
     local_models: &[String],
     risk: &Risk,
 ) -> Result<Plan, PlanError> {
+    if request.raw_prompt {
+        return plan_raw_prompt(request, table, local_models, risk);
+    }
     if request.model != AUTO_MODEL {
         if local_models.iter().any(|name| name == request.model) {
             return Ok(Plan {
@@ -139,6 +148,47 @@ pub fn plan(
     })
 }
 
+/// A raw prompt goes to the local model or nowhere.
+fn plan_raw_prompt(
+    request: Request<'_>,
+    table: &RoutingTable,
+    local_models: &[String],
+    risk: &Risk,
+) -> Result<Plan, PlanError> {
+    let named_local = local_models.iter().any(|name| name == request.model);
+    if request.model != AUTO_MODEL && !named_local {
+        if table.targets_for(request.model).is_empty() {
+            return Err(PlanError::ModelNotFound(request.model.to_string()));
+        }
+        return Err(PlanError::LocalOnly(format!(
+            "`{}` is an external provider's model, and text completions are served by the \
+             local model only (`{}`); use /v1/chat/completions for external models",
+            request.model,
+            local_models.join("`, `")
+        )));
+    }
+    let ceiling = table
+        .routing
+        .thresholds_for(request.agent)
+        .local_risk_ceiling;
+    if risk.score > ceiling {
+        return Err(PlanError::LocalOnly(format!(
+            "the request's risk ({}) is above the local model's ceiling ({ceiling}), and a \
+             text completion cannot be escalated; use /v1/chat/completions",
+            risk.score
+        )));
+    }
+    Ok(Plan {
+        route: Route::Local,
+        reasons: vec![if named_local {
+            Reason::NamedModel
+        } else {
+            Reason::RawPrompt
+        }],
+        steps: Steps::Local,
+    })
+}
+
 /// The targets whose provider can promise a JSON answer, in order; `None` if none can.
 fn promising_json(mut targets: Vec<Target>) -> Option<Vec<Target>> {
     targets.retain(|target| target.provider.constrains_json());
@@ -163,7 +213,34 @@ mod tests {
             stream,
             agent: "a",
             wants_json: false,
+            raw_prompt: false,
         }
+    }
+
+    #[test]
+    fn a_raw_prompt_stays_local_or_is_refused() {
+        let raw = |model| Request {
+            raw_prompt: true,
+            ..ask(model, false)
+        };
+        let table = table("  escalation_models: [big]\n");
+        let auto = plan(raw(AUTO_MODEL), &table, &local_models(), &risk(0)).unwrap();
+        assert!(matches!(auto.steps, Steps::Local));
+        assert_eq!(auto.reasons, [Reason::RawPrompt]);
+        let named = plan(raw("small"), &table, &local_models(), &risk(0)).unwrap();
+        assert_eq!(named.reasons, [Reason::NamedModel]);
+        assert!(matches!(
+            plan(raw("big"), &table, &local_models(), &risk(0)),
+            Err(PlanError::LocalOnly(_))
+        ));
+        assert!(matches!(
+            plan(raw("nothing"), &table, &local_models(), &risk(0)),
+            Err(PlanError::ModelNotFound(_))
+        ));
+        assert!(matches!(
+            plan(raw(AUTO_MODEL), &table, &local_models(), &risk(100)),
+            Err(PlanError::LocalOnly(_))
+        ));
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub enum Reason {
     /// The answer must follow a schema (a tool's, or `response_format`'s) that the
     /// local model's grammar engine cannot compile.
     StructuredOutput,
+    /// A raw prompt (`/v1/completions`): only the local model continues one.
+    RawPrompt,
 }
 
 impl Reason {
@@ -94,6 +96,7 @@ impl Reason {
             Reason::NoEscalationTarget => "no_escalation_target",
             Reason::GenerationDeadline => "generation_deadline",
             Reason::StructuredOutput => "structured_output",
+            Reason::RawPrompt => "raw_prompt",
         }
     }
 }

@@ -1,6 +1,7 @@
 """Drives warden with the official OpenAI Python SDK: the model list, one model, a
-plain and a streamed chat, and forced tool calls (required and named) at the default
-temperature, twenty of each, every one well formed.
+plain and a streamed chat, forced tool calls (required and named) at the default
+temperature, twenty of each, every one well formed, and a text completion, plain and
+streamed.
 
 Usage: openai_chat.py BASE_URL API_KEY. Exits non-zero (with the reason) on any
 mismatch, so the Rust test that runs it fails.
@@ -78,6 +79,23 @@ def main() -> None:
             assert call.function.name == "get_weather", call
             arguments = json.loads(call.function.arguments)
             assert list(arguments) == ["city"] and isinstance(arguments["city"], str), arguments
+
+    counting = "1, 2, 3, 4, 5,"
+    completion = client.completions.create(
+        model="auto", prompt=counting, max_tokens=4, temperature=0, logprobs=1
+    )
+    text = completion.choices[0].text
+    assert text.strip().startswith("6"), text
+    assert completion.choices[0].logprobs.tokens, completion
+    assert "".join(completion.choices[0].logprobs.tokens) == text, completion
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in client.completions.create(
+            model="auto", prompt=counting, max_tokens=4, temperature=0, stream=True
+        )
+        if chunk.choices
+    )
+    assert streamed == text, (streamed, text)
 
     print("ok", answer)
 

@@ -129,6 +129,7 @@ pub fn parse(
             sampling,
             logprobs,
             response_format,
+            raw_prompt: false,
         },
         stream: wire.stream,
         include_usage: wire.stream_options.is_some_and(|o| o.include_usage),

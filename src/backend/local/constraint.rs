@@ -488,6 +488,7 @@ mod tests {
             sampling: Sampling::default(),
             logprobs: None,
             response_format: format,
+            raw_prompt: false,
         }
     }
 

@@ -27,6 +27,13 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// The prompt text, up to where the model's answer begins.
     pub fn render(&self, request: &ChatRequest) -> String {
+        if request.raw_prompt {
+            return request
+                .messages
+                .iter()
+                .map(|message| message.content.as_str())
+                .collect();
+        }
         match self.kind {
             TemplateKind::Chatml => self.render_chatml(request),
         }
@@ -192,6 +199,7 @@ mod tests {
             sampling: Sampling::default(),
             logprobs: None,
             response_format: Default::default(),
+            raw_prompt: false,
             parallel_tool_calls: None,
         }
     }
@@ -223,6 +231,17 @@ mod tests {
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
              <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn a_raw_prompt_is_the_model_input_as_written() {
+        let mut raw = request(
+            vec![Message::text(Role::User, "The capital of France is")],
+            vec![weather_tool()],
+            ToolChoice::Auto,
+        );
+        raw.raw_prompt = true;
+        assert_eq!(template().render(&raw), "The capital of France is");
     }
 
     #[test]

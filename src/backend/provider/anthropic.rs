@@ -365,6 +365,7 @@ mod tests {
             },
             logprobs: None,
             response_format: Default::default(),
+            raw_prompt: false,
             parallel_tool_calls: None,
         };
         let body = Anthropic.body(&request, "claude-upstream", 1024);
