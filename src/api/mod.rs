@@ -7,6 +7,7 @@ mod audit;
 mod chat;
 mod completions;
 mod cpu;
+mod embeddings;
 pub mod error;
 mod extract;
 mod generate;
@@ -75,6 +76,7 @@ pub fn build_app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::create))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",

@@ -750,6 +750,15 @@ agents:
             "routing.escalation_models[0]"
         );
         assert_eq!(
+            invalid_key("providers:\n  - {name: p, kind: anthropic, base_url: http://h, models: [{name: e, kind: embedding}]}\n"),
+            "providers[0].models[0].kind"
+        );
+        // An embedding model answers no chat, so it cannot be escalated to.
+        assert_eq!(
+            invalid_key("providers:\n  - {name: p, kind: openai, base_url: http://h, models: [{name: e, kind: embedding}]}\nrouting:\n  escalation_models: [e]\n"),
+            "routing.escalation_models[0]"
+        );
+        assert_eq!(
             with("routing:\n  agents:\n    ghost: {min_mean_logprob: -1}\n"),
             "routing.agents.ghost."
         );

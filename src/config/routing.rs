@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Invalid;
 use crate::backend::provider::config::{
-    BreakerConfig, ProviderConfig, ProviderKind, ProviderModel, DEFAULT_ANTHROPIC_MAX_TOKENS,
-    DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_MAX_MS, DEFAULT_BREAKER_CONSECUTIVE_FAILURES,
-    DEFAULT_BREAKER_ERROR_RATE, DEFAULT_BREAKER_MIN_REQUESTS, DEFAULT_BREAKER_OPEN_MS,
-    DEFAULT_BREAKER_WINDOW, DEFAULT_PROVIDER_MAX_CONCURRENCY, DEFAULT_PROVIDER_RETRIES,
-    DEFAULT_PROVIDER_TIMEOUT_MS,
+    BreakerConfig, ModelKind, ProviderConfig, ProviderKind, ProviderModel,
+    DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_MAX_MS,
+    DEFAULT_BREAKER_CONSECUTIVE_FAILURES, DEFAULT_BREAKER_ERROR_RATE, DEFAULT_BREAKER_MIN_REQUESTS,
+    DEFAULT_BREAKER_OPEN_MS, DEFAULT_BREAKER_WINDOW, DEFAULT_PROVIDER_MAX_CONCURRENCY,
+    DEFAULT_PROVIDER_RETRIES, DEFAULT_PROVIDER_TIMEOUT_MS,
 };
 use crate::cost::ModelPrice;
 
@@ -51,6 +51,9 @@ pub struct RawProviderModel {
     /// The name clients use (and the upstream's, unless `upstream` says otherwise).
     pub name: String,
     pub upstream: Option<String>,
+    /// `chat` (the default) or `embedding` (served on `/v1/embeddings` only).
+    #[serde(default, skip_serializing_if = "ModelKind::is_chat")]
+    pub kind: ModelKind,
     #[serde(
         default,
         deserialize_with = "crate::cost::optional_money",
@@ -184,9 +187,16 @@ pub fn validate_providers(raw: Vec<RawProvider>) -> Result<Vec<ProviderConfig>, 
                             format!("`{}` is empty or listed twice", model.name),
                         ));
                     }
+                    if model.kind == ModelKind::Embedding && provider.kind != ProviderKind::Openai {
+                        return Err((
+                            key(&format!("models[{m}].kind")),
+                            "only OpenAI-compatible providers serve embeddings".into(),
+                        ));
+                    }
                     Ok(ProviderModel {
                         name: model.name.clone(),
                         upstream: model.upstream.clone().unwrap_or_else(|| model.name.clone()),
+                        kind: model.kind,
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

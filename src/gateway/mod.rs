@@ -13,6 +13,7 @@
 //! alone: a saturated provider is a failover signal for the chain, and queueing for it
 //! in the governor as well would make a request wait twice.
 
+mod embed;
 mod history;
 pub mod operator;
 mod pipeline;
@@ -516,44 +517,60 @@ impl Gateway {
         history: &mut RouteHistory,
         permit: &mut Permit,
     ) -> Result<(Target, EventStream), GatewayError> {
+        let ranks_at = permit.ranks_at().into_std();
+        self.try_providers(targets, history, permit, |target| {
+            let mut attempt = request.clone();
+            attempt.model = target.model.clone();
+            let provider = target.provider.clone();
+            async move {
+                match provider.generate(attempt, ranks_at).await {
+                    Ok(events) if stream => Ok(events),
+                    Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
+                    Err(error) => Err(error),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Tries `call` on each of `targets` in order, moving `permit` to each provider,
+    /// until one answers; every failure is on `history`. When all fail, the error says
+    /// whether coming back later can help.
+    async fn try_providers<T, F, Fut>(
+        &self,
+        targets: &[Target],
+        history: &mut RouteHistory,
+        permit: &mut Permit,
+        mut call: F,
+    ) -> Result<(Target, T), GatewayError>
+    where
+        F: FnMut(&Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
         let mut retry_after = None;
         let mut only_refusals = true;
         for target in targets {
             let started = Instant::now();
             let provider_name = target.provider.config().name.clone();
             permit.move_to(&provider_name)?;
-            let mut attempt = request.clone();
-            attempt.model = target.model.clone();
             let span = tracing::info_span!(
                 "provider_attempt",
                 provider = %provider_name,
                 model = %target.model,
                 failed = tracing::field::Empty,
             );
-            let outcome = async {
-                match target
-                    .provider
-                    .generate(attempt, permit.ranks_at().into_std())
-                    .await
-                {
-                    Ok(events) if stream => Ok(events),
-                    Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
-                    Err(error) => Err(error),
-                }
-            }
-            .instrument(span.clone())
-            .await;
+            let outcome = call(target).instrument(span.clone()).await;
             if let Err(error) = &outcome {
                 span.record("failed", tracing::field::display(error));
             }
             match outcome {
-                Ok(events) => {
+                Ok(answer) => {
                     if history.attempts.iter().any(|a| {
                         a.outcome == AttemptOutcome::Failed || a.outcome == AttemptOutcome::Skipped
                     }) {
                         history.reason(Reason::ProviderFailover);
                     }
-                    return Ok((target.clone(), events));
+                    return Ok((target.clone(), answer));
                 }
                 Err(error) => {
                     tracing::warn!(provider = %provider_name, %error, "provider failed");

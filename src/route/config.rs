@@ -121,7 +121,7 @@ pub fn validate_routing(
         if !providers.iter().any(|provider| provider.serves(model)) {
             return Err((
                 key(&format!("escalation_models[{index}]")),
-                format!("no provider serves `{model}`"),
+                format!("no provider serves `{model}` as a chat model"),
             ));
         }
     }

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::config::{validate_routing, RawRouting, RoutingConfig};
-use crate::backend::provider::config::ProviderConfig;
+use crate::backend::provider::config::{ModelKind, ProviderConfig};
 use crate::backend::provider::Provider;
 use crate::cost::{Metered, PriceTable};
 
@@ -115,6 +115,18 @@ impl RoutingTable {
         self.providers
             .iter()
             .filter(|provider| provider.serves(model))
+            .map(|provider| Target {
+                provider: provider.clone(),
+                model: model.to_string(),
+            })
+            .collect()
+    }
+
+    /// Every provider that serves `model` as an embedding model, in configured order.
+    pub fn embedding_targets(&self, model: &str) -> Vec<Target> {
+        self.providers
+            .iter()
+            .filter(|provider| provider.config().serves_as(model, ModelKind::Embedding))
             .map(|provider| Target {
                 provider: provider.clone(),
                 model: model.to_string(),

@@ -87,6 +87,7 @@ impl MockUpstream {
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
             .route("/v1/messages", post(anthropic))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -154,6 +155,31 @@ async fn anthropic(
     let asked = asked_delay(&body);
     let behaviour = next(&inner, "/v1/messages", headers, body);
     respond(behaviour, asked, anthropic_stream).await
+}
+
+/// An `Answer` behaviour gives one short vector per input (the `i`th starting with
+/// `i`), three tokens each; any other behaviour is played as for chat.
+async fn embeddings(
+    State(inner): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let inputs = match &body["input"] {
+        Value::Array(items) if !items.iter().all(Value::is_number) => items.len(),
+        _ => 1,
+    };
+    let model = body["model"].clone();
+    let behaviour = next(&inner, "/v1/embeddings", headers, body);
+    if !matches!(behaviour, Behaviour::Answer { .. }) {
+        return respond(behaviour, None, |_, _| String::new()).await;
+    }
+    let data: Vec<Value> = (0..inputs)
+        .map(|index| json!({"object": "embedding", "index": index, "embedding": [index as f64, 0.5, -0.25]}))
+        .collect();
+    let tokens = 3 * inputs;
+    Json(json!({"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response()
 }
 
 /// Sleeps `wait` to within the OS timer's slack. tokio's timer rounds deadlines up to

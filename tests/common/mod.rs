@@ -194,6 +194,7 @@ pub fn priced(model: &str, input: i64, output: i64) -> RawProviderModel {
     RawProviderModel {
         name: model.into(),
         upstream: None,
+        kind: Default::default(),
         input_per_million: Some(input.into()),
         output_per_million: Some(output.into()),
         cached_input_per_million: None,

@@ -39,8 +39,7 @@ pub struct CompletionRequest {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub logprobs: Option<u32>,
-    #[serde(default)]
-    pub echo: bool,
+    pub echo: Option<bool>,
     pub stop: Option<StopSequences>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
@@ -76,6 +75,7 @@ pub fn parse(
     agent: &str,
 ) -> Result<(ParsedRequest, CompletionParts), GatewayError> {
     let prompt = prompt(wire.prompt)?;
+    let echo = wire.echo.unwrap_or(false);
     if wire
         .suffix
         .as_deref()
@@ -98,7 +98,7 @@ pub fn parse(
             format!("`logprobs` must be at most {MAX_LOGPROBS}, got {logprobs}"),
         ));
     }
-    if wire.echo && wire.logprobs.is_some() {
+    if echo && wire.logprobs.is_some() {
         return Err(GatewayError::invalid(
             "echo",
             "`echo` with `logprobs` is not supported: the prompt's own tokens are not scored",
@@ -142,7 +142,7 @@ pub fn parse(
     let sampling = &mut parsed.chat.sampling;
     sampling.max_tokens = Some(sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
     let parts = CompletionParts {
-        echo: wire.echo.then_some(prompt),
+        echo: echo.then_some(prompt),
         logprobs: wire.logprobs.is_some(),
     };
     Ok((parsed, parts))

@@ -2,6 +2,7 @@
 //! conversion of results back.
 
 pub mod completions;
+pub mod embeddings;
 pub mod request;
 pub mod response;
 pub mod responses;

@@ -44,8 +44,16 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// Whether it serves `model` for chat.
     pub fn serves(&self, model: &str) -> bool {
-        self.models.iter().any(|m| m.name == model)
+        self.serves_as(model, ModelKind::Chat)
+    }
+
+    /// Whether it serves `model` as `kind`.
+    pub fn serves_as(&self, model: &str, kind: ModelKind) -> bool {
+        self.models
+            .iter()
+            .any(|m| m.name == model && m.kind == kind)
     }
 }
 
@@ -53,6 +61,24 @@ impl ProviderConfig {
 pub struct ProviderModel {
     pub name: String,
     pub upstream: String,
+    pub kind: ModelKind,
+}
+
+/// What a provider's model is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Chat completions (and the Responses API, served as chat).
+    #[default]
+    Chat,
+    /// `/v1/embeddings`: vectors for input texts.
+    Embedding,
+}
+
+impl ModelKind {
+    pub fn is_chat(&self) -> bool {
+        *self == ModelKind::Chat
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

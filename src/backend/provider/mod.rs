@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
+use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::breaker::{BreakerState, CircuitBreaker};
@@ -39,6 +40,8 @@ pub struct Provider {
     config: ProviderConfig,
     /// Parsed once: reqwest would otherwise parse the URL text on every request.
     endpoint: reqwest::Url,
+    /// `/embeddings` beside it, for an OpenAI-compatible provider.
+    embeddings_endpoint: Option<reqwest::Url>,
     api_key: Option<String>,
     http: reqwest::Client,
     dialect: Box<dyn Dialect>,
@@ -71,8 +74,16 @@ impl Provider {
         };
         let endpoint = reqwest::Url::parse(&format!("{}{}", config.base_url, dialect.path()))
             .map_err(|e| unavailable(&e))?;
+        let embeddings_endpoint = match config.kind {
+            ProviderKind::Openai => Some(
+                reqwest::Url::parse(&format!("{}/embeddings", config.base_url))
+                    .map_err(|e| unavailable(&e))?,
+            ),
+            ProviderKind::Anthropic => None,
+        };
         Ok(Self {
             endpoint,
+            embeddings_endpoint,
             breaker: Arc::new(CircuitBreaker::new(config.breaker.clone())),
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             api_key,
@@ -106,15 +117,8 @@ impl Provider {
         }
     }
 
-    async fn send(
-        &self,
-        request: &ChatRequest,
-        upstream_model: &str,
-    ) -> Result<reqwest::Response, Failure> {
-        let body = self
-            .dialect
-            .body(request, upstream_model, self.config.default_max_tokens);
-        let mut builder = self.http.post(self.endpoint.clone()).json(&body);
+    async fn send(&self, url: &reqwest::Url, body: &Value) -> Result<reqwest::Response, Failure> {
+        let mut builder = self.http.post(url.clone()).json(body);
         for (name, value) in self.dialect.headers(self.api_key.as_deref()) {
             builder = builder.header(name, value);
         }
@@ -149,6 +153,120 @@ impl Provider {
             retryable: status_is_retryable(status.as_u16()),
             retry_after,
         })
+    }
+
+    /// Posts `body` to `url` until it is answered 2xx, retrying what may pass, through
+    /// the concurrency limit and the circuit breaker. The slot and the breaker's permit
+    /// stay with the answer: whoever reads it says how it ended.
+    async fn call(&self, url: &reqwest::Url, body: &Value) -> Result<Called, BackendError> {
+        let started = Instant::now();
+        let provider = self.config.name.clone();
+        let mut attempt = 0;
+        loop {
+            // A full provider is a reason to fail over, not to wait: the chain's next
+            // target may answer now. The slot first, so a half-open breaker's probe is
+            // never spent on a call that is not made.
+            let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+                BackendError::ProviderSaturated {
+                    provider: provider.clone(),
+                    slots: self.config.max_concurrency,
+                }
+            })?;
+            let permit =
+                self.breaker
+                    .try_acquire()
+                    .map_err(|rejected| BackendError::CircuitOpen {
+                        provider: provider.clone(),
+                        retry_in: rejected.retry_in,
+                    })?;
+            let queue_ms = ms_since(started);
+            match self.send(url, body).await {
+                Ok(response) => {
+                    return Ok(Called {
+                        response,
+                        permit,
+                        slot,
+                        started,
+                        queue_ms,
+                    })
+                }
+                Err(failure) => {
+                    drop(slot);
+                    if failure.counts_against_provider() {
+                        permit.failure();
+                    }
+                    let attempts_left = attempt < self.config.retries;
+                    match self.backoff().decide(
+                        attempt,
+                        attempts_left,
+                        failure.retryable,
+                        failure.retry_after,
+                    ) {
+                        RetryDecision::RetryAfter(wait) => {
+                            tracing::warn!(%provider, attempt, ?wait, error = %failure.message, "retrying");
+                            tokio::time::sleep(wait).await;
+                            attempt += 1;
+                        }
+                        RetryDecision::GiveUp => {
+                            return Err(BackendError::Upstream {
+                                provider,
+                                status: failure.status,
+                                message: failure.message,
+                                retryable: failure.retryable,
+                                retry_after: failure.retry_after,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Vectors for `input` from the embedding model `model`, with the client's
+    /// `options` (`encoding_format`, `dimensions`, `user`) passed on as sent.
+    pub async fn embed(
+        &self,
+        model: &str,
+        input: &Value,
+        options: &serde_json::Map<String, Value>,
+    ) -> Result<Embeddings, BackendError> {
+        let provider = self.config.name.clone();
+        let url = self.embeddings_endpoint.as_ref().ok_or_else(|| {
+            BackendError::Generation(format!("{provider} does not serve embeddings"))
+        })?;
+        let mut body = options.clone();
+        body.insert("model".into(), self.upstream_model(model)?.into());
+        body.insert("input".into(), input.clone());
+        let called = self.call(url, &Value::Object(body)).await?;
+        let read = tokio::time::timeout(self.config.timeout, called.response.bytes()).await;
+        let answer = match read {
+            Ok(Ok(bytes)) => serde_json::from_slice::<EmbeddingsAnswer>(&bytes)
+                .map_err(|error| format!("the answer is not a list of embeddings: {error}")),
+            Ok(Err(error)) => Err(format!("reading the answer: {error}")),
+            Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
+        };
+        drop(called.slot);
+        match answer {
+            Ok(answer) => {
+                called.permit.success();
+                Ok(Embeddings {
+                    data: answer.data,
+                    prompt_tokens: answer.usage.map_or(0, |usage| usage.prompt_tokens),
+                    queue_ms: called.queue_ms,
+                    latency_ms: ms_since(called.started),
+                })
+            }
+            Err(message) => {
+                called.permit.failure();
+                Err(BackendError::Upstream {
+                    provider,
+                    status: None,
+                    message,
+                    retryable: true,
+                    retry_after: None,
+                })
+            }
+        }
     }
 
     fn upstream_model(&self, model: &str) -> Result<&str, BackendError> {
@@ -204,71 +322,50 @@ impl Backend for Provider {
         request: ChatRequest,
         _ranks_at: Instant,
     ) -> Result<EventStream, BackendError> {
-        let started = Instant::now();
-        let upstream_model = self.upstream_model(&request.model)?.to_string();
-        let provider = self.config.name.clone();
-        let mut attempt = 0;
-        loop {
-            // A full provider is a reason to fail over, not to wait: the chain's next
-            // target may answer now. The slot first, so a half-open breaker's probe is
-            // never spent on a call that is not made.
-            let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-                BackendError::ProviderSaturated {
-                    provider: provider.clone(),
-                    slots: self.config.max_concurrency,
-                }
-            })?;
-            let permit =
-                self.breaker
-                    .try_acquire()
-                    .map_err(|rejected| BackendError::CircuitOpen {
-                        provider: provider.clone(),
-                        retry_in: rejected.retry_in,
-                    })?;
-            let queue_ms = ms_since(started);
-            match self.send(&request, &upstream_model).await {
-                Ok(response) => {
-                    let stream = Streaming {
-                        provider,
-                        model: request.model.clone(),
-                        decoder: self.dialect.decoder(&request),
-                        idle_timeout: self.config.timeout,
-                        started,
-                        queue_ms,
-                    };
-                    return Ok(stream.read(response, permit, slot));
-                }
-                Err(failure) => {
-                    drop(slot);
-                    if failure.counts_against_provider() {
-                        permit.failure();
-                    }
-                    let attempts_left = attempt < self.config.retries;
-                    match self.backoff().decide(
-                        attempt,
-                        attempts_left,
-                        failure.retryable,
-                        failure.retry_after,
-                    ) {
-                        RetryDecision::RetryAfter(wait) => {
-                            tracing::warn!(%provider, attempt, ?wait, error = %failure.message, "retrying");
-                            tokio::time::sleep(wait).await;
-                            attempt += 1;
-                        }
-                        RetryDecision::GiveUp => {
-                            return Err(BackendError::Upstream {
-                                provider,
-                                status: failure.status,
-                                message: failure.message,
-                                retryable: failure.retryable,
-                                retry_after: failure.retry_after,
-                            })
-                        }
-                    }
-                }
-            }
-        }
+        let upstream_model = self.upstream_model(&request.model)?;
+        let body = self
+            .dialect
+            .body(&request, upstream_model, self.config.default_max_tokens);
+        let called = self.call(&self.endpoint, &body).await?;
+        let stream = Streaming {
+            provider: self.config.name.clone(),
+            model: request.model.clone(),
+            decoder: self.dialect.decoder(&request),
+            idle_timeout: self.config.timeout,
+            started: called.started,
+            queue_ms: called.queue_ms,
+        };
+        Ok(stream.read(called.response, called.permit, called.slot))
     }
+}
+
+/// A request the provider answered 2xx, with what it holds until the answer is read.
+struct Called {
+    response: reqwest::Response,
+    permit: breaker::Permit,
+    slot: OwnedSemaphorePermit,
+    started: Instant,
+    queue_ms: f64,
+}
+
+/// An embedding model's answer: the vectors as the provider wrote them (floats or
+/// base64, as asked), and what it counted.
+pub struct Embeddings {
+    pub data: Vec<Value>,
+    pub prompt_tokens: u32,
+    pub queue_ms: f64,
+    pub latency_ms: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingsAnswer {
+    data: Vec<Value>,
+    usage: Option<EmbeddingsUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingsUsage {
+    prompt_tokens: u32,
 }
 
 /// One upstream answer, read as the caller polls for it: no task of its own and no
