@@ -1,13 +1,15 @@
 //! `/v1/embeddings` over HTTP against the mock upstream: vectors come back from the
 //! provider's embedding model as it wrote them, priced and on the audit record; a
-//! provider that refuses is failed over; chat and embedding models are not confused;
-//! bad input is refused naming its field, before any provider is called.
+//! provider that refuses is failed over; their cost counts against the agent's spend
+//! cap; chat and embedding models are not confused; bad input is refused naming its
+//! field, before any provider is called.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::mock_upstream::{Behaviour, MockUpstream};
 use common::{TestServer, KEY_A};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use warden::backend::provider::config::{ModelKind, ProviderKind};
 use warden::config::routing::{RawProvider, RawProviderModel};
@@ -116,4 +118,25 @@ async fn chat_and_embedding_models_are_not_confused_and_bad_input_is_named() {
         .await;
     assert_eq!(status, 404, "an embedding model answers no chat: {error}");
     assert!(mock.received().is_empty(), "nothing reached the provider");
+}
+
+#[tokio::test]
+async fn embeddings_spend_counts_against_the_agents_cap() {
+    let mock = MockUpstream::start().await;
+    // One input costs 3 tokens at a dollar per million: the first request spends past
+    // the cap, the next is refused before any provider is called.
+    let cap: Decimal = "0.000001".parse().unwrap();
+    let server = TestServer::builder()
+        .provider(provider("mock", &mock))
+        .agent("agent-a", |agent| agent.daily_spend_usd = Some(cap))
+        .start()
+        .await;
+    let request = json!({"model": "embed-small", "input": "a cat"});
+    assert_eq!(embed(&server, request.clone()).await.0, 200);
+    let (status, error) = embed(&server, request).await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(error["error"]["code"], "budget_exceeded");
+    assert_eq!(mock.received().len(), 1);
+    let records = warden::audit::query::read_all(&server.audit_dir).unwrap();
+    assert_eq!(records.len(), 2, "the refusal is on the record too");
 }

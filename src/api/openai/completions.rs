@@ -75,7 +75,7 @@ pub fn parse(
     agent: &str,
 ) -> Result<(ParsedRequest, CompletionParts), GatewayError> {
     let prompt = prompt(wire.prompt)?;
-    let echo = wire.echo.unwrap_or(false);
+    let echo = wire.echo.unwrap_or(false).then(|| prompt.clone());
     if wire
         .suffix
         .as_deref()
@@ -98,7 +98,7 @@ pub fn parse(
             format!("`logprobs` must be at most {MAX_LOGPROBS}, got {logprobs}"),
         ));
     }
-    if echo && wire.logprobs.is_some() {
+    if echo.is_some() && wire.logprobs.is_some() {
         return Err(GatewayError::invalid(
             "echo",
             "`echo` with `logprobs` is not supported: the prompt's own tokens are not scored",
@@ -108,7 +108,7 @@ pub fn parse(
         model: wire.model,
         messages: vec![RequestMessage {
             role: "user".into(),
-            content: Some(MessageContent::Text(prompt.clone())),
+            content: Some(MessageContent::Text(prompt)),
             name: None,
             tool_calls: None,
             tool_call_id: None,
@@ -142,7 +142,7 @@ pub fn parse(
     let sampling = &mut parsed.chat.sampling;
     sampling.max_tokens = Some(sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
     let parts = CompletionParts {
-        echo: echo.then_some(prompt),
+        echo,
         logprobs: wire.logprobs.is_some(),
     };
     Ok((parsed, parts))
@@ -237,10 +237,10 @@ pub struct TextLogprobs {
 /// Identity shared by every chunk (and the whole answer) of one completion, and where
 /// the text has reached, for the token offsets.
 pub struct TextCompletionWriter {
-    pub id: String,
-    pub created: u64,
-    pub model: String,
-    pub logprobs: bool,
+    id: String,
+    created: u64,
+    model: String,
+    logprobs: bool,
     /// Characters of generated text scored so far: the next token's offset. (An echoed
     /// prompt is never scored: `echo` with `logprobs` is refused.)
     written: usize,

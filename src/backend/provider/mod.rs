@@ -117,7 +117,11 @@ impl Provider {
         }
     }
 
-    async fn send(&self, url: &reqwest::Url, body: &Value) -> Result<reqwest::Response, Failure> {
+    async fn send(
+        &self,
+        url: &reqwest::Url,
+        body: &(impl serde::Serialize + Sync),
+    ) -> Result<reqwest::Response, Failure> {
         let mut builder = self.http.post(url.clone()).json(body);
         for (name, value) in self.dialect.headers(self.api_key.as_deref()) {
             builder = builder.header(name, value);
@@ -158,7 +162,11 @@ impl Provider {
     /// Posts `body` to `url` until it is answered 2xx, retrying what may pass, through
     /// the concurrency limit and the circuit breaker. The slot and the breaker's permit
     /// stay with the answer: whoever reads it says how it ended.
-    async fn call(&self, url: &reqwest::Url, body: &Value) -> Result<Called, BackendError> {
+    async fn call(
+        &self,
+        url: &reqwest::Url,
+        body: &(impl serde::Serialize + Sync),
+    ) -> Result<Called, BackendError> {
         let started = Instant::now();
         let provider = self.config.name.clone();
         let mut attempt = 0;
@@ -234,10 +242,14 @@ impl Provider {
         let url = self.embeddings_endpoint.as_ref().ok_or_else(|| {
             BackendError::Generation(format!("{provider} does not serve embeddings"))
         })?;
-        let mut body = options.clone();
-        body.insert("model".into(), self.upstream_model(model)?.into());
-        body.insert("input".into(), input.clone());
-        let called = self.call(url, &Value::Object(body)).await?;
+        // Borrowed, not copied: a request may carry thousands of inputs, and each
+        // retry sends them again.
+        let body = EmbeddingsBody {
+            model: self.upstream_model(model)?,
+            input,
+            options,
+        };
+        let called = self.call(url, &body).await?;
         let read = tokio::time::timeout(self.config.timeout, called.response.bytes()).await;
         let answer = match read {
             Ok(Ok(bytes)) => serde_json::from_slice::<EmbeddingsAnswer>(&bytes)
@@ -355,6 +367,14 @@ pub struct Embeddings {
     pub prompt_tokens: u32,
     pub queue_ms: f64,
     pub latency_ms: f64,
+}
+
+#[derive(serde::Serialize)]
+struct EmbeddingsBody<'a> {
+    model: &'a str,
+    input: &'a Value,
+    #[serde(flatten)]
+    options: &'a serde_json::Map<String, Value>,
 }
 
 #[derive(serde::Deserialize)]
