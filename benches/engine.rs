@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
 use warden::backend::local::llama::kv_cache::KvCache;
-use warden::backend::local::llama::{Llama, SequenceInput, Workspace};
+use warden::backend::local::llama::{Llama, Output, SequenceInput, Workspace};
 use warden::backend::local::LocalBackend;
 use warden::backend::{collect, Backend};
 use warden::chat::{ChatRequest, Message, ResponseFormat, Role, Sampling};
@@ -200,7 +200,7 @@ fn single_stream(file: &Path) -> (Rate, Rate) {
             tokens: &prompt,
             position: 0,
             table: &table,
-            logits: true,
+            output: Output::Logits,
         };
         model.forward(&[input], &mut cache, &mut work).unwrap();
         let prefill_rate = PROMPT_TOKENS as f64 / started.elapsed().as_secs_f64();
@@ -214,10 +214,10 @@ fn single_stream(file: &Path) -> (Rate, Rate) {
                 tokens: &[token],
                 position,
                 table: &table,
-                logits: true,
+                output: Output::Logits,
             };
-            let logits = model.forward(&[input], &mut cache, &mut work).unwrap();
-            token = argmax(logits);
+            let outputs = model.forward(&[input], &mut cache, &mut work).unwrap();
+            token = argmax(outputs.logits);
         }
         let decode_rate = DECODE_TOKENS as f64 / started.elapsed().as_secs_f64();
         cache.release(table);

@@ -377,6 +377,15 @@ pub enum StreamEvent<F> {
 
 pub type GenerationEvent = StreamEvent<GenerationSummary>;
 
+/// One input of an embeddings request: a text, or token ids the client counted with
+/// the model's own tokenizer. Written back as it came (a string or a list of ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
 /// A whole, non-streamed generation or response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collected<F> {

@@ -45,7 +45,8 @@ pub async fn serve(config: Config, file: Config) -> anyhow::Result<()> {
     let backend = Arc::new(
         LocalBackend::loading(model.name(), config.local.slots, config.local.queue_timeout)
             .with_kv_cache_bytes(config.local.kv_cache_bytes)
-            .with_max_generation(config.local.max_generation),
+            .with_max_generation(config.local.max_generation)
+            .with_embedding_pooling(config.local.embedding_pooling),
     );
     let loading = backend.clone();
     let local_config = config.local.clone();

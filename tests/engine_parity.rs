@@ -24,7 +24,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use warden::backend::local::llama::kv_cache::KvCache;
-use warden::backend::local::llama::{Llama, SequenceInput, Workspace};
+use warden::backend::local::llama::{Llama, Output, SequenceInput, Workspace};
 use warden::backend::local::network::Network;
 use warden::backend::local::Engine;
 use warden::chat::{ChatRequest, Message, Role, Sampling, ToolChoice};
@@ -190,11 +190,12 @@ fn our_run(engine: &Engine, prompt: &[u32]) -> Run {
             tokens,
             position,
             table: &table,
-            logits: true,
+            output: Output::Logits,
         };
         llama(engine)
             .forward(&[input], &mut cache, &mut work)
             .unwrap()
+            .logits
             .to_vec()
     };
     run(forward, prompt, None)
@@ -382,7 +383,7 @@ fn batched_and_unbatched_runs_give_the_same_tokens_and_logits() {
                 tokens,
                 position: fed[s],
                 table: &tables[s],
-                logits: true,
+                output: Output::Logits,
             })
             .collect();
         if inputs.is_empty() {
@@ -391,6 +392,7 @@ fn batched_and_unbatched_runs_give_the_same_tokens_and_logits() {
         let logits = llama(&engine)
             .forward(&inputs, &mut cache, &mut work)
             .unwrap()
+            .logits
             .to_vec();
         for ((&s, tokens), logits) in active
             .iter()

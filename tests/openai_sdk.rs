@@ -9,6 +9,7 @@ use common::{
     node_with_openai_sdk, python_with_openai_sdk, repo_path, user, TestServer, KEY_A, KEY_B,
 };
 use serde_json::json;
+use warden::backend::local::Pooling;
 use warden::config::raw::RawRunLimits;
 
 /// Runs the SDK script `tests/sdk/{script}` with `args` in the SDK's virtualenv (made on
@@ -52,8 +53,11 @@ async fn run_script(mut command: tokio::process::Command, script: &str) -> Strin
 }
 
 #[tokio::test]
-async fn the_openai_python_sdk_completes_chats_streams_and_forced_calls() {
-    let server = TestServer::start().await;
+async fn the_openai_python_sdk_completes_chats_streams_forced_calls_and_embeddings() {
+    let server = TestServer::builder()
+        .configure(|config| config.local.embedding_pooling = Some(Pooling::Mean))
+        .start()
+        .await;
     sdk_script("openai_chat.py", &[&server.base, KEY_A]).await;
 }
 

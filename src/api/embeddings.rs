@@ -1,5 +1,5 @@
-//! `POST /v1/embeddings`: vectors from a provider's embedding model, governed, priced
-//! and recorded like a chat.
+//! `POST /v1/embeddings`: vectors from a provider's embedding model or the local
+//! model, governed, priced and recorded like a chat.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -33,18 +33,24 @@ async fn answer(
     _span: Span,
 ) -> Result<Response, ApiError> {
     let parse = Box::new(embeddings::parse_body);
-    let (parsed, EmbeddingParts { input, options }) =
-        generate::read_request(&state, &context, &headers, body, parse).await?;
+    let (
+        parsed,
+        EmbeddingParts {
+            inputs,
+            options,
+            base64,
+        },
+    ) = generate::read_request(&state, &context, &headers, body, parse).await?;
     context.metadata = parsed.metadata;
-    let (started, data) = state
+    let (started, vectors) = state
         .gateway
-        .embed(context, parsed.chat, input, options)
+        .embed(context, parsed.chat, inputs, options)
         .await?;
     let answer = gateway::collect(started.events).await?;
     generate::log_completed(&answer.finished);
     let list = EmbeddingList {
         object: "list",
-        data,
+        data: embeddings::data(vectors, base64),
         model: started.model,
         usage: UsageBody::from(answer.finished.summary.usage).into(),
         warden: answer.finished.report_json,

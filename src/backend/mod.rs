@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 
-use crate::chat::{ChatRequest, Generation, GenerationEvent};
+use crate::chat::{ChatRequest, EmbeddingInput, Generation, GenerationEvent};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, BackendError>> + Send>>;
 
@@ -54,6 +54,10 @@ pub enum BackendError {
     Unavailable(String),
     #[error("generation failed: {0}")]
     Generation(String),
+    /// A request field the backend cannot take as written, found only once the
+    /// backend read it (a token id outside the model's vocabulary).
+    #[error("{message}")]
+    InvalidInput { field: String, message: String },
     /// A schema the request holds the answer to that the local grammar engine cannot
     /// compile.
     #[error(transparent)]
@@ -95,6 +99,34 @@ pub trait Backend: Send + Sync {
         request: ChatRequest,
         ranks_at: Instant,
     ) -> Result<EventStream, BackendError>;
+
+    /// Whether `embed` answers: the backend serves its model as an embedding model too.
+    fn serves_embeddings(&self) -> bool {
+        false
+    }
+
+    /// One vector per input, in order, of `dimensions` values when the client asks
+    /// for a size; waiting in the order of `ranks_at` as `generate` does.
+    async fn embed(
+        &self,
+        _inputs: &[EmbeddingInput],
+        _dimensions: Option<u32>,
+        _ranks_at: Instant,
+    ) -> Result<Embedded, BackendError> {
+        Err(BackendError::Unavailable(format!(
+            "{} serves no embeddings",
+            self.name()
+        )))
+    }
+}
+
+/// A backend's vectors for an embeddings request, with what it counted.
+#[derive(Debug)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: u32,
+    pub queue_ms: f64,
+    pub latency_ms: f64,
 }
 
 /// Drains a backend's events into a whole generation.

@@ -19,7 +19,7 @@ pub use raw::MetricsAccess;
 use raw::{RawAgent, RawConfig, RawLocal};
 
 use crate::audit::AuditConfig;
-pub use crate::backend::local::DeviceSpec;
+pub use crate::backend::local::{DeviceSpec, Pooling};
 pub use crate::backend::provider::config::{ProviderConfig, ProviderKind};
 use crate::cost::PriceTable;
 use crate::route::config::validate_routing;
@@ -127,6 +127,7 @@ pub struct LocalConfig {
     pub max_generation: Duration,
     pub default_max_tokens: u32,
     pub fetch_on_start: bool,
+    pub embedding_pooling: Option<Pooling>,
 }
 
 impl Config {
@@ -175,6 +176,10 @@ impl Config {
             (
                 "local.fetch_on_start",
                 now.fetch_on_start != next.fetch_on_start,
+            ),
+            (
+                "local.embedding_pooling",
+                now.embedding_pooling != next.embedding_pooling,
             ),
         ];
         let sections = [
@@ -572,6 +577,12 @@ fn validate_local(local: RawLocal, base: &Path) -> Result<LocalConfig, Invalid> 
     if local.model.trim().is_empty() {
         return Err(("local.model".into(), "must name a model".into()));
     }
+    if local.embedding_pooling.is_some() && device != DeviceSpec::Cpu {
+        return Err((
+            "local.embedding_pooling".into(),
+            "the local model serves embeddings on the CPU only (`local.device: cpu`)".into(),
+        ));
+    }
     Ok(LocalConfig {
         model: local.model,
         models_dir: base.join(local.models_dir),
@@ -583,6 +594,7 @@ fn validate_local(local: RawLocal, base: &Path) -> Result<LocalConfig, Invalid> 
         max_generation: wait_ms("local.max_generation_ms", local.max_generation_ms)?,
         default_max_tokens: local.default_max_tokens,
         fetch_on_start: local.fetch_on_start,
+        embedding_pooling: local.embedding_pooling,
     })
 }
 
@@ -643,6 +655,14 @@ mod tests {
         assert_eq!(invalid_key("server:\n  listen: nowhere\n"), "server.listen");
         assert_eq!(invalid_key("local:\n  slots: 0\n"), "local.slots");
         assert_eq!(invalid_key("local:\n  device: tpu\n"), "local.device");
+        assert_eq!(
+            invalid_key("local:\n  embedding_pooling: max\n"),
+            "local.embedding_pooling"
+        );
+        assert_eq!(
+            invalid_key("local:\n  device: cuda\n  embedding_pooling: mean\n"),
+            "local.embedding_pooling"
+        );
         assert_eq!(
             invalid_key("local:\n  kv_cache_mib: 0\n"),
             "local.kv_cache_mib"

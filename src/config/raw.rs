@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub use crate::auth::AuthMode;
+use crate::backend::local::Pooling;
 pub use crate::governor::config::{
     DEFAULT_AGING_MS, DEFAULT_GOVERNOR_QUEUE_TIMEOUT_MS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PRIORITY,
     DEFAULT_PRIORITY_CEILING, DEFAULT_QUEUE_CAPACITY,
@@ -365,6 +366,9 @@ pub struct RawLocal {
     /// Fetch the model on start-up when its file is absent.
     #[serde(default = "default_true")]
     pub fetch_on_start: bool,
+    /// `mean` or `last`: the model answers `/v1/embeddings` too, its token states
+    /// pooled this way. Absent: it serves chat only.
+    pub embedding_pooling: Option<Pooling>,
 }
 
 impl Default for RawLocal {
@@ -380,6 +384,7 @@ impl Default for RawLocal {
             max_generation_ms: default_max_generation_ms(),
             default_max_tokens: default_max_tokens(),
             fetch_on_start: true,
+            embedding_pooling: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! in the governor as well would make a request wait twice.
 
 mod embed;
+pub use embed::Vectors;
 mod history;
 pub mod operator;
 mod pipeline;

@@ -170,10 +170,15 @@ async fn embeddings(
     };
     let model = body["model"].clone();
     let behaviour = next(&inner, "/v1/embeddings", headers, body);
-    if !matches!(behaviour, Behaviour::Answer { .. }) {
-        return respond(behaviour, None, |_, _| String::new()).await;
-    }
-    let data: Vec<Value> = (0..inputs)
+    // An answer's text `vectors=N` answers N vectors whatever the inputs: a provider
+    // that miscounts.
+    let vectors = match &behaviour {
+        Behaviour::Answer { content, .. } => content
+            .strip_prefix("vectors=")
+            .map_or(inputs, |count| count.parse().unwrap()),
+        other => return respond(other.clone(), None, |_, _| String::new()).await,
+    };
+    let data: Vec<Value> = (0..vectors)
         .map(|index| json!({"object": "embedding", "index": index, "embedding": [index as f64, 0.5, -0.25]}))
         .collect();
     let tokens = 3 * inputs;

@@ -158,7 +158,8 @@ impl TestServerBuilder {
                 config.local.slots,
                 config.local.queue_timeout,
             )
-            .with_max_generation(config.local.max_generation),
+            .with_max_generation(config.local.max_generation)
+            .with_embedding_pooling(config.local.embedding_pooling),
         );
         local.set_ready(engine());
         let base = serve(&config, local.clone()).await;

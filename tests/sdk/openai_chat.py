@@ -97,6 +97,19 @@ def main() -> None:
     )
     assert streamed == text, (streamed, text)
 
+    # The SDK asks for base64 unless told otherwise, and decodes it.
+    for encoding in [None, "float"]:
+        options = {"encoding_format": encoding} if encoding else {}
+        vectors = client.embeddings.create(
+            model="smollm2-135m-instruct", input=["a cat", "a dog"], **options
+        )
+        assert [item.index for item in vectors.data] == [0, 1], vectors
+        for item in vectors.data:
+            assert len(item.embedding) == 576, len(item.embedding)
+            norm = sum(value * value for value in item.embedding) ** 0.5
+            assert abs(norm - 1) < 1e-3, norm
+        assert vectors.usage.prompt_tokens > 0, vectors.usage
+
     print("ok", answer)
 
 

@@ -12,6 +12,7 @@
 //!     h = rms_norm(x) * ffn_norm
 //!     x += (silu(h · Wgate) * (h · Wup)) · Wdown    one product for gate and up
 //! logits = rms_norm(x) * output_norm · Woutput     only for rows that are sampled
+//! hidden = rms_norm(x) * output_norm                for rows whose states are pooled
 //! ```
 //!
 //! Weights stay in the file's quantized formats (see `matmul`); the key/value cache is a
@@ -70,13 +71,32 @@ pub struct Llama {
 }
 
 /// One sequence's part in a forward pass: `tokens` at positions `position..`, cached in
-/// the blocks of `table`. `logits` asks for the next-token logits after its last token.
+/// the blocks of `table`, and what the pass returns for it.
 #[derive(Clone, Copy)]
 pub struct SequenceInput<'a> {
     pub tokens: &'a [u32],
     pub position: usize,
     pub table: &'a [u32],
-    pub logits: bool,
+    pub output: Output,
+}
+
+/// What a forward pass returns for one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Nothing: the tokens only go into the cache (a prompt's slice before its last).
+    Nothing,
+    /// The next-token logits after its last token, for sampling.
+    Logits,
+    /// The normalised final hidden state of every token, for pooling into an
+    /// embedding.
+    Hidden,
+}
+
+/// The results of a forward pass, in input order: `vocab` logits for every input that
+/// asked for them and `hidden` values per token of every input that asked for those.
+pub struct Outputs<'w> {
+    pub logits: &'w [f32],
+    pub hidden: &'w [f32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +121,7 @@ pub struct Workspace {
     activated: Vec<f32>,
     projector: Projector,
     logits: Vec<f32>,
+    hidden: Vec<f32>,
 }
 
 /// Runs products, reusing their buffers.
@@ -124,14 +145,13 @@ impl Llama {
     }
 
     /// Runs the rows of `inputs` through the network, storing their keys and values in
-    /// `cache`. Returns the logits (`vocab` each) of every input that asked for them, in
-    /// input order.
+    /// `cache`, and returns what each input asked for.
     pub fn forward<'w>(
         &self,
         inputs: &[SequenceInput],
         cache: &mut KvCache,
         work: &'w mut Workspace,
-    ) -> Result<&'w [f32], ForwardError> {
+    ) -> Result<Outputs<'w>, ForwardError> {
         let rows = inputs.iter().map(|input| input.tokens.len()).sum();
         workers::on_workers(rows, || self.forward_here(inputs, cache, work))
     }
@@ -141,7 +161,7 @@ impl Llama {
         inputs: &[SequenceInput],
         cache: &mut KvCache,
         work: &'w mut Workspace,
-    ) -> Result<&'w [f32], ForwardError> {
+    ) -> Result<Outputs<'w>, ForwardError> {
         let c = &self.config;
         let rows = self.rows(inputs)?;
         let n = rows.len();
@@ -197,36 +217,62 @@ impl Llama {
             ops::add_in_place(&mut work.x, &work.projected);
         }
 
+        // Every row of the sequences that asked for hidden states, normalised as the
+        // output projection would see them.
+        let mut hidden_rows = 0;
+        let mut start = 0;
+        for input in inputs {
+            let length = input.tokens.len();
+            if input.output == Output::Hidden {
+                let (from, to) = (start * c.hidden, (start + length) * c.hidden);
+                work.hidden.resize((hidden_rows + length) * c.hidden, 0.0);
+                ops::rms_norm(
+                    &work.x[from..to],
+                    &self.norm,
+                    c.eps,
+                    &mut work.hidden[hidden_rows * c.hidden..],
+                );
+                hidden_rows += length;
+            }
+            start += length;
+        }
+        work.hidden.truncate(hidden_rows * c.hidden);
+
         // Only the last row of each sequence that asked for logits goes on.
         let mut last_rows = Vec::new();
         let mut end = 0;
         for input in inputs {
             end += input.tokens.len();
-            if input.logits {
+            if input.output == Output::Logits {
                 last_rows.push(end - 1);
             }
         }
-        work.projected.resize(last_rows.len() * c.hidden, 0.0);
-        for (slot, &row) in last_rows.iter().enumerate() {
-            work.projected[slot * c.hidden..(slot + 1) * c.hidden]
-                .copy_from_slice(&work.x[row * c.hidden..(row + 1) * c.hidden]);
-        }
         let selected = last_rows.len();
-        ops::rms_norm(
-            &work.projected[..selected * c.hidden],
-            &self.norm,
-            c.eps,
-            &mut work.normed,
-        );
         work.logits.resize(selected * c.vocab, 0.0);
-        let output = self.output.as_ref().unwrap_or(&self.embedding);
-        work.projector.apply(
-            output,
-            &work.normed[..selected * c.hidden],
-            selected,
-            &mut work.logits,
-        );
-        Ok(&work.logits)
+        if selected > 0 {
+            work.projected.resize(selected * c.hidden, 0.0);
+            for (slot, &row) in last_rows.iter().enumerate() {
+                work.projected[slot * c.hidden..(slot + 1) * c.hidden]
+                    .copy_from_slice(&work.x[row * c.hidden..(row + 1) * c.hidden]);
+            }
+            ops::rms_norm(
+                &work.projected[..selected * c.hidden],
+                &self.norm,
+                c.eps,
+                &mut work.normed,
+            );
+            let output = self.output.as_ref().unwrap_or(&self.embedding);
+            work.projector.apply(
+                output,
+                &work.normed[..selected * c.hidden],
+                selected,
+                &mut work.logits,
+            );
+        }
+        Ok(Outputs {
+            logits: &work.logits,
+            hidden: &work.hidden,
+        })
     }
 
     /// Every row of the pass with its sequence's table and position, checked.

@@ -1,5 +1,6 @@
-//! OpenAI's embeddings format (`/v1/embeddings`): validated here, the vectors come from
-//! a provider's embedding model as it wrote them.
+//! OpenAI's embeddings format (`/v1/embeddings`): validated here; the vectors come
+//! from a provider's embedding model as it wrote them, or from the local model, written
+//! here as the client asked (floats, or base64 of little-endian f32s).
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -9,9 +10,11 @@ use super::request::{Limits, ParsedRequest};
 use super::types::UsageBody;
 use crate::api::error::ApiError;
 use crate::api::extract::parse_json;
-use crate::chat::{ChatRequest, Message, Role};
+use base64::Engine as _;
+
+use crate::chat::{ChatRequest, EmbeddingInput, Message, Role};
 use crate::error::GatewayError;
-use crate::gateway::RequestMetadata;
+use crate::gateway::{RequestMetadata, Vectors};
 
 /// OpenAI's own bound on the inputs of one request.
 const MAX_INPUTS: usize = 2048;
@@ -25,13 +28,15 @@ pub struct EmbeddingRequest {
     pub user: Option<String>,
 }
 
-/// What the endpoint keeps from the body for the provider.
+/// What the endpoint keeps from the body for the backend.
 #[derive(Debug, Clone)]
 pub struct EmbeddingParts {
-    /// As sent: text, texts, token ids or lists of them.
-    pub input: Value,
-    /// `encoding_format`, `dimensions` and `user`, when sent.
+    /// Each text or list of token ids.
+    pub inputs: Vec<EmbeddingInput>,
+    /// `encoding_format`, `dimensions` and `user`, when sent, for a provider.
     pub options: Map<String, Value>,
+    /// Whether the client asked for base64 rather than lists of floats.
+    pub base64: bool,
 }
 
 pub fn parse_body(
@@ -56,7 +61,7 @@ pub fn parse(wire: EmbeddingRequest) -> Result<(ParsedRequest, EmbeddingParts), 
     let input = wire
         .input
         .ok_or_else(|| GatewayError::invalid("input", "`input` is required"))?;
-    let texts = texts(&input)?;
+    let inputs = inputs(&input)?;
     let mut options = Map::new();
     match wire.encoding_format.as_deref() {
         None => {}
@@ -82,9 +87,20 @@ pub fn parse(wire: EmbeddingRequest) -> Result<(ParsedRequest, EmbeddingParts), 
     if let Some(user) = wire.user {
         options.insert("user".into(), user.into());
     }
-    let messages = texts
-        .into_iter()
-        .map(|text| Message::text(Role::User, text))
+    let base64 = options
+        .get("encoding_format")
+        .is_some_and(|f| f == "base64");
+    // The record's digest and the policy's screen read each input as text; token ids
+    // are written out as numbers.
+    let messages = inputs
+        .iter()
+        .map(|input| {
+            let text = match input {
+                EmbeddingInput::Text(text) => text.clone(),
+                EmbeddingInput::Tokens(ids) => serde_json::to_string(ids).unwrap_or_default(),
+            };
+            Message::text(Role::User, text)
+        })
         .collect();
     let parsed = ParsedRequest {
         chat: ChatRequest::new(model, messages),
@@ -93,12 +109,16 @@ pub fn parse(wire: EmbeddingRequest) -> Result<(ParsedRequest, EmbeddingParts), 
         metadata: RequestMetadata::default(),
         legacy_functions: false,
     };
-    Ok((parsed, EmbeddingParts { input, options }))
+    let parts = EmbeddingParts {
+        inputs,
+        options,
+        base64,
+    };
+    Ok((parsed, parts))
 }
 
-/// The input's texts, for the record's digest and the policy's screen: each text as
-/// it is, token ids written out as numbers. Empty input is refused, as OpenAI does.
-fn texts(input: &Value) -> Result<Vec<String>, GatewayError> {
+/// The input's texts and lists of token ids. Empty input is refused, as OpenAI does.
+fn inputs(input: &Value) -> Result<Vec<EmbeddingInput>, GatewayError> {
     let invalid = |message: String| GatewayError::invalid("input", message);
     let items = match input {
         Value::String(_) => std::slice::from_ref(input),
@@ -124,23 +144,78 @@ fn texts(input: &Value) -> Result<Vec<String>, GatewayError> {
     items
         .iter()
         .enumerate()
-        .map(|(index, item)| match item {
-            Value::String(text) if !text.is_empty() => Ok(text.clone()),
-            Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64) => {
-                Ok(serde_json::to_string(ids).unwrap_or_default())
-            }
-            _ => Err(GatewayError::invalid(
-                format!("input[{index}]"),
-                "each input must be a non-empty string or a non-empty list of token ids",
-            )),
+        .map(|(index, item)| {
+            let token_ids = match item {
+                Value::String(text) if !text.is_empty() => {
+                    return Ok(EmbeddingInput::Text(text.clone()))
+                }
+                Value::Array(ids) if !ids.is_empty() => ids
+                    .iter()
+                    .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
+                    .collect::<Option<Vec<u32>>>(),
+                _ => None,
+            };
+            token_ids.map(EmbeddingInput::Tokens).ok_or_else(|| {
+                GatewayError::invalid(
+                    format!("input[{index}]"),
+                    "each input must be a non-empty string or a non-empty list of token ids",
+                )
+            })
         })
         .collect()
+}
+
+/// One item of the answer's `data`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingItem {
+    /// A provider's, as it wrote it.
+    AsWritten(Value),
+    Computed {
+        object: &'static str,
+        index: usize,
+        embedding: EmbeddingValue,
+    },
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingValue {
+    /// Written as f32s, in their shortest form, not widened to f64's digits.
+    Floats(Vec<f32>),
+    /// The little-endian bytes of the f32s.
+    Base64(String),
+}
+
+/// The answer's `data`: a provider's items as it wrote them; the local model's
+/// vectors as the client asked for them.
+pub fn data(vectors: Vectors, base64: bool) -> Vec<EmbeddingItem> {
+    match vectors {
+        Vectors::AsWritten(items) => items.into_iter().map(EmbeddingItem::AsWritten).collect(),
+        Vectors::Computed(vectors) => vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, vector)| {
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    EmbeddingValue::Floats(vector)
+                };
+                EmbeddingItem::Computed {
+                    object: "embedding",
+                    index,
+                    embedding,
+                }
+            })
+            .collect(),
+    }
 }
 
 #[derive(Debug, Serialize)]
 pub struct EmbeddingList {
     pub object: &'static str,
-    pub data: Vec<Value>,
+    pub data: Vec<EmbeddingItem>,
     pub model: String,
     pub usage: EmbeddingUsage,
     /// The report as the audit log recorded it.
@@ -194,9 +269,22 @@ mod tests {
                 .map(|m| m.content.as_str())
                 .collect();
             assert_eq!(got, texts);
-            assert_eq!(parts.input, input);
+            assert_eq!(
+                serde_json::to_value(&parts.inputs).unwrap(),
+                as_list(&input)
+            );
             assert_eq!(parts.options["dimensions"], 8);
             assert_eq!(parts.options["encoding_format"], "base64");
+        }
+    }
+
+    /// The input as a list of inputs, as it goes to a provider.
+    fn as_list(input: &Value) -> Value {
+        match input {
+            Value::Array(items) if items.iter().all(|item| item.is_array() || item.is_string()) => {
+                input.clone()
+            }
+            single => Value::Array(vec![single.clone()]),
         }
     }
 

@@ -15,7 +15,7 @@ use super::template::ChatTemplate;
 use super::token_text::TokenBytes;
 use super::tokenizer::GgufTokenizer;
 use crate::backend::BackendError;
-use crate::chat::{ChatRequest, SamplingDefaults, TokenLogprob, TopLogprob};
+use crate::chat::{ChatRequest, EmbeddingInput, SamplingDefaults, TokenLogprob, TopLogprob};
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -172,6 +172,59 @@ impl Engine {
             constraint,
             sampling_defaults: self.sampling_defaults,
         })
+    }
+
+    /// The tokens of each text to embed, as written (no template: the text is what
+    /// is embedded), checked against the vocabulary and `context_length` positions.
+    /// Tokenising takes a while: call it off the async workers, as `prepare`.
+    pub fn embedding_tokens(
+        &self,
+        inputs: &[EmbeddingInput],
+        context_length: usize,
+    ) -> Result<Vec<Vec<u32>>, BackendError> {
+        let context_length = context_length.min(self.context_length);
+        let vocab = self.model.config().vocab;
+        let too_long = |index: usize, tokens: usize| BackendError::InvalidInput {
+            field: format!("input[{index}]"),
+            message: format!(
+                "input {index} is {tokens} tokens but the model's context holds {context_length}"
+            ),
+        };
+        let mut all = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.iter().enumerate() {
+            let tokens = match input {
+                EmbeddingInput::Text(text) => {
+                    // As in `prepare`: refused by its length before it is tokenised.
+                    let fewest_tokens = text.len().div_ceil(self.token_bytes.longest());
+                    if fewest_tokens > context_length {
+                        return Err(too_long(index, fewest_tokens));
+                    }
+                    self.tokenize(text)?
+                }
+                EmbeddingInput::Tokens(ids) => {
+                    if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                        return Err(BackendError::InvalidInput {
+                            field: format!("input[{index}]"),
+                            message: format!(
+                                "token {id} is outside the model's vocabulary of {vocab}"
+                            ),
+                        });
+                    }
+                    ids.clone()
+                }
+            };
+            if tokens.len() > context_length {
+                return Err(too_long(index, tokens.len()));
+            }
+            if tokens.is_empty() {
+                return Err(BackendError::InvalidInput {
+                    field: format!("input[{index}]"),
+                    message: format!("input {index} holds no token"),
+                });
+            }
+            all.push(tokens);
+        }
+        Ok(all)
     }
 
     /// Control tokens end the turn.

@@ -6,6 +6,7 @@
 //! queue timeout.
 
 mod constraint;
+mod embedding;
 pub mod engine;
 mod engine_metrics;
 mod generation;
@@ -19,6 +20,7 @@ mod token_text;
 pub mod tokenizer;
 mod tool_parse;
 
+use std::collections::VecDeque;
 use std::sync::{mpsc as std_mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,14 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use constraint::GrammarError;
+pub use embedding::Pooling;
 pub use engine::{Engine, EngineOptions};
 pub use scheduler::Capacity;
 
-use super::{Backend, BackendError, BackendStatus, EventStream};
-use crate::chat::ChatRequest;
+use super::{Backend, BackendError, BackendStatus, Embedded, EventStream};
+use crate::chat::{ChatRequest, EmbeddingInput};
 use engine_metrics::EngineMetrics;
 use llama::kv_cache::KvCache;
-use scheduler::{Occupancy, Scheduler, Submission};
+use network::Network;
+use scheduler::{Occupancy, Scheduler, Submission, Task};
 
 pub const BACKEND_NAME: &str = "local";
 
@@ -107,6 +111,8 @@ pub struct LocalBackend {
     queue_timeout: Duration,
     kv_cache_bytes: usize,
     max_generation: Duration,
+    /// How the model's states become embeddings; `None` when it serves none.
+    embedding_pooling: Option<Pooling>,
     state: RwLock<LoadState>,
     /// What the engine thread publishes; shared from the start, so the metrics that
     /// read it can be registered before the model is loaded.
@@ -127,6 +133,7 @@ impl LocalBackend {
             queue_timeout,
             kv_cache_bytes: DEFAULT_KV_CACHE_BYTES,
             max_generation: DEFAULT_MAX_GENERATION,
+            embedding_pooling: None,
             state: RwLock::new(LoadState::Loading),
             occupancy: Arc::default(),
         }
@@ -142,6 +149,13 @@ impl LocalBackend {
     /// (`local.max_generation_ms`).
     pub fn with_max_generation(mut self, limit: Duration) -> Self {
         self.max_generation = limit;
+        self
+    }
+
+    /// Serves the model as an embedding model too, pooling its states this way
+    /// (`local.embedding_pooling`).
+    pub fn with_embedding_pooling(mut self, pooling: Option<Pooling>) -> Self {
+        self.embedding_pooling = pooling;
         self
     }
 
@@ -260,55 +274,164 @@ impl Backend for LocalBackend {
     ) -> Result<EventStream, BackendError> {
         let arrived = Instant::now();
         let ready = self.ready()?;
-        // Tokenising a long prompt takes long enough to stall the async workers (every
-        // other request, the probes): it runs on a blocking thread. How many run at
-        // once is bounded upstream: the governor admits at most `slots` to this engine.
         let (engine, cache_tokens) = (ready.engine.clone(), ready.cache_tokens);
-        let prepared = tokio::task::spawn_blocking(move || {
+        let (request, prompt) = off_the_workers(move || {
             let prompt = engine.prepare(&request, cache_tokens);
             (request, prompt)
         })
-        .await;
-        let (request, prompt) = match prepared {
-            Ok(prepared) => prepared,
-            // A panic there (there should be none) goes on up, to be caught, answered and
-            // recorded as one by the gateway.
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => {
-                return Err(BackendError::Generation(format!(
-                    "preparing the prompt: {error}"
-                )))
-            }
-        };
+        .await?;
         let prompt = prompt?;
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let task = Task::Generate {
+            request: Box::new(request),
+            prompt: Box::new(prompt),
+            events,
+        };
+        let admission = self.submit(&ready, task, arrived, ranks_at)?;
+        self.admission(admission).await?;
+        Ok(Box::pin(ReceiverStream::new(receiver)))
+    }
+
+    fn serves_embeddings(&self) -> bool {
+        self.embedding_pooling.is_some()
+    }
+
+    /// Each input is a sequence of its own in the batch, beside the generations: its
+    /// states are read and pooled, no token is sampled. The inputs join the batch in
+    /// order as places free up, each within the queue timeout.
+    async fn embed(
+        &self,
+        inputs: &[EmbeddingInput],
+        dimensions: Option<u32>,
+        ranks_at: Instant,
+    ) -> Result<Embedded, BackendError> {
+        let arrived = Instant::now();
+        let pooling = self.embedding_pooling.ok_or_else(|| {
+            BackendError::Unavailable(format!(
+                "{} serves no embeddings (`local.embedding_pooling` is not set)",
+                self.model_name
+            ))
+        })?;
+        let ready = self.ready()?;
+        if !matches!(ready.engine.network(), Network::Own(_)) {
+            return Err(BackendError::Unavailable(
+                "embeddings need warden's own forward pass, which runs on the CPU".into(),
+            ));
+        }
+        // The model's states have one size: cutting them short (as OpenAI's models
+        // trained for it allow) would make vectors this model was never taught.
+        let width = ready.engine.network().config().hidden;
+        if dimensions.is_some_and(|asked| asked as usize != width) {
+            return Err(BackendError::InvalidInput {
+                field: "dimensions".into(),
+                message: format!(
+                    "{}'s embeddings have {width} dimensions; leave `dimensions` out or set it to {width}",
+                    self.model_name
+                ),
+            });
+        }
+        let (engine, cache_tokens) = (ready.engine.clone(), ready.cache_tokens);
+        let inputs = inputs.to_vec();
+        let texts =
+            off_the_workers(move || engine.embedding_tokens(&inputs, cache_tokens)).await??;
+        let prompt_tokens = texts.iter().map(Vec::len).sum::<usize>();
+        // At most half the batch places at a time: a request of many inputs shares the
+        // engine with the generations queued behind it instead of holding every place
+        // until its last input is read.
+        let window = (self.slot_count / 2).max(1);
+        let mut texts = texts.into_iter();
+        let mut in_flight = VecDeque::with_capacity(window);
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut queue_ms = None;
+        loop {
+            while in_flight.len() < window {
+                let Some(tokens) = texts.next() else { break };
+                let (vector, receiver) = oneshot::channel();
+                let task = Task::Embed {
+                    tokens,
+                    pooling,
+                    vector,
+                };
+                let admission = self.submit(&ready, task, arrived, ranks_at)?;
+                in_flight.push_back((admission, receiver));
+            }
+            // Returning early drops those in flight: the engine skips the ones not yet
+            // in the batch and drops the others.
+            let Some((admission, receiver)) = in_flight.pop_front() else {
+                break;
+            };
+            self.admission(admission).await?;
+            queue_ms.get_or_insert_with(|| arrived.elapsed().as_secs_f64() * 1000.0);
+            vectors.push(receiver.await.map_err(|_| engine_stopped())??);
+        }
+        Ok(Embedded {
+            vectors,
+            prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+            queue_ms: queue_ms.unwrap_or_default(),
+            latency_ms: arrived.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+}
+
+impl LocalBackend {
+    /// Hands `task` to the engine thread; the answer says when it joins the batch.
+    fn submit(
+        &self,
+        ready: &Ready,
+        task: Task,
+        arrived: Instant,
+        ranks_at: Instant,
+    ) -> Result<oneshot::Receiver<Result<(), BackendError>>, BackendError> {
         let (admitted, admission) = oneshot::channel();
         let submission = Submission {
-            request,
-            prompt,
+            task,
             arrived,
             ranks_at,
             max_generation: self.max_generation,
             admitted,
-            events,
         };
-        if ready.submissions.send(submission).is_err() {
-            return Err(BackendError::Unavailable(
-                "the engine thread stopped".into(),
-            ));
-        }
-        // Dropping `admission` on timeout withdraws the request: the engine skips it.
+        ready
+            .submissions
+            .send(submission)
+            .map_err(|_| engine_stopped())?;
+        Ok(admission)
+    }
+
+    /// Waits for a submission to join the batch, for at most the queue timeout;
+    /// dropping `admission` on timeout withdraws it: the engine skips it.
+    async fn admission(
+        &self,
+        admission: oneshot::Receiver<Result<(), BackendError>>,
+    ) -> Result<(), BackendError> {
         match tokio::time::timeout(self.queue_timeout, admission).await {
-            Ok(Ok(Ok(()))) => Ok(Box::pin(ReceiverStream::new(receiver))),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Err(_)) => Err(BackendError::Unavailable(
-                "the engine thread stopped".into(),
-            )),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(engine_stopped()),
             Err(_elapsed) => Err(BackendError::Saturated {
                 slots: self.slot_count,
                 waited: self.queue_timeout,
             }),
         }
+    }
+}
+
+fn engine_stopped() -> BackendError {
+    BackendError::Unavailable("the engine thread stopped".into())
+}
+
+/// Runs `work` (tokenising, compiling a grammar) on a blocking thread: long enough to
+/// stall the async workers (every other request, the probes) otherwise. How many run
+/// at once is bounded upstream: the governor admits at most `slots` to this engine.
+async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BackendError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Ok(done),
+        // A panic there (there should be none) goes on up, to be caught, answered and
+        // recorded as one by the gateway.
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => Err(BackendError::Generation(format!(
+            "preparing the request: {error}"
+        ))),
     }
 }
 

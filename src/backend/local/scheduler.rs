@@ -1,7 +1,8 @@
 //! Continuous batching. One engine thread owns the key/value cache and runs the model
 //! step after step; every step is a single forward pass over all running sequences:
 //! one token for each sequence that is decoding, and a slice of the prompt of each one
-//! still reading it. Sequences join at any step boundary, as soon as a batch place and
+//! still reading it. A text to embed is a sequence that only reads: its states are
+//! pooled as they come out of each pass, and it leaves once its last token is read. Sequences join at any step boundary, as soon as a batch place and
 //! cache blocks for their whole length are free, and leave at the step they finish or
 //! their client goes away.
 //!
@@ -19,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::embedding::{Pooled, Pooling, VectorSender};
 use super::engine::{Engine, PreparedPrompt};
 use super::generation::{Generation, Next};
 use super::llama::kv_cache::{BlockTable, KvCache};
-use super::llama::{SequenceInput, Workspace};
+use super::llama::{Output, SequenceInput, Workspace};
 use super::network::{Network, SequenceModel};
 use crate::backend::BackendError;
 use crate::chat::{ChatRequest, GenerationEvent};
@@ -39,8 +41,7 @@ pub type EventSender = mpsc::Sender<Result<GenerationEvent, BackendError>>;
 
 /// A request handed to the engine thread.
 pub struct Submission {
-    pub request: ChatRequest,
-    pub prompt: PreparedPrompt,
+    pub task: Task,
     pub arrived: Instant,
     /// Its place in line: earlier goes first.
     pub ranks_at: Instant,
@@ -48,7 +49,40 @@ pub struct Submission {
     pub max_generation: Duration,
     /// Answered once the sequence has joined the batch (or can never join).
     pub admitted: oneshot::Sender<Result<(), BackendError>>,
-    pub events: EventSender,
+}
+
+/// What a submission asks of the model.
+pub enum Task {
+    /// An answer to `prompt`, sampled token by token and sent as events. Boxed: a
+    /// request and its prompt's grammar are far larger than a text to embed.
+    Generate {
+        request: Box<ChatRequest>,
+        prompt: Box<PreparedPrompt>,
+        events: EventSender,
+    },
+    /// One vector for the text `tokens`.
+    Embed {
+        tokens: Vec<u32>,
+        pooling: Pooling,
+        vector: VectorSender,
+    },
+}
+
+impl Task {
+    fn prompt_tokens(&self) -> usize {
+        match self {
+            Task::Generate { prompt, .. } => prompt.tokens.len(),
+            Task::Embed { tokens, .. } => tokens.len(),
+        }
+    }
+
+    /// Cache positions it needs: its prompt and the longest answer it may write.
+    fn length(&self) -> usize {
+        match self {
+            Task::Generate { prompt, .. } => prompt.tokens.len() + prompt.max_tokens,
+            Task::Embed { tokens, .. } => tokens.len(),
+        }
+    }
 }
 
 /// What the engine thread reports for callers and the governor to read.
@@ -124,7 +158,7 @@ impl Occupancy {
 
 /// One sequence in the batch.
 struct Sequence {
-    generation: Option<Generation>,
+    work: SequenceWork,
     /// When it is stopped however far it got.
     deadline: Instant,
     max_generation: Duration,
@@ -135,13 +169,60 @@ struct Sequence {
     table: BlockTable,
     /// Its own model copy when the network runs one sequence per pass.
     model: Option<SequenceModel>,
-    events: EventSender,
-    outbox: VecDeque<GenerationEvent>,
+}
+
+/// What a sequence in the batch is doing, and where its results go.
+enum SequenceWork {
+    Generation {
+        /// `None` once it has finished. Boxed: its sampler state is far larger than
+        /// an embedding's.
+        generation: Option<Box<Generation>>,
+        events: EventSender,
+        outbox: VecDeque<GenerationEvent>,
+    },
+    /// `None` once its vector is sent.
+    Embedding(Option<(Pooled, VectorSender)>),
 }
 
 impl Sequence {
     fn done(&self) -> bool {
-        self.generation.is_none()
+        match &self.work {
+            SequenceWork::Generation { generation, .. } => generation.is_none(),
+            SequenceWork::Embedding(pooled) => pooled.is_none(),
+        }
+    }
+
+    /// Whether it waits for its client to read what it has written so far.
+    fn waits_for_reader(&self) -> bool {
+        match &self.work {
+            SequenceWork::Generation { outbox, .. } => !outbox.is_empty(),
+            SequenceWork::Embedding(_) => false,
+        }
+    }
+
+    /// Whether it may leave the batch: finished with everything delivered.
+    fn delivered(&self) -> bool {
+        self.done() && !self.waits_for_reader()
+    }
+
+    /// Ends it early with `error`, dropping what its client has not read.
+    fn end_with(&mut self, error: BackendError) {
+        match &mut self.work {
+            SequenceWork::Generation {
+                generation,
+                events,
+                outbox,
+            } => {
+                *generation = None;
+                outbox.clear();
+                let _ = events.try_send(Err(error));
+            }
+            SequenceWork::Embedding(pooled) => {
+                if let Some((_, vector)) = pooled.take() {
+                    let _ = vector.send(Err(error));
+                }
+            }
+        }
     }
 
     /// Tokens still to run through the model.
@@ -151,17 +232,25 @@ impl Sequence {
 
     /// Hands queued events to the client's channel. `false` once nobody listens.
     fn flush(&mut self) -> bool {
-        while let Some(event) = self.outbox.pop_front() {
-            match self.events.try_send(Ok(event)) {
+        let (events, outbox) = match &mut self.work {
+            SequenceWork::Generation { events, outbox, .. } => (events, outbox),
+            SequenceWork::Embedding(pooled) => {
+                return pooled
+                    .as_ref()
+                    .is_none_or(|(_, vector)| !vector.is_closed())
+            }
+        };
+        while let Some(event) = outbox.pop_front() {
+            match events.try_send(Ok(event)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(Ok(event))) => {
-                    self.outbox.push_front(event);
+                    outbox.push_front(event);
                     return true;
                 }
                 Err(_) => return false,
             }
         }
-        !self.events.is_closed()
+        !events.is_closed()
     }
 }
 
@@ -281,7 +370,7 @@ impl Scheduler {
         let cache = &mut self.cache;
         self.running.retain_mut(|sequence| {
             let listening = sequence.flush();
-            let keep = listening && !(sequence.done() && sequence.outbox.is_empty());
+            let keep = listening && !sequence.delivered();
             if !keep {
                 cache.release(std::mem::take(&mut sequence.table));
             }
@@ -290,27 +379,27 @@ impl Scheduler {
     }
 
     /// Stops the sequences past their deadline: one that has answered something ends
-    /// there (`FinishReason::Deadline`), one still reading its prompt ends with an
-    /// error. Either way its place and cache blocks go to the others.
+    /// there (`FinishReason::Deadline`), one still reading its prompt (or its text to
+    /// embed) ends with an error. Either way its place and cache blocks go to the
+    /// others.
     fn stop_overdue(&mut self) {
         let now = Instant::now();
         for sequence in &mut self.running {
-            if now < sequence.deadline {
+            if now < sequence.deadline || sequence.done() {
                 continue;
             }
-            let Some(generation) = sequence.generation.take() else {
-                continue;
-            };
-            if generation.has_answered() {
-                generation.stop_at_deadline(&self.engine, &mut sequence.outbox);
-            } else {
-                sequence.outbox.clear();
-                let _ = sequence
-                    .events
-                    .try_send(Err(BackendError::DeadlineExceeded {
-                        limit: sequence.max_generation,
-                    }));
+            if let SequenceWork::Generation {
+                generation, outbox, ..
+            } = &mut sequence.work
+            {
+                if let Some(generation) = generation.take_if(|g| g.has_answered()) {
+                    generation.stop_at_deadline(&self.engine, outbox);
+                    continue;
+                }
             }
+            sequence.end_with(BackendError::DeadlineExceeded {
+                limit: sequence.max_generation,
+            });
         }
     }
 
@@ -319,19 +408,19 @@ impl Scheduler {
     /// it: otherwise a stream of short P2 requests could keep a long P0 one out.
     fn admit(&mut self) {
         while self.running.len() < self.max_sequences {
-            let Some((place, mut submission)) = self.waiting.pop_first() else {
+            let Some((place, submission)) = self.waiting.pop_first() else {
                 break;
             };
             if submission.admitted.is_closed() {
                 continue; // its caller stopped waiting
             }
-            let length = submission.prompt.tokens.len() + submission.prompt.max_tokens;
+            let length = submission.task.length();
             let Some(table) = self.cache.allocate(length) else {
                 if length > self.cache.capacity_tokens() {
                     let _ = submission
                         .admitted
                         .send(Err(BackendError::ContextLengthExceeded {
-                            prompt_tokens: submission.prompt.tokens.len(),
+                            prompt_tokens: submission.task.prompt_tokens(),
                             context_length: self.cache.capacity_tokens(),
                         }));
                     continue;
@@ -344,21 +433,43 @@ impl Scheduler {
                 self.cache.release(table);
                 continue;
             }
+            let (tokens, work) = match submission.task {
+                Task::Generate {
+                    request,
+                    mut prompt,
+                    events,
+                } => {
+                    let generation = Box::new(Generation::new(
+                        &request,
+                        &mut prompt,
+                        submission.arrived,
+                        queue_ms,
+                    ));
+                    let work = SequenceWork::Generation {
+                        generation: Some(generation),
+                        events,
+                        outbox: VecDeque::new(),
+                    };
+                    (prompt.tokens, work)
+                }
+                Task::Embed {
+                    tokens,
+                    pooling,
+                    vector,
+                } => {
+                    let width = self.engine.network().config().hidden;
+                    let pooled = Pooled::new(pooling, width);
+                    (tokens, SequenceWork::Embedding(Some((pooled, vector))))
+                }
+            };
             self.running.push(Sequence {
+                work,
                 deadline: Instant::now() + submission.max_generation,
                 max_generation: submission.max_generation,
-                generation: Some(Generation::new(
-                    &submission.request,
-                    &mut submission.prompt,
-                    submission.arrived,
-                    queue_ms,
-                )),
-                tokens: submission.prompt.tokens,
+                tokens,
                 cached: 0,
                 table,
                 model: self.engine.network().new_sequence(),
-                events: submission.events,
-                outbox: VecDeque::new(),
             });
         }
     }
@@ -382,7 +493,7 @@ impl Scheduler {
         let mut plan: Vec<(usize, usize)> = Vec::new();
         for (index, sequence) in self.running.iter().enumerate() {
             // A sequence whose reader is behind sits this step out.
-            if sequence.done() || !sequence.outbox.is_empty() {
+            if sequence.done() || sequence.waits_for_reader() {
                 continue;
             }
             let pending = sequence.pending().len();
@@ -409,28 +520,40 @@ impl Scheduler {
     }
 
     fn forward(&mut self, plan: &[(usize, usize)]) -> Result<(), String> {
-        let logits: &[f32] = match self.engine.network() {
+        let (logits, hidden): (&[f32], &[f32]) = match self.engine.network() {
             Network::Own(model) => {
                 let inputs: Vec<SequenceInput> = plan
                     .iter()
                     .map(|&(index, take)| {
                         let sequence = &self.running[index];
+                        let output = match sequence.work {
+                            SequenceWork::Embedding(_) => Output::Hidden,
+                            SequenceWork::Generation { .. } if take == sequence.pending().len() => {
+                                Output::Logits
+                            }
+                            SequenceWork::Generation { .. } => Output::Nothing,
+                        };
                         SequenceInput {
                             tokens: &sequence.pending()[..take],
                             position: sequence.cached,
                             table: &sequence.table,
-                            logits: take == sequence.pending().len(),
+                            output,
                         }
                     })
                     .collect();
-                model
+                let outputs = model
                     .forward(&inputs, &mut self.cache, &mut self.work)
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                (outputs.logits, outputs.hidden)
             }
             Network::Candle { .. } => {
                 self.gathered.clear();
                 for &(index, take) in plan {
                     let sequence = &mut self.running[index];
+                    if let SequenceWork::Embedding(_) = sequence.work {
+                        // `LocalBackend::embed` sends none to this network.
+                        return Err("candle's forward pass gives no hidden states".into());
+                    }
                     let wants_logits = take == sequence.pending().len();
                     let (position, tokens) = (sequence.cached, &sequence.tokens);
                     let model = sequence
@@ -446,26 +569,45 @@ impl Scheduler {
                         )
                         .map_err(|e| e.to_string())?;
                 }
-                &self.gathered
+                (&self.gathered, &[])
             }
         };
-        let vocab = self.engine.network().config().vocab;
-        let mut rows = logits.chunks_exact(vocab);
+        let config = self.engine.network().config();
+        let mut rows = logits.chunks_exact(config.vocab);
+        let mut states = hidden;
         for &(index, take) in plan {
             let sequence = &mut self.running[index];
             sequence.cached += take;
-            if sequence.cached < sequence.tokens.len() {
-                continue; // more of the prompt to read
-            }
-            let (Some(generation), Some(logits)) = (sequence.generation.as_mut(), rows.next())
-            else {
-                continue;
-            };
-            match generation.accept(&self.engine, logits, &mut sequence.outbox) {
-                Next::Token(token) => sequence.tokens.push(token),
-                Next::Finished => {
-                    if let Some(generation) = sequence.generation.take() {
-                        generation.finish(&self.engine, &mut sequence.outbox);
+            let read_all = sequence.cached == sequence.tokens.len();
+            match &mut sequence.work {
+                SequenceWork::Embedding(pooled) => {
+                    let (these, rest) = states.split_at(take * config.hidden);
+                    states = rest;
+                    if let Some((pool, _)) = pooled.as_mut() {
+                        pool.add(these);
+                    }
+                    if read_all {
+                        if let Some((pool, vector)) = pooled.take() {
+                            let _ = vector.send(Ok(pool.finish()));
+                        }
+                    }
+                }
+                SequenceWork::Generation { .. } if !read_all => {} // more prompt to read
+                SequenceWork::Generation {
+                    generation: slot,
+                    outbox,
+                    ..
+                } => {
+                    let (Some(generation), Some(logits)) = (slot.as_mut(), rows.next()) else {
+                        continue;
+                    };
+                    match generation.accept(&self.engine, logits, outbox) {
+                        Next::Token(token) => sequence.tokens.push(token),
+                        Next::Finished => {
+                            if let Some(generation) = slot.take() {
+                                generation.finish(&self.engine, outbox);
+                            }
+                        }
                     }
                 }
             }
@@ -477,12 +619,7 @@ impl Scheduler {
     fn fail(&mut self, plan: &[(usize, usize)], error: &str) {
         tracing::error!(%error, "local generation failed");
         for &(index, _) in plan {
-            let sequence = &mut self.running[index];
-            sequence.generation = None;
-            sequence.outbox.clear();
-            let _ = sequence
-                .events
-                .try_send(Err(BackendError::Generation(error.to_string())));
+            self.running[index].end_with(BackendError::Generation(error.to_string()));
         }
     }
 }

@@ -29,7 +29,8 @@ use self::retry::{parse_retry_after, status_is_retryable, Backoff, RetryDecision
 use self::sse::SseDecoder;
 use super::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{
-    ChatRequest, Confidence, GenerationEvent, GenerationSummary, StreamEvent, Timings,
+    ChatRequest, Confidence, EmbeddingInput, GenerationEvent, GenerationSummary, StreamEvent,
+    Timings,
 };
 use config::{ProviderConfig, ProviderKind};
 
@@ -230,12 +231,12 @@ impl Provider {
         }
     }
 
-    /// Vectors for `input` from the embedding model `model`, with the client's
+    /// Vectors for `inputs` from the embedding model `model`, with the client's
     /// `options` (`encoding_format`, `dimensions`, `user`) passed on as sent.
     pub async fn embed(
         &self,
         model: &str,
-        input: &Value,
+        inputs: &[EmbeddingInput],
         options: &serde_json::Map<String, Value>,
     ) -> Result<Embeddings, BackendError> {
         let provider = self.config.name.clone();
@@ -246,14 +247,40 @@ impl Provider {
         // retry sends them again.
         let body = EmbeddingsBody {
             model: self.upstream_model(model)?,
-            input,
+            input: inputs,
             options,
         };
         let called = self.call(url, &body).await?;
-        let read = tokio::time::timeout(self.config.timeout, called.response.bytes()).await;
+        let limit = inputs
+            .len()
+            .saturating_mul(EMBEDDING_ANSWER_BYTES_PER_INPUT)
+            .saturating_add(EMBEDDING_ANSWER_BYTES_PER_INPUT);
+        let mut response = called.response;
+        let read = tokio::time::timeout(self.config.timeout, async {
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > limit {
+                    return Ok(None);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok::<_, reqwest::Error>(Some(body))
+        })
+        .await;
         let answer = match read {
-            Ok(Ok(bytes)) => serde_json::from_slice::<EmbeddingsAnswer>(&bytes)
-                .map_err(|error| format!("the answer is not a list of embeddings: {error}")),
+            Ok(Ok(Some(bytes))) => serde_json::from_slice::<EmbeddingsAnswer>(&bytes)
+                .map_err(|error| format!("the answer is not a list of embeddings: {error}"))
+                .and_then(|answer| match answer.data.len() {
+                    count if count == inputs.len() => Ok(answer),
+                    count => Err(format!(
+                        "the answer holds {count} vectors for {} inputs",
+                        inputs.len()
+                    )),
+                }),
+            Ok(Ok(None)) => Err(format!(
+                "the answer is over {limit} bytes for {} inputs",
+                inputs.len()
+            )),
             Ok(Err(error)) => Err(format!("reading the answer: {error}")),
             Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
         };
@@ -360,6 +387,11 @@ struct Called {
     queue_ms: f64,
 }
 
+/// How much of an embeddings answer is read per input before it is refused: a vector
+/// of 4,096 floats written as JSON takes about 90 KB, so this leaves room for the
+/// largest models while a runaway answer cannot fill the memory.
+const EMBEDDING_ANSWER_BYTES_PER_INPUT: usize = 256 * 1024;
+
 /// An embedding model's answer: the vectors as the provider wrote them (floats or
 /// base64, as asked), and what it counted.
 pub struct Embeddings {
@@ -372,7 +404,7 @@ pub struct Embeddings {
 #[derive(serde::Serialize)]
 struct EmbeddingsBody<'a> {
     model: &'a str,
-    input: &'a Value,
+    input: &'a [EmbeddingInput],
     #[serde(flatten)]
     options: &'a serde_json::Map<String, Value>,
 }
