@@ -30,10 +30,12 @@ pub enum GatewayError {
     },
     #[error("the model `{0}` does not exist or you do not have access to it")]
     ModelNotFound(String),
-    #[error("this model's maximum context length is {context_length} tokens, but the prompt is {prompt_tokens} tokens; shorten the messages")]
+    #[error("this model's maximum context length is {context_length} tokens, but the prompt is {prompt_tokens} tokens; shorten the {param}")]
     ContextLengthExceeded {
         prompt_tokens: usize,
         context_length: usize,
+        /// The request field that holds the prompt, in the API the client called.
+        param: &'static str,
     },
     #[error("{message}")]
     Unavailable {
@@ -190,7 +192,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { param, .. } => param.clone(),
             GatewayError::ModelNotFound(_) => Some("model".into()),
-            GatewayError::ContextLengthExceeded { .. } => Some("messages".into()),
+            GatewayError::ContextLengthExceeded { param, .. } => Some((*param).into()),
             GatewayError::RunBudgetExceeded(exceeded) => Some(exceeded.limit.name().into()),
             _ => None,
         }
@@ -257,6 +259,7 @@ impl From<BackendError> for GatewayError {
             } => GatewayError::ContextLengthExceeded {
                 prompt_tokens,
                 context_length,
+                param: "messages",
             },
             BackendError::MaxTokensExceeded { field, .. } => {
                 GatewayError::invalid(field.as_str(), error.to_string())
@@ -291,6 +294,7 @@ impl From<BackendError> for GatewayError {
                 retry_after: Some(retry_in.max(Duration::from_secs(1))),
             },
             BackendError::Generation(message) => GatewayError::Internal(message),
+            BackendError::InvalidInput { field, message } => GatewayError::invalid(field, message),
             BackendError::Grammar(error) => {
                 let message = error.to_string();
                 GatewayError::invalid(error.field, message)

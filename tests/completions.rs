@@ -160,6 +160,8 @@ async fn what_the_local_model_cannot_serve_is_refused_naming_the_field() {
         ),
         (json!({"prompt": "a", "best_of": 2}), 400, "best_of"),
         (json!({"prompt": "a", "max_tokens": -1}), 400, "max_tokens"),
+        // Past the model's 8,192 positions (context_length_exceeded).
+        (json!({"prompt": "word ".repeat(9000)}), 400, "prompt"),
     ] {
         let (got, error) = complete(&server, body.clone()).await;
         assert_eq!(got, status, "{body}: {error}");

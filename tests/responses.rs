@@ -221,6 +221,8 @@ async fn refusals_name_the_responses_field_at_fault() {
             json!({"input": "Hi", "include": ["file_search_call.results"]}),
             "include",
         ),
+        // Past the model's 8,192 positions (context_length_exceeded).
+        (json!({"input": "word ".repeat(9000)}), "input"),
     ];
     for (body, param) in cases {
         let (status, error) = create(&server, KEY_A, body.clone()).await;

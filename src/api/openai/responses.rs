@@ -503,6 +503,15 @@ pub fn in_responses_terms(error: GatewayError, origins: &[String]) -> GatewayErr
             message,
             param: Some(responses_param(&param, origins)),
         },
+        GatewayError::ContextLengthExceeded {
+            prompt_tokens,
+            context_length,
+            ..
+        } => GatewayError::ContextLengthExceeded {
+            prompt_tokens,
+            context_length,
+            param: "input",
+        },
         other => other,
     }
 }
