@@ -43,11 +43,13 @@ pub enum GatewayError {
         retry_after: Option<Duration>,
     },
     /// Every backend that could serve the request failed; `retry_after` when one of
-    /// them said when to come back.
+    /// them said when to come back. Not `retryable` when they refused the request
+    /// itself (a 400 from each): they would refuse it again.
     #[error("{message}")]
     Upstream {
         message: String,
         retry_after: Option<Duration>,
+        retryable: bool,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -281,9 +283,14 @@ impl From<BackendError> for GatewayError {
                 message: error.to_string(),
                 retry_after: None,
             },
-            BackendError::Upstream { retry_after, .. } => GatewayError::Upstream {
+            BackendError::Upstream {
+                retry_after,
+                retryable,
+                ..
+            } => GatewayError::Upstream {
                 message: error.to_string(),
                 retry_after,
+                retryable,
             },
             BackendError::ProviderSaturated { .. } => GatewayError::Unavailable {
                 message: format!("{error}; retry later"),

@@ -343,14 +343,35 @@ async fn a_provider_error_then_success_is_retried() {
         "retried after {waited:?}"
     );
 
-    // A client error is not retried: the request would fail the same way again.
+    // A client error is not retried, and the client is told not to retry either: the
+    // request would fail the same way again.
     mock.script([Behaviour::fail(400)]);
-    let (status, body) = server
-        .chat(json!({"model": "mock-large", "messages": user("Hi")}))
-        .await;
-    assert_eq!(status, 502, "{body}");
+    let response = server
+        .chat_request()
+        .json(&json!({"model": "mock-large", "messages": user("Hi")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_error");
     assert_eq!(mock.received().len(), 3);
+
+    // A provider that is down may be up again: no such word then.
+    mock.script([
+        Behaviour::fail(503),
+        Behaviour::fail(503),
+        Behaviour::fail(503),
+    ]);
+    let response = server
+        .chat_request()
+        .json(&json!({"model": "mock-large", "messages": user("Hi")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("x-should-retry").is_none());
 }
 
 #[tokio::test]

@@ -136,10 +136,19 @@ impl ApiError {
         let class = self.class();
         // A refusal of the client's request that names no time to wait for is one no
         // retry fixes: a spent budget, a kill switch, a run budget, a decided approval,
-        // a request that is wrong. A body that came too slowly may come faster.
-        let retry_cannot_help = class.status.is_client_error()
+        // a request that is wrong. A body that came too slowly may come faster. Nor
+        // does one every provider refused, though the status says the fault is theirs.
+        let refused_by_every_provider = matches!(
+            self,
+            ApiError::Gateway(GatewayError::Upstream {
+                retryable: false,
+                ..
+            })
+        );
+        let retry_cannot_help = (class.status.is_client_error()
             && class.status != StatusCode::REQUEST_TIMEOUT
-            && retry_after.is_none();
+            && retry_after.is_none())
+            || refused_by_every_provider;
         Disposition {
             class,
             param,

@@ -621,6 +621,7 @@ impl Gateway {
             return Err(GatewayError::Upstream {
                 message,
                 retry_after: None,
+                retryable: false,
             });
         }
         Err(GatewayError::Unavailable {

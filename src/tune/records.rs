@@ -133,8 +133,12 @@ impl From<RecordedReport> for Decision {
                 Reason::MalformedToolCall | Reason::InvalidToolArguments
             )
         });
+        // A raw prompt (`/v1/completions`) runs locally whatever the thresholds: no
+        // threshold judged it, so none is judged again.
+        let judged = !report.reasons.contains(&Reason::RawPrompt);
         let is_local_answer = |attempt: &RecordedAttempt| {
-            attempt.backend == LOCAL_BACKEND
+            judged
+                && attempt.backend == LOCAL_BACKEND
                 && matches!(
                     attempt.outcome,
                     AttemptOutcome::Served | AttemptOutcome::Rejected
@@ -252,6 +256,23 @@ mod tests {
         assert!(log.decisions[0].local.unwrap().faulty);
         assert!(!log.decisions[0].answered_externally);
         assert_eq!(log.decisions[1].local, None);
+    }
+
+    #[test]
+    fn raw_prompts_are_served_locally_but_never_judged() {
+        let log = read(&[report(
+            "local",
+            &["raw_prompt"],
+            json!([local_attempt("served", -3.0)]),
+        )]);
+        let decision = &log.decisions[0];
+        assert_eq!(decision.local, None);
+        assert!(decision.served_locally());
+        assert_eq!(
+            decision.external_cost,
+            Decimal::new(1, 4),
+            "its cost still counts"
+        );
     }
 
     #[test]
