@@ -2,9 +2,10 @@
 //! step after step; every step is a single forward pass over all running sequences:
 //! one token for each sequence that is decoding, and a slice of the prompt of each one
 //! still reading it. A text to embed is a sequence that only reads: its states are
-//! pooled as they come out of each pass, and it leaves once its last token is read. Sequences join at any step boundary, as soon as a batch place and
-//! cache blocks for their whole length are free, and leave at the step they finish or
-//! their client goes away.
+//! pooled as they come out of each pass, and it leaves once its last token is read.
+//! Sequences join at any step boundary, as soon as a batch place and cache blocks for
+//! their whole length are free, and leave at the step they finish or their client goes
+//! away.
 //!
 //! Requests wait while the batch or the cache is full, in the governor's order (their
 //! `ranks_at`: arrival plus one aging period per class above P0), so a P0 request
