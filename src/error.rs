@@ -189,6 +189,23 @@ impl GatewayError {
         }
     }
 
+    /// The refusal of a prompt past the context, naming the field that holds the
+    /// prompt in the API the client called; any other error as it is.
+    pub fn with_prompt_named(self, param: &'static str) -> Self {
+        match self {
+            GatewayError::ContextLengthExceeded {
+                prompt_tokens,
+                context_length,
+                ..
+            } => GatewayError::ContextLengthExceeded {
+                prompt_tokens,
+                context_length,
+                param,
+            },
+            other => other,
+        }
+    }
+
     /// The request parameter at fault, when one is.
     pub fn param(&self) -> Option<String> {
         match self {

@@ -345,13 +345,16 @@ async fn a_provider_error_then_success_is_retried() {
 
     // A client error is not retried, and the client is told not to retry either: the
     // request would fail the same way again.
+    let ask = || async {
+        server
+            .chat_request()
+            .json(&json!({"model": "mock-large", "messages": user("Hi")}))
+            .send()
+            .await
+            .unwrap()
+    };
     mock.script([Behaviour::fail(400)]);
-    let response = server
-        .chat_request()
-        .json(&json!({"model": "mock-large", "messages": user("Hi")}))
-        .send()
-        .await
-        .unwrap();
+    let response = ask().await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-should-retry"], "false");
     let body: Value = response.json().await.unwrap();
@@ -364,12 +367,7 @@ async fn a_provider_error_then_success_is_retried() {
         Behaviour::fail(503),
         Behaviour::fail(503),
     ]);
-    let response = server
-        .chat_request()
-        .json(&json!({"model": "mock-large", "messages": user("Hi")}))
-        .send()
-        .await
-        .unwrap();
+    let response = ask().await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().get("x-should-retry").is_none());
 }

@@ -195,16 +195,7 @@ pub fn in_completion_terms(error: GatewayError) -> GatewayError {
                 param: Some(param),
             }
         }
-        GatewayError::ContextLengthExceeded {
-            prompt_tokens,
-            context_length,
-            ..
-        } => GatewayError::ContextLengthExceeded {
-            prompt_tokens,
-            context_length,
-            param: "prompt",
-        },
-        other => other,
+        other => other.with_prompt_named("prompt"),
     }
 }
 

@@ -503,16 +503,7 @@ pub fn in_responses_terms(error: GatewayError, origins: &[String]) -> GatewayErr
             message,
             param: Some(responses_param(&param, origins)),
         },
-        GatewayError::ContextLengthExceeded {
-            prompt_tokens,
-            context_length,
-            ..
-        } => GatewayError::ContextLengthExceeded {
-            prompt_tokens,
-            context_length,
-            param: "input",
-        },
-        other => other,
+        other => other.with_prompt_named("input"),
     }
 }
 
