@@ -3,7 +3,9 @@
 //! (`pp200`, `tg128`: random tokens, bare forward passes, decode from an empty cache),
 //! then the aggregate rate of 1, 2 and 4 streams decoding at once through the real
 //! scheduler, and that rate again with each answer held to a JSON schema (the
-//! grammar's mask on every token). `cargo bench --bench engine`.
+//! grammar's mask on every token); last, four requests of one long prompt beside four of
+//! prompts that differ from their first word, where only the first four can share one
+//! reading of the prompt. `cargo bench --bench engine`.
 //!
 //! Single-stream figures are taken on the file the engine serves and, should the
 //! manifest convert it, on the file as shipped too.
@@ -141,6 +143,7 @@ fn main() {
         Some(Ok(_)) => {}
     }
     constrained(&runtime, &backend);
+    shared_prompt(&runtime, &backend);
     println!("load average after: {}", load_average());
 }
 
@@ -319,6 +322,53 @@ fn constrained(runtime: &tokio::runtime::Runtime, backend: &LocalBackend) {
             held.mean / free.mean
         );
     }
+}
+
+/// Four one-token answers to one prompt of some 760 tokens (the choices of a request for
+/// `n`, or agents sharing a long system prompt) beside four to prompts that differ from
+/// their first word: seconds until all four have answered, alternating rounds.
+fn shared_prompt(runtime: &tokio::runtime::Runtime, backend: &LocalBackend) {
+    let text: Vec<String> = (0..40)
+        .map(|i| format!("Item {i}: the quick brown fox jumps over the lazy dog number {i}."))
+        .collect();
+    let text = text.join(" ");
+    let same: Vec<String> = vec![text.clone(); 4];
+    let different: Vec<String> = (0..4).map(|k| format!("Variant {k}. {text}")).collect();
+    let (mut shared_seconds, mut separate_seconds) = (Vec::new(), Vec::new());
+    let mut reused = 0;
+    for _ in 0..ROUNDS {
+        for (prompts, seconds) in [
+            (&same, &mut shared_seconds),
+            (&different, &mut separate_seconds),
+        ] {
+            let started = Instant::now();
+            let answers =
+                runtime.block_on(futures::future::join_all(prompts.iter().map(|prompt| {
+                    let mut request =
+                        ChatRequest::new("auto", vec![Message::text(Role::User, prompt.clone())]);
+                    request.sampling.max_tokens = Some(1);
+                    async move {
+                        collect(backend.generate(request, Instant::now()).await.unwrap())
+                            .await
+                            .unwrap()
+                    }
+                })));
+            seconds.push(started.elapsed().as_secs_f64());
+            if prompts == &same {
+                reused = answers
+                    .iter()
+                    .map(|answer| answer.finished.usage.cached_prompt_tokens)
+                    .sum::<u32>();
+            }
+        }
+    }
+    let (shared, separate) = (Rate::of(&shared_seconds), Rate::of(&separate_seconds));
+    println!();
+    println!(
+        "four answers at once ({ROUNDS} alternating rounds), seconds: one prompt {shared} \
+         ({reused} of its tokens copied, not read), four prompts {separate}; {:.2}x faster",
+        separate.mean / shared.mean
+    );
 }
 
 /// Runs `n` story requests at once, their answers held to `format`; returns each one's

@@ -33,6 +33,7 @@ async fn direct_url(backend: Arc<dyn Backend>) -> String {
                 logprobs: None,
                 response_format: Default::default(),
                 raw_prompt: false,
+                choices: 1,
                 parallel_tool_calls: None,
             };
             let generation = collect(backend.generate(request, Instant::now()).await.unwrap())

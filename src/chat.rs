@@ -203,6 +203,9 @@ pub struct ChatRequest {
     /// without the chat template (`/v1/completions`). Only the local model takes one:
     /// a provider's chat model would read it as a question.
     pub raw_prompt: bool,
+    /// How many answers to draw for the one prompt (OpenAI's `n`), each a choice of its
+    /// own, screened and gated on its own.
+    pub choices: u32,
 }
 
 /// The shape the answer must take.
@@ -246,7 +249,21 @@ impl ChatRequest {
             logprobs: None,
             response_format: ResponseFormat::default(),
             raw_prompt: false,
+            choices: 1,
         }
+    }
+
+    /// Choice `index` of this request as a request of its own: one answer, drawn with
+    /// the seed moved by `index`, so the choices differ and a seeded request still
+    /// gives the same choices every time.
+    pub fn choice(&self, index: u32) -> Self {
+        let mut one = self.clone();
+        one.choices = 1;
+        one.sampling.seed = self
+            .sampling
+            .seed
+            .map(|seed| seed.wrapping_add(u64::from(index)));
+        one
     }
 
     /// Whether the answer must be JSON, which only a backend that constrains its output
@@ -316,6 +333,12 @@ impl Usage {
     }
 }
 
+/// Whether a choice index is the first: records leave it out then, as records written
+/// before `n` existed do.
+pub fn is_first_choice(choice: &u32) -> bool {
+    *choice == 0
+}
+
 /// How sure the model was of what it wrote, from the log-probabilities of the sampled
 /// tokens. Absent when nothing was generated or the backend cannot tell.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -362,6 +385,47 @@ pub struct GenerationSummary {
     pub usage: Usage,
     pub confidence: Option<Confidence>,
     pub timings: Timings,
+}
+
+impl GenerationSummary {
+    /// The account of the choices drawn for one request, as routing and the report
+    /// read it: every choice's tokens (each choice computed or paid for its prompt), the
+    /// least sure choice's confidence, the slowest choice's times, every proposed call,
+    /// and a deadline if any choice met one. Each choice keeps its own finish reason and
+    /// calls for the client. `None` for no choices.
+    pub fn of_choices<'a>(
+        choices: impl IntoIterator<Item = &'a GenerationSummary>,
+    ) -> Option<GenerationSummary> {
+        let mut choices = choices.into_iter();
+        let mut combined = choices.next()?.clone();
+        for choice in choices {
+            combined.usage.prompt_tokens += choice.usage.prompt_tokens;
+            combined.usage.completion_tokens += choice.usage.completion_tokens;
+            combined.usage.cached_prompt_tokens += choice.usage.cached_prompt_tokens;
+            combined.confidence = match (combined.confidence, choice.confidence) {
+                (Some(a), Some(b)) => Some(Confidence {
+                    mean_logprob: a.mean_logprob.min(b.mean_logprob),
+                    min_logprob: a.min_logprob.min(b.min_logprob),
+                }),
+                (known, None) | (None, known) => known,
+            };
+            let (slowest, timings) = (&mut combined.timings, choice.timings);
+            slowest.queue_ms = slowest.queue_ms.max(timings.queue_ms);
+            slowest.prefill_ms = slowest.prefill_ms.max(timings.prefill_ms);
+            slowest.decode_ms = slowest.decode_ms.max(timings.decode_ms);
+            slowest.first_token_ms = slowest.first_token_ms.max(timings.first_token_ms);
+            combined
+                .tool_calls
+                .extend(choice.tool_calls.iter().cloned());
+            combined
+                .malformed_tool_calls
+                .extend(choice.malformed_tool_calls.iter().cloned());
+            if choice.finish_reason == FinishReason::Deadline {
+                combined.finish_reason = FinishReason::Deadline;
+            }
+        }
+        Some(combined)
+    }
 }
 
 /// What a generation emits, in order: any number of `Content` deltas, then exactly one

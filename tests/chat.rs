@@ -574,3 +574,113 @@ async fn dashboard_series_exist_from_the_start_and_the_engine_reports_its_load()
     // The answer ended: its cache room is free again.
     assert_eq!(value("warden_local_kv_cache_tokens{state=\"free\"}"), free);
 }
+
+/// Each choice's content from a chat stream, by index, and how many finish reasons each
+/// index received.
+fn streamed_choices(frames: &[String]) -> (Vec<String>, Vec<usize>) {
+    let (mut texts, mut finishes) = (Vec::new(), Vec::new());
+    for frame in frames.iter().filter(|frame| *frame != "[DONE]") {
+        let chunk: Value = serde_json::from_str(frame).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            let index = choice["index"].as_u64().unwrap() as usize;
+            if texts.len() <= index {
+                texts.resize(index + 1, String::new());
+                finishes.resize(index + 1, 0);
+            }
+            texts[index].push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+            finishes[index] += usize::from(choice["finish_reason"].is_string());
+        }
+    }
+    (texts, finishes)
+}
+
+#[tokio::test]
+async fn n_choices_are_drawn_together_each_with_its_own_seed_gate_and_record() {
+    let server = TestServer::start().await;
+    let ask = |seed: u64, n: u32| {
+        json!({"messages": user("Name a colour and say why you like it."), "temperature": 0.9,
+               "seed": seed, "max_tokens": 12, "n": n})
+    };
+    let (status, whole) = server.chat(ask(7, 3)).await;
+    assert_eq!(status, 200, "{whole}");
+    let choices = whole["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{whole}");
+    let texts: Vec<&str> = choices
+        .iter()
+        .map(|choice| choice["message"]["content"].as_str().unwrap())
+        .collect();
+
+    // Choice i is drawn with the seed moved by i: the answer one choice gets with that
+    // seed. Usage counts every choice, each with its prompt.
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    for (index, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], index);
+        let (status, single) = server.chat(ask(7 + index as u64, 1)).await;
+        assert_eq!(status, 200, "{single}");
+        assert_eq!(single["choices"][0]["message"]["content"], texts[index]);
+        assert_eq!(
+            choice["finish_reason"],
+            single["choices"][0]["finish_reason"]
+        );
+        prompt_tokens += single["usage"]["prompt_tokens"].as_u64().unwrap();
+        completion_tokens += single["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "three seeds drew one answer: {texts:?}"
+    );
+    assert_eq!(whole["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(whole["usage"]["completion_tokens"], completion_tokens);
+    // The prompt is read once: the other choices copy all of it but the last token,
+    // whose pass draws their first token.
+    assert_eq!(
+        whole["usage"]["prompt_tokens_details"]["cached_tokens"],
+        2 * (prompt_tokens / 3 - 1),
+        "{whole}"
+    );
+
+    // Streamed, the same choices arrive by index, each ending once, then the usage.
+    let mut streamed = ask(7, 3);
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let frames = server.stream(streamed).await;
+    let (streamed_texts, finishes) = streamed_choices(&frames);
+    assert_eq!(streamed_texts, texts, "{frames:?}");
+    assert_eq!(finishes, [1, 1, 1], "{frames:?}");
+    let usage: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
+    assert_eq!(usage["usage"], whole["usage"]);
+
+    // Forced calls: every choice is one, each passes the tool-call gate on its own and
+    // is recorded with its choice.
+    let (status, called) = server
+        .chat(json!({"messages": user("What is the weather in Paris?"),
+                     "tools": weather_tool(), "tool_choice": "required", "n": 2}))
+        .await;
+    assert_eq!(status, 200, "{called}");
+    for choice in called["choices"].as_array().unwrap() {
+        assert_eq!(choice["finish_reason"], "tool_calls", "{called}");
+        assert_eq!(
+            choice["message"]["tool_calls"][0]["function"]["name"],
+            "get_weather"
+        );
+    }
+    let decisions = called["warden"]["policy"]["decisions"].as_array().unwrap();
+    let decided: Vec<u64> = decisions
+        .iter()
+        .map(|decision| decision["choice"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(decided, [0, 1], "{decisions:?}");
+    let records = warden::audit::query::read_all(&server.audit_dir).unwrap();
+    let record = records
+        .iter()
+        .find(|record| record["request_id"] == called["warden"]["request_id"])
+        .expect("the answer is on the audit record");
+    let recorded: Vec<u64> = record["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|call| call["choice"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(recorded, [0, 1], "{record}");
+    assert_eq!(record["later_choices"].as_array().unwrap().len(), 1);
+}

@@ -7,7 +7,7 @@
 mod common;
 
 use common::mock_upstream::MockUpstream;
-use common::{sse_data, TestServer, KEY_A};
+use common::{TestServer, KEY_A};
 use serde_json::{json, Value};
 use warden::backend::provider::config::ProviderKind;
 
@@ -89,19 +89,13 @@ async fn a_raw_prompt_is_continued_as_written_with_its_logprobs_and_recorded() {
 #[tokio::test]
 async fn a_streamed_completion_leads_with_the_echoed_prompt_and_ends_with_usage() {
     let server = TestServer::start().await;
-    let response = server
-        .client
-        .post(server.url("/v1/completions"))
-        .bearer_auth(KEY_A)
-        .json(
-            &json!({"prompt": COUNTING, "max_tokens": 5, "temperature": 0, "echo": true,
-                      "stream": true, "stream_options": {"include_usage": true}}),
+    let frames = server
+        .stream_at(
+            "/v1/completions",
+            json!({"prompt": COUNTING, "max_tokens": 5, "temperature": 0, "echo": true,
+               "stream": true, "stream_options": {"include_usage": true}}),
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let frames = sse_data(&response.text().await.unwrap());
+        .await;
     assert_eq!(frames.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = frames[..frames.len() - 1]
         .iter()
@@ -131,6 +125,34 @@ async fn a_streamed_completion_leads_with_the_echoed_prompt_and_ends_with_usage(
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["text"], text);
+
+    // Two choices: each led by the prompt, streamed by index as they are whole.
+    let two = json!({"prompt": COUNTING, "max_tokens": 5, "temperature": 0.9, "seed": 3,
+                     "echo": true, "n": 2});
+    let (status, whole) = complete(&server, two.clone()).await;
+    assert_eq!(status, 200, "{whole}");
+    let mut streamed = two;
+    streamed["stream"] = json!(true);
+    let frames = server.stream_at("/v1/completions", streamed).await;
+    let mut texts = vec![String::new(); 2];
+    for frame in &frames[..frames.len() - 1] {
+        let chunk: Value = serde_json::from_str(frame).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            let index = choice["index"].as_u64().unwrap() as usize;
+            texts[index].push_str(choice["text"].as_str().unwrap());
+        }
+    }
+    let choices = whole["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{whole}");
+    for (index, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], index);
+        let text = choice["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(COUNTING) && text.len() > COUNTING.len(),
+            "{whole}"
+        );
+        assert_eq!(texts[index], text, "{frames:?}");
+    }
 }
 
 #[tokio::test]

@@ -63,6 +63,7 @@ fn request(question: &str, max_tokens: u32) -> ChatRequest {
         logprobs: None,
         response_format: Default::default(),
         raw_prompt: false,
+        choices: 1,
         parallel_tool_calls: None,
     }
 }

@@ -111,6 +111,7 @@ fn prompt_tokens(engine: &Engine, question: &str) -> Vec<u32> {
         logprobs: None,
         response_format: Default::default(),
         raw_prompt: false,
+        choices: 1,
         parallel_tool_calls: None,
     };
     engine.prepare(&request, usize::MAX).unwrap().tokens

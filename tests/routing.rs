@@ -629,6 +629,28 @@ async fn an_external_stream_is_passed_through() {
     let usage: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 5);
     assert!(mock.received()[0].body["stream"].as_bool().unwrap());
+
+    // Two choices are two calls, each with its own seed, and both are paid for.
+    let (status, body) = server
+        .chat(json!({"model": "mock-large", "messages": user("Count."), "n": 2, "seed": 5}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{body}");
+    for (index, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], index);
+        assert_eq!(choice["message"]["content"], text);
+    }
+    assert_eq!(body["usage"]["completion_tokens"], 10);
+    let mut seeds: Vec<u64> = mock.received()[1..]
+        .iter()
+        .map(|received| {
+            assert!(received.body.get("n").is_none(), "{}", received.body);
+            received.body["seed"].as_u64().unwrap()
+        })
+        .collect();
+    seeds.sort_unstable();
+    assert_eq!(seeds, [5, 6]);
 }
 
 #[tokio::test]

@@ -2,7 +2,6 @@
 //! `data: [DONE]`.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,8 +18,7 @@ use super::generate::{self, json_event};
 use super::openai::request;
 use super::openai::response::CompletionIdentity;
 use super::AppState;
-use crate::chat::StreamEvent;
-use crate::gateway::{self, RequestContext, ResponseStream};
+use crate::gateway::{self, RequestContext, ResponseEvent, ResponseStream};
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -46,6 +44,7 @@ async fn answer(
     let logprobs = parsed.chat.logprobs.is_some();
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
     let legacy_functions = parsed.legacy_functions;
+    let choices = parsed.chat.choices;
     let started = generate::start(&state, context, parsed, std::convert::identity).await?;
     let identity = CompletionIdentity {
         id: format!("chatcmpl-{request_id}"),
@@ -54,7 +53,7 @@ async fn answer(
         legacy_functions,
     };
     let response = if stream {
-        let events = sse_events(started.events, identity, include_usage, logprobs);
+        let events = sse_events(started.events, identity, choices, include_usage, logprobs);
         let events = generate::in_span(span, Box::pin(events));
         Sse::new(events)
             .keep_alive(KeepAlive::default())
@@ -70,23 +69,29 @@ async fn answer(
 fn sse_events(
     events: ResponseStream,
     identity: CompletionIdentity,
+    choices: u32,
     include_usage: bool,
     logprobs: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let identity = Arc::new(identity);
-    let head = stream::once(futures::future::ready(json_event(&identity.role_chunk())));
-    let body_identity = identity.clone();
+    let head: Vec<_> = identity
+        .role_chunks(choices)
+        .iter()
+        .map(json_event)
+        .collect();
     let body = events.flat_map(move |event| {
         let frames = match event {
-            Ok(StreamEvent::Content {
+            Ok(ResponseEvent::Content {
+                choice,
                 text,
                 logprobs: token_logprobs,
-            }) => vec![json_event(
-                &body_identity.content_chunk(text, logprobs.then_some(token_logprobs)),
-            )],
-            Ok(StreamEvent::Finished(completed)) => {
+            }) => vec![json_event(&identity.content_chunk(
+                choice,
+                text,
+                logprobs.then_some(token_logprobs),
+            ))],
+            Ok(ResponseEvent::Finished(completed)) => {
                 generate::log_completed(&completed);
-                body_identity
+                identity
                     .final_chunks(&completed, include_usage)
                     .iter()
                     .map(json_event)
@@ -98,5 +103,5 @@ fn sse_events(
         };
         stream::iter(frames)
     });
-    head.chain(body)
+    stream::iter(head).chain(body)
 }

@@ -17,8 +17,7 @@ use super::extract::{Caller, RawBody};
 use super::generate::{self, json_event};
 use super::openai::completions::{self, CompletionParts, TextCompletionWriter};
 use super::AppState;
-use crate::chat::StreamEvent;
-use crate::gateway::{self, RequestContext, ResponseStream};
+use crate::gateway::{self, RequestContext, ResponseEvent, ResponseStream};
 
 pub async fn create(
     State(state): State<AppState>,
@@ -41,6 +40,7 @@ async fn answer(
         generate::read_request(&state, &context, &headers, body, parse).await?;
     let request_id = context.request_id.clone();
     let (stream, include_usage) = (parsed.stream, parsed.include_usage);
+    let choices = parsed.chat.choices;
     let started =
         generate::start(&state, context, parsed, completions::in_completion_terms).await?;
     let mut writer = TextCompletionWriter::new(
@@ -48,9 +48,10 @@ async fn answer(
         generate::unix_now(),
         started.model.clone(),
         logprobs,
+        choices,
     );
     let response = if stream {
-        let events = sse_events(started.events, writer, echo, include_usage);
+        let events = sse_events(started.events, writer, echo, choices, include_usage);
         let events = generate::in_span(span, Box::pin(events));
         Sse::new(events)
             .keep_alive(KeepAlive::default())
@@ -58,9 +59,7 @@ async fn answer(
     } else {
         let answer = gateway::collect(started.events).await?;
         generate::log_completed(&answer.finished);
-        let completion =
-            writer.completion(echo, answer.content, &answer.logprobs, &answer.finished);
-        Json(completion).into_response()
+        Json(writer.completion(echo.as_deref(), answer)).into_response()
     };
     Ok(generate::with_route(response, &started.route))
 }
@@ -69,19 +68,28 @@ fn sse_events(
     events: ResponseStream,
     mut writer: TextCompletionWriter,
     echo: Option<String>,
+    choices: u32,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    // The echoed prompt leads the stream as its own piece, before anything is generated.
+    // The echoed prompt leads each choice as its own piece, before anything is
+    // generated.
     let head: Vec<_> = echo
-        .map(|prompt| json_event(&writer.text_chunk(prompt, &[])))
-        .into_iter()
-        .collect();
+        .map(|prompt| {
+            (0..choices)
+                .map(|choice| json_event(&writer.text_chunk(choice, prompt.clone(), &[])))
+                .collect()
+        })
+        .unwrap_or_default();
     let body = events.flat_map(move |event| {
         let frames = match event {
-            Ok(StreamEvent::Content { text, logprobs }) => {
-                vec![json_event(&writer.text_chunk(text, &logprobs))]
+            Ok(ResponseEvent::Content {
+                choice,
+                text,
+                logprobs,
+            }) => {
+                vec![json_event(&writer.text_chunk(choice, text, &logprobs))]
             }
-            Ok(StreamEvent::Finished(completed)) => {
+            Ok(ResponseEvent::Finished(completed)) => {
                 generate::log_completed(&completed);
                 writer
                     .final_chunks(&completed, include_usage)

@@ -52,7 +52,7 @@ async fn answer(
         object: "list",
         data: embeddings::data(vectors, base64),
         model: started.model,
-        usage: UsageBody::from(answer.finished.summary.usage).into(),
+        usage: UsageBody::from(answer.finished.usage).into(),
         warden: answer.finished.report_json,
     };
     Ok(generate::with_route(

@@ -207,7 +207,7 @@ pub fn log_completed(completed: &Recorded) {
     let report = &completed.report;
     // Who and which request: the request's span says it.
     tracing::info!(
-        completion_tokens = completed.summary.usage.completion_tokens,
+        completion_tokens = completed.usage.completion_tokens,
         total_ms = report.timings.total_ms,
         "completed"
     );

@@ -22,9 +22,9 @@ use super::openai::responses::{
     self, ResponseEvents, ResponseIdentity, ResponseObject, ResponseParts, StreamFrame,
 };
 use super::AppState;
-use crate::chat::{Message, StreamEvent};
+use crate::chat::Message;
 use crate::error::GatewayError;
-use crate::gateway::{self, RequestContext, ResponseStream};
+use crate::gateway::{self, RequestContext, ResponseEvent, ResponseStream};
 
 pub async fn create(
     State(state): State<AppState>,
@@ -112,7 +112,8 @@ async fn answer(
     } else {
         let answer = gateway::collect(started.events).await?;
         generate::log_completed(&answer.finished);
-        let response = identity.completed(answer.content, answer.logprobs, &answer.finished);
+        let text = answer.texts.into_iter().next().unwrap_or_default();
+        let response = identity.completed(text.content, text.logprobs, &answer.finished);
         kept.keep(&response);
         Json(response).into_response()
     };
@@ -129,8 +130,8 @@ fn sse_events(
     let mut kept = Some(kept);
     let body = events.flat_map(move |event| {
         let frames = match event {
-            Ok(StreamEvent::Content { text, logprobs }) => writer.content(text, logprobs),
-            Ok(StreamEvent::Finished(completed)) => {
+            Ok(ResponseEvent::Content { text, logprobs, .. }) => writer.content(text, logprobs),
+            Ok(ResponseEvent::Finished(completed)) => {
                 generate::log_completed(&completed);
                 let (frames, response) = writer.finish(&completed);
                 if let Some(kept) = kept.take() {

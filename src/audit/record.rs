@@ -176,6 +176,9 @@ pub struct RecordedToolCall {
     /// Its reason code (`rule`, `default`, `malformed_arguments`, `loop_detected`…).
     #[serde(default)]
     pub reason: String,
+    /// The choice that proposed it, when the request asked for several (`n`).
+    #[serde(default, skip_serializing_if = "crate::chat::is_first_choice")]
+    pub choice: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +206,10 @@ pub struct RequestRecord<R = Value> {
     /// What the agent was sent (for a failed or cancelled request, up to the break).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<TextDigest>,
+    /// Choices 1 to n-1 of a request that asked for n answers, as `completion` holds
+    /// choice 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later_choices: Vec<TextDigest>,
     /// The answering generation's tokens (every attempt's are in `report.attempts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Tokens>,
@@ -256,6 +263,7 @@ mod tests {
             response_format: Default::default(),
             raw_prompt: false,
             parallel_tool_calls: None,
+            choices: 1,
         };
         let hidden = TextDigest::of_prompt(&request, false);
         assert_eq!(hidden.sha256.len(), 64);
@@ -284,7 +292,8 @@ mod tests {
             latency_ms: 1.0,
             model_requested: "auto".into(),
             prompt: digest.clone(),
-            completion: Some(digest),
+            completion: Some(digest.clone()),
+            later_choices: vec![digest],
             usage: Some(Tokens {
                 prompt_tokens: 1,
                 completion_tokens: 2,
@@ -296,6 +305,7 @@ mod tests {
                 returned: false,
                 decision: "DENY".into(),
                 reason: "loop_detected".into(),
+                choice: 1,
             }],
             attempts: vec![json!({"backend": "b"})],
             report: Some(json!({"route": "local"})),

@@ -419,6 +419,7 @@ mod tests {
                 text: None,
             },
             completion: None,
+            later_choices: Vec::new(),
             usage: None,
             tool_calls: Vec::new(),
             attempts: Vec::new(),

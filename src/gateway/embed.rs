@@ -114,7 +114,7 @@ impl Gateway {
             embedded.latency_ms,
         );
         let guards = ResponseGuards { screen, permit };
-        let answer = self.local_answer(account, None, context, history, guards);
+        let answer = self.local_answer(vec![account], None, context, history, guards);
         Ok((answer, Vectors::Computed(embedded.vectors)))
     }
 
@@ -158,7 +158,7 @@ impl Gateway {
             embeddings.latency_ms,
         );
         let guards = ResponseGuards { screen, permit };
-        let answer = provider_answer(target, account, context, history, guards);
+        let answer = provider_answer(target, vec![account], context, history, guards);
         Ok((answer, Vectors::AsWritten(embeddings.data)))
     }
 

@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{stream, FutureExt, Stream, StreamExt, TryStreamExt};
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
@@ -38,7 +38,7 @@ use crate::auth::Principal;
 use crate::backend::provider::breaker::BreakerState;
 use crate::backend::{Backend, BackendError, BackendStatus, EventStream};
 use crate::chat::{
-    ChatRequest, Collected, Confidence, GenerationEvent, GenerationSummary, StreamEvent,
+    ChatRequest, Confidence, GenerationEvent, GenerationSummary, StreamEvent, TokenLogprob, Usage,
 };
 use crate::error::{panic_message, GatewayError};
 use crate::governor::{Admission, Governor, Permit, Priority, QueueFallback};
@@ -100,21 +100,38 @@ impl RequestContext {
     }
 }
 
-/// What the client receives: content deltas, then the recorded completion.
-pub type ResponseEvent = StreamEvent<Recorded>;
+/// What the client receives: each choice's text as it is released, then the recorded
+/// completion.
+#[derive(Debug, Clone)]
+pub enum ResponseEvent {
+    Content {
+        /// Which of the answers the client asked for (`n`) this text belongs to.
+        choice: u32,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Finished(Box<Recorded>),
+}
 
-/// The end of an answer, before its record is written: how the generation finished
-/// and warden's account of it.
+/// The end of an answer, before its record is written: how each choice finished and
+/// warden's account of them all.
 #[derive(Debug, Clone)]
 pub struct Completed {
-    pub summary: GenerationSummary,
+    /// Each choice's end after the tool-call gate, in index order.
+    pub choices: Vec<GenerationSummary>,
+    /// Every choice's tokens together.
+    pub usage: Usage,
     pub report: WardenReport,
 }
 
 /// A completion whose audit record is written: what the client is sent.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    pub summary: GenerationSummary,
+    /// Each choice's end after the tool-call gate, in index order: one unless the
+    /// client asked for several (`n`).
+    pub choices: Vec<GenerationSummary>,
+    /// Every choice's tokens together.
+    pub usage: Usage,
     pub report: WardenReport,
     /// `report` serialised once, for the record and the response alike: both carry the
     /// same bytes.
@@ -132,8 +149,23 @@ pub struct Started {
     pub events: ResponseStream,
 }
 
-/// A whole, non-streamed response.
-pub type Response = Collected<Recorded>;
+/// A whole, non-streamed response: each choice's text, then the record of them all.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// In choice order, as many as `finished.choices`.
+    pub texts: Vec<ChoiceText>,
+    pub finished: Recorded,
+}
+
+/// The text one choice released to the client, with its tokens' log-probabilities.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChoiceText {
+    pub content: String,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// One backend stream per choice, in index order.
+pub(crate) type Choices = Vec<EventStream>;
 
 /// One entry of the model list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,9 +318,9 @@ impl Gateway {
         let (chain, verify, thresholds) = match planned.steps {
             Steps::Local => {
                 let permit = self.admit(&context, self.local.name()).await?;
-                let events = self.generate_locally(request, &permit).await?;
+                let choices = self.generate_locally(request, &permit).await?;
                 let guards = ResponseGuards { screen, permit };
-                return Ok(self.local_answer(events, None, context, history, guards));
+                return Ok(self.local_answer(choices, None, context, history, guards));
             }
             Steps::External { targets } => {
                 let permit = self.admit_external(&context, &targets).await?;
@@ -315,8 +347,8 @@ impl Gateway {
         }
         let mut guards = ResponseGuards { screen, permit };
         let started = Instant::now();
-        let local_events = match self.generate_locally(request.clone(), &guards.permit).await {
-            Ok(events) => events,
+        let local_choices = match self.generate_locally(request.clone(), &guards.permit).await {
+            Ok(choices) => choices,
             Err(error) => {
                 if !self.hand_over_from_local(&error, started, &chain, &mut history) {
                     return Err(error.into());
@@ -327,12 +359,13 @@ impl Gateway {
             }
         };
         if !verify {
-            return Ok(self.local_answer(local_events, None, context, history, guards));
+            return Ok(self.local_answer(local_choices, None, context, history, guards));
         }
 
         // Verify before anything is shown: the client sees either this answer or the
-        // one that replaces it, never both.
-        let local = match collect_events(local_events).await {
+        // one that replaces it, never both. Every choice is checked; one that falls
+        // short sends them all on, since a response's choices come from one model.
+        let local = match collect_choices(local_choices).await {
             Ok(local) => local,
             Err(error) => {
                 if !self.hand_over_from_local(&error, started, &chain, &mut history) {
@@ -343,10 +376,23 @@ impl Gateway {
                     .await;
             }
         };
-        let shortfalls = check_local_answer(&local.summary, request.callable_tools(), &thresholds);
+        let mut shortfalls = Vec::new();
+        for choice in &local {
+            for shortfall in
+                check_local_answer(&choice.summary, request.callable_tools(), &thresholds)
+            {
+                if !shortfalls.contains(&shortfall) {
+                    shortfalls.push(shortfall);
+                }
+            }
+        }
+        let Some(local_summary) = GenerationSummary::of_choices(local.iter().map(|c| &c.summary))
+        else {
+            return Err(GatewayError::Internal("the local model drew no choices".into()).into());
+        };
+        let confidence = local_summary.confidence;
         if shortfalls.is_empty() {
-            let confidence = local.summary.confidence;
-            return Ok(self.local_answer(local.replay(), confidence, context, history, guards));
+            return Ok(self.local_answer(replay(local), confidence, context, history, guards));
         }
         for shortfall in &shortfalls {
             self.metrics
@@ -355,7 +401,7 @@ impl Gateway {
                 .inc();
         }
         history.reasons.extend(shortfalls);
-        history.answered(&local.summary, AttemptOutcome::Rejected);
+        history.answered(&local_summary, AttemptOutcome::Rejected);
         history.route = Route::Escalated;
         match self
             .try_chain(&request, stream, &chain, &mut history, &mut guards.permit)
@@ -374,8 +420,7 @@ impl Gateway {
                 }
                 history.route = Route::FallbackLocal;
                 history.reason(Reason::FallbackLocal);
-                let confidence = local.summary.confidence;
-                Ok(self.local_answer(local.replay(), confidence, context, history, guards))
+                Ok(self.local_answer(replay(local), confidence, context, history, guards))
             }
         }
     }
@@ -444,7 +489,7 @@ impl Gateway {
     /// before any of it was shown (it goes into `x-warden-route`).
     fn local_answer(
         &self,
-        events: EventStream,
+        events: Choices,
         confidence: Option<Confidence>,
         context: RequestContext,
         history: RouteHistory,
@@ -517,17 +562,24 @@ impl Gateway {
         targets: &[Target],
         history: &mut RouteHistory,
         permit: &mut Permit,
-    ) -> Result<(Target, EventStream), GatewayError> {
+    ) -> Result<(Target, Choices), GatewayError> {
         let ranks_at = permit.ranks_at().into_std();
         self.try_providers(targets, history, permit, |target| {
             let mut attempt = request.clone();
             attempt.model = target.model.clone();
             let provider = target.provider.clone();
             async move {
-                match provider.generate(attempt, ranks_at).await {
-                    Ok(events) if stream => Ok(events),
-                    Ok(events) => collect_events(events).await.map(CollectedEvents::replay),
-                    Err(error) => Err(error),
+                // A provider is asked once per choice: not every provider takes `n`, and
+                // each call's usage is then what that provider bills for it.
+                let choices = start_choices(attempt, move |one| {
+                    let provider = provider.clone();
+                    async move { provider.generate(one, ranks_at).await }
+                })
+                .await?;
+                if stream {
+                    Ok(choices)
+                } else {
+                    collect_choices(choices).await.map(replay)
                 }
             }
         })
@@ -634,52 +686,91 @@ impl Gateway {
         })
     }
 
-    /// Starts a local generation inside a span that lasts while its events are read:
-    /// `local_prefill` until the first token, `local_decode` from there to the end, and
-    /// the engine's own timings on `local_generation` once it finishes.
+    /// Starts every choice of a local generation (see [`start_choices`]); the engine
+    /// batches them together.
     async fn generate_locally(
         &self,
         request: ChatRequest,
         permit: &Permit,
-    ) -> Result<EventStream, BackendError> {
-        let span = tracing::info_span!(
-            "local_generation",
-            model = %self.local_model(),
-            queue_ms = tracing::field::Empty,
-            prefill_ms = tracing::field::Empty,
-            decode_ms = tracing::field::Empty,
-            completion_tokens = tracing::field::Empty,
-        );
-        // The phase under way; a span ends when it is dropped.
-        let mut phase = Some(tracing::info_span!(parent: &span, "local_prefill"));
-        let mut decoding = false;
-        let events = self
-            .local
-            .generate(request, permit.ranks_at().into_std())
-            .instrument(span.clone())
-            .await?;
-        Ok(Box::pin(events.inspect(move |event| match event {
-            Ok(StreamEvent::Content { .. }) if !decoding => {
-                decoding = true;
-                // Prefill ends before decode starts.
-                drop(phase.take());
-                phase = Some(tracing::info_span!(parent: &span, "local_decode"));
-            }
-            Ok(StreamEvent::Finished(summary)) => {
-                drop(phase.take());
-                let timings = &summary.timings;
-                span.record("queue_ms", timings.queue_ms);
-                span.record("prefill_ms", timings.prefill_ms);
-                span.record("decode_ms", timings.decode_ms);
-                span.record("completion_tokens", summary.usage.completion_tokens);
-            }
-            _ => {}
-        })))
+    ) -> Result<Choices, BackendError> {
+        let (local, model) = (self.local.clone(), self.local_model());
+        let ranks_at = permit.ranks_at().into_std();
+        start_choices(request, move |one| {
+            generate_traced(local.clone(), model.clone(), one, ranks_at)
+        })
+        .await
     }
 
     fn local_model(&self) -> String {
         self.local.models().into_iter().next().unwrap_or_default()
     }
+}
+
+/// Starts one local generation inside a span that lasts while its events are read:
+/// `local_prefill` until the first token, `local_decode` from there to the end, and the
+/// engine's own timings on `local_generation` once it finishes.
+async fn generate_traced(
+    local: Arc<dyn Backend>,
+    model: String,
+    request: ChatRequest,
+    ranks_at: Instant,
+) -> Result<EventStream, BackendError> {
+    let span = tracing::info_span!(
+        "local_generation",
+        model = %model,
+        queue_ms = tracing::field::Empty,
+        prefill_ms = tracing::field::Empty,
+        decode_ms = tracing::field::Empty,
+        completion_tokens = tracing::field::Empty,
+    );
+    // The phase under way; a span ends when it is dropped.
+    let mut phase = Some(tracing::info_span!(parent: &span, "local_prefill"));
+    let mut decoding = false;
+    let events = local
+        .generate(request, ranks_at)
+        .instrument(span.clone())
+        .await?;
+    Ok(Box::pin(events.inspect(move |event| match event {
+        Ok(StreamEvent::Content { .. }) if !decoding => {
+            decoding = true;
+            // Prefill ends before decode starts.
+            drop(phase.take());
+            phase = Some(tracing::info_span!(parent: &span, "local_decode"));
+        }
+        Ok(StreamEvent::Finished(summary)) => {
+            drop(phase.take());
+            let timings = &summary.timings;
+            span.record("queue_ms", timings.queue_ms);
+            span.record("prefill_ms", timings.prefill_ms);
+            span.record("decode_ms", timings.decode_ms);
+            span.record("completion_tokens", summary.usage.completion_tokens);
+        }
+        _ => {}
+    })))
+}
+
+/// Starts every choice of `request` (OpenAI's `n`) with `start`, each with its own
+/// seed ([`ChatRequest::choice`]). The first starts before this returns, so a failure
+/// known up front (a context overflow, a provider's refusal) fails the attempt as a
+/// whole; the others start when the response is first read, so choices beyond the
+/// engine's free slots wait for a slot without holding back the ones already running.
+async fn start_choices<F, Fut>(request: ChatRequest, start: F) -> Result<Choices, BackendError>
+where
+    F: Fn(ChatRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<EventStream, BackendError>> + Send + 'static,
+{
+    let later: Vec<Fut> = (1..request.choices)
+        .map(|index| start(request.choice(index)))
+        .collect();
+    let mut first = request;
+    first.choices = 1;
+    let mut choices: Choices = vec![start(first).await?];
+    choices.extend(
+        later
+            .into_iter()
+            .map(|started| Box::pin(stream::once(started).try_flatten()) as EventStream),
+    );
+    Ok(choices)
 }
 
 /// Why a request got no answer, and the attempts made on the way to that (the audit
@@ -714,7 +805,7 @@ struct ResponseGuards {
 /// A provider's answer, for the pipeline.
 fn provider_answer(
     target: Target,
-    events: EventStream,
+    events: Choices,
     context: RequestContext,
     history: RouteHistory,
     guards: ResponseGuards,
@@ -796,6 +887,16 @@ impl CollectedEvents {
     }
 }
 
+/// Every choice held back whole, in order.
+async fn collect_choices(choices: Choices) -> Result<Vec<CollectedEvents>, BackendError> {
+    futures::future::try_join_all(choices.into_iter().map(collect_events)).await
+}
+
+/// Choices held back, as the backend produced them.
+fn replay(choices: Vec<CollectedEvents>) -> Choices {
+    choices.into_iter().map(CollectedEvents::replay).collect()
+}
+
 async fn collect_events(mut events: EventStream) -> Result<CollectedEvents, BackendError> {
     let mut held = Vec::new();
     while let Some(event) = events.next().await {
@@ -819,9 +920,32 @@ fn ms_since(start: Instant) -> f64 {
 }
 
 /// Drains a response stream into a whole response.
-pub async fn collect(events: ResponseStream) -> Result<Response, GatewayError> {
-    crate::chat::collect(events, || {
-        GatewayError::Internal("the response ended without completing".into())
-    })
-    .await
+pub async fn collect(mut events: ResponseStream) -> Result<Response, GatewayError> {
+    let mut texts: Vec<ChoiceText> = Vec::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            ResponseEvent::Content {
+                choice,
+                text,
+                logprobs,
+            } => {
+                let index = choice as usize;
+                if texts.len() <= index {
+                    texts.resize_with(index + 1, ChoiceText::default);
+                }
+                texts[index].content.push_str(&text);
+                texts[index].logprobs.extend(logprobs);
+            }
+            ResponseEvent::Finished(finished) => {
+                texts.resize_with(finished.choices.len(), ChoiceText::default);
+                return Ok(Response {
+                    texts,
+                    finished: *finished,
+                });
+            }
+        }
+    }
+    Err(GatewayError::Internal(
+        "the response ended without completing".into(),
+    ))
 }

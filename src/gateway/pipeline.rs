@@ -1,24 +1,25 @@
 //! The one path every answer takes from its backend to the client, whichever backend
 //! it comes from and however it was chosen: text through the output guard as it
-//! streams; at the generation's end the tool-call gate, then warden's report, built
-//! here and nowhere else, then the audit record, written before the last event goes
-//! out. The governor's permit travels with the answer: its end, or a client that stops
-//! reading, gives the slots back.
+//! streams; at each choice's end the tool-call gate; once every choice has ended,
+//! warden's report, built here and nowhere else, then the audit record, written before
+//! the last event goes out. The governor's permit travels with the answer: its end, or
+//! a client that stops reading, gives the slots back.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 
-use futures::{stream, FutureExt, StreamExt};
+use futures::stream::{self, BoxStream, SelectAll};
+use futures::{FutureExt, StreamExt};
 use prometheus::IntCounterVec;
 use tracing::Instrument;
 
 use super::history::RouteHistory;
 use super::record::PendingRecord;
 use super::report::WardenReport;
-use super::screen::{Screen, Screened};
-use super::{Completed, RequestContext, ResponseEvent, ResponseGuards, Started};
-use crate::backend::EventStream;
-use crate::chat::{FinishReason, StreamEvent};
+use super::screen::Screen;
+use super::{Choices, Completed, RequestContext, ResponseEvent, ResponseGuards, Started};
+use crate::backend::BackendError;
+use crate::chat::{FinishReason, GenerationEvent, GenerationSummary, StreamEvent, Usage};
 use crate::error::{panic_message, GatewayError};
 use crate::governor::Permit;
 use crate::route::Reason;
@@ -29,7 +30,7 @@ pub(super) struct Answer {
     pub model: String,
     /// How it was routed, as far as known before the first byte (`x-warden-route`).
     pub route: String,
-    pub events: EventStream,
+    pub events: Choices,
     pub context: RequestContext,
     pub history: RouteHistory,
     pub guards: ResponseGuards,
@@ -42,9 +43,15 @@ struct ReportParts {
     permit: Permit,
 }
 
+/// One choice's next backend event, with the choice's index.
+type ChoiceEvent = (u32, Result<GenerationEvent, BackendError>);
+
 struct Pipeline {
-    backend: EventStream,
+    /// Every choice's events, as each comes.
+    backend: SelectAll<BoxStream<'static, ChoiceEvent>>,
     screen: Screen,
+    /// Each choice's end after the gate, once it has ended.
+    ends: Vec<Option<GenerationSummary>>,
     parts: Option<ReportParts>,
     /// `None` once the response has ended and its record is written.
     record: Option<PendingRecord>,
@@ -63,9 +70,17 @@ pub(super) fn run(answer: Answer, record: PendingRecord, routes: IntCounterVec) 
         history,
         guards: ResponseGuards { screen, permit },
     } = answer;
+    let ends = events.iter().map(|_| None).collect();
+    let backend = stream::select_all(
+        events
+            .into_iter()
+            .zip(0u32..)
+            .map(|(events, choice)| events.map(move |event| (choice, event)).boxed()),
+    );
     let pipeline = Pipeline {
-        backend: events,
+        backend,
         screen,
+        ends,
         parts: Some(ReportParts {
             context,
             history,
@@ -102,31 +117,37 @@ pub(super) fn run(answer: Answer, record: PendingRecord, routes: IntCounterVec) 
 }
 
 impl Pipeline {
-    /// Takes the backend's next event as far as it goes.
+    /// Takes the backends' next event as far as it goes.
     async fn step(&mut self) {
         match self.backend.next().await {
-            Some(Ok(StreamEvent::Content { text, logprobs })) => {
-                if let Some(released) = self.screen.pass(text, logprobs) {
+            Some((choice, Ok(StreamEvent::Content { text, logprobs }))) => {
+                if let Some(released) = self.screen.pass(choice, text, logprobs) {
                     self.send(released);
                 }
             }
-            Some(Ok(StreamEvent::Finished(summary))) => {
+            Some((choice, Ok(StreamEvent::Finished(summary)))) => {
                 let span = tracing::info_span!(
                     "policy",
+                    choice,
                     tool_calls = summary.tool_calls.len() + summary.malformed_tool_calls.len(),
                 );
-                match self.screen.finish(*summary).instrument(span).await {
+                match self.screen.finish(choice, *summary).instrument(span).await {
                     Ok((last_text, screened)) => {
                         if let Some(text) = last_text {
                             self.send(text);
                         }
-                        self.complete(screened).await;
+                        if let Some(end) = self.ends.get_mut(choice as usize) {
+                            *end = Some(screened);
+                        }
+                        if self.ends.iter().all(Option::is_some) {
+                            self.complete().await;
+                        }
                     }
                     Err(error) => self.fail(error).await,
                 }
             }
-            Some(Err(error)) => self.fail(error.into()).await,
-            // Ended without a summary: held text is never released unchecked.
+            Some((_, Err(error))) => self.fail(error.into()).await,
+            // A choice ended without a summary: held text is never released unchecked.
             None => {
                 let error = GatewayError::Internal("the response ended without completing".into());
                 self.fail(error).await;
@@ -134,23 +155,32 @@ impl Pipeline {
         }
     }
 
-    fn send(&mut self, content: StreamEvent<Screened>) {
-        if let (StreamEvent::Content { text, logprobs }, Some(record)) =
-            (content, self.record.as_mut())
+    fn send(&mut self, content: ResponseEvent) {
+        if let (ResponseEvent::Content { choice, text, .. }, Some(record)) =
+            (&content, self.record.as_mut())
         {
-            record.saw_content(&text);
-            self.ready
-                .push_back(Ok(StreamEvent::Content { text, logprobs }));
+            record.saw_content(*choice, text);
+            self.ready.push_back(Ok(content));
         }
     }
 
-    /// Builds the report of a screened generation, then writes the record; the
+    /// Builds the report once every choice is screened, then writes the record; the
     /// completion goes out only once the record is durable.
-    async fn complete(&mut self, screened: Screened) {
+    async fn complete(&mut self) {
         let (Some(parts), Some(mut record)) = (self.parts.take(), self.record.take()) else {
             return;
         };
-        let Screened { summary, policy } = screened;
+        let choices: Vec<GenerationSummary> = self.ends.drain(..).flatten().collect();
+        // One choice is its own account; several are accounted together.
+        let combined = (choices.len() > 1)
+            .then(|| GenerationSummary::of_choices(&choices))
+            .flatten();
+        let Some(summary) = combined.as_ref().or(choices.first()) else {
+            self.record = Some(record);
+            let error = GatewayError::Internal("the response had no choices".into());
+            return self.fail(error).await;
+        };
+        let policy = self.screen.take_report();
         let ReportParts {
             context,
             mut history,
@@ -159,9 +189,10 @@ impl Pipeline {
         if summary.finish_reason == FinishReason::Deadline {
             history.reason(Reason::GenerationDeadline);
         }
+        let usage: Usage = summary.usage;
         let mut report = WardenReport::new(
             &context,
-            &summary,
+            summary,
             history,
             permit.priority(),
             permit.waited(),
@@ -179,7 +210,12 @@ impl Pipeline {
         self.routes
             .with_label_values(&[report.route.as_str()])
             .inc();
-        let answer = record.complete(Completed { summary, report }).await;
+        let completed = Completed {
+            choices,
+            usage,
+            report,
+        };
+        let answer = record.complete(completed).await;
         self.ready.push_back(answer);
     }
 

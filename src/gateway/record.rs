@@ -21,7 +21,7 @@ use super::{Completed, Recorded, RequestContext, ResponseEvent, Unanswered};
 use crate::audit::record::{BusinessOutcome, OUTCOME_KIND};
 use crate::audit::record::{RecordedError, RecordedToolCall, TextDigest, TextHasher, Tokens};
 use crate::audit::{AuditLog, Receipt, RequestRecord, RequestStatus};
-use crate::chat::{ChatRequest, StreamEvent};
+use crate::chat::ChatRequest;
 use crate::error::GatewayError;
 use crate::metrics::{RequestMetrics, PANIC_IN_RESPONSE};
 use crate::policy::report::{CallOutcome, DecisionRecord};
@@ -80,7 +80,9 @@ impl Recorder {
             model_requested: request.model.clone(),
             offers_tools: !request.callable_tools().is_empty(),
             prompt: TextDigest::of_prompt(request, self.store_text),
-            completion: TextHasher::new(self.store_text),
+            completions: (0..request.choices.max(1))
+                .map(|_| TextHasher::new(self.store_text))
+                .collect(),
             first_content: None,
             span: tracing::Span::current(),
             open: true,
@@ -114,6 +116,7 @@ impl Recorder {
             model_requested: String::new(),
             prompt: TextDigest::of_bytes(body),
             completion: None,
+            later_choices: Vec::new(),
             usage: None,
             tool_calls: Vec::new(),
             attempts: Vec::new(),
@@ -151,7 +154,8 @@ pub struct PendingRecord {
     model_requested: String,
     offers_tools: bool,
     prompt: TextDigest,
-    completion: TextHasher,
+    /// What each choice has sent the client so far.
+    completions: Vec<TextHasher>,
     first_content: Option<Instant>,
     /// The request's span (see `api::chat`): its end is written into it.
     span: tracing::Span,
@@ -203,11 +207,13 @@ impl PendingRecord {
         Some(self.recorder.runs.settle(ticket, cost))
     }
 
-    pub(super) fn saw_content(&mut self, text: &str) {
+    pub(super) fn saw_content(&mut self, choice: u32, text: &str) {
         if self.first_content.is_none() && !text.is_empty() {
             self.first_content = Some(Instant::now());
         }
-        self.completion.push(text);
+        if let Some(completion) = self.completions.get_mut(choice as usize) {
+            completion.push(text);
+        }
     }
 
     /// Writes the record of an answered request; the completion is released only once
@@ -223,7 +229,7 @@ impl PendingRecord {
             .flat_map(|policy| &policy.decisions)
             .map(recorded_call)
             .collect();
-        let usage = completed.summary.usage;
+        let usage = completed.usage;
         let report_json = match serde_json::value::to_raw_value(&completed.report) {
             Ok(json) => json,
             Err(error) => {
@@ -239,7 +245,11 @@ impl PendingRecord {
         record.tool_calls = tool_calls;
         record.report = Some(&*report_json);
         self.write(&record).await?;
-        let Completed { summary, report } = completed;
+        let Completed {
+            choices,
+            usage,
+            report,
+        } = completed;
         self.span.record("priority", report.priority.as_str());
         self.span.record("backend", report.backend.as_str());
         self.span.record("attempts", report.attempts.len());
@@ -261,8 +271,9 @@ impl PendingRecord {
                     .inc_by(cost.to_f64().unwrap_or(0.0));
             }
         }
-        Ok(StreamEvent::Finished(Box::new(Recorded {
-            summary,
+        Ok(ResponseEvent::Finished(Box::new(Recorded {
+            choices,
+            usage,
             report,
             report_json,
         })))
@@ -303,7 +314,12 @@ impl PendingRecord {
         status: RequestStatus,
         error: Option<RecordedError>,
     ) -> RequestRecord<R> {
-        let completion = std::mem::replace(&mut self.completion, TextHasher::new(false)).finish();
+        let mut completions = std::mem::take(&mut self.completions)
+            .into_iter()
+            .map(TextHasher::finish);
+        let answered = status != RequestStatus::Refused;
+        let completion = completions.next().filter(|_| answered);
+        let later_choices = completions.filter(|_| answered).collect();
         RequestRecord {
             request_id: self.request_id.clone(),
             agent: self.agent.clone(),
@@ -315,7 +331,8 @@ impl PendingRecord {
             latency_ms: self.received.elapsed().as_secs_f64() * 1000.0,
             model_requested: self.model_requested.clone(),
             prompt: self.prompt.clone(),
-            completion: (status != RequestStatus::Refused).then_some(completion),
+            completion,
+            later_choices,
             usage: None,
             tool_calls: Vec::new(),
             attempts: Vec::new(),
@@ -413,5 +430,6 @@ fn recorded_call(decision: &DecisionRecord) -> RecordedToolCall {
         ),
         decision: decision.verdict.as_str().to_string(),
         reason: decision.code.as_str().to_string(),
+        choice: decision.choice,
     }
 }

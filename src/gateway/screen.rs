@@ -14,10 +14,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::RequestContext;
-use crate::chat::{
-    ChatRequest, FinishReason, GenerationSummary, StreamEvent, TokenLogprob, ToolCall, ToolSpec,
-};
+use super::{RequestContext, ResponseEvent};
+use crate::chat::{ChatRequest, FinishReason, GenerationSummary, TokenLogprob, ToolCall, ToolSpec};
 use crate::error::GatewayError;
 use crate::policy::approvals::{
     ApprovalError, ApprovalStore, Held, HeldCall, Ticket, TicketStatus,
@@ -28,13 +26,6 @@ use crate::policy::output::{Detector, GuardEnd, OutputAction, OutputGuard};
 use crate::policy::report::{CallOutcome, DecisionRecord, OutputRecord, PolicyReport};
 use crate::policy::PolicyEngine;
 use crate::runs::{RunTicket, RunTracker, WithholdReason};
-
-/// A generation's end after policy: the summary carries only the calls let through.
-#[derive(Debug, Clone)]
-pub struct Screened {
-    pub summary: GenerationSummary,
-    pub policy: PolicyReport,
-}
 
 /// Whom the response is for, owned so the stream can outlive the request context.
 struct Recipient {
@@ -54,15 +45,23 @@ pub(super) struct RunCheck {
 }
 
 /// Policy for one response, fixed when the request starts: a reload mid-generation
-/// does not change the snapshot its decisions are stamped with.
+/// does not change the snapshot its decisions are stamped with. Each choice of the
+/// response (`n`) has its text guarded and its calls gated on its own; the decisions
+/// of all of them go into one report.
 pub struct Screen {
     engine: Arc<PolicyEngine>,
     policy: Arc<Policy>,
     declared: Vec<ToolSpec>,
     recipient: Recipient,
     report: PolicyReport,
-    guard: Option<OutputGuard>,
+    choices: Vec<ChoiceGuard>,
     run: Option<RunCheck>,
+}
+
+/// The output guard of one choice.
+struct ChoiceGuard {
+    /// `None` once the choice has ended.
+    guard: Option<OutputGuard>,
     /// Text already went out: notices then start a paragraph of their own.
     sent_text: bool,
 }
@@ -84,10 +83,16 @@ impl Screen {
             labels: context.metadata.labels.clone(),
             ..PolicyReport::default()
         };
+        let choices = (0..request.choices.max(1))
+            .map(|_| ChoiceGuard {
+                guard: Some(OutputGuard::new(
+                    policy.output().scanner(&principal.agent_id),
+                )),
+                sent_text: false,
+            })
+            .collect();
         Self {
-            guard: Some(OutputGuard::new(
-                policy.output().scanner(&principal.agent_id),
-            )),
+            choices,
             declared: request.callable_tools().to_vec(),
             recipient: Recipient {
                 agent: principal.agent_id.clone(),
@@ -102,32 +107,40 @@ impl Screen {
             policy,
             report,
             run,
-            sent_text: false,
         }
     }
 
-    /// Passes streamed text through the output guard; returns what it releases now.
+    /// Passes streamed text of `choice` through its output guard; returns what it
+    /// releases now.
     pub(super) fn pass(
         &mut self,
+        choice: u32,
         text: String,
         logprobs: Vec<TokenLogprob>,
-    ) -> Option<StreamEvent<Screened>> {
-        let release = self.guard.as_mut()?.push(&text, logprobs);
-        self.sent_text |= !release.text.is_empty();
-        (!release.text.is_empty() || !release.logprobs.is_empty()).then_some(StreamEvent::Content {
-            text: release.text,
-            logprobs: release.logprobs,
-        })
+    ) -> Option<ResponseEvent> {
+        let screened = self.choices.get_mut(choice as usize)?;
+        let release = screened.guard.as_mut()?.push(&text, logprobs);
+        screened.sent_text |= !release.text.is_empty();
+        (!release.text.is_empty() || !release.logprobs.is_empty()).then_some(
+            ResponseEvent::Content {
+                choice,
+                text: release.text,
+                logprobs: release.logprobs,
+            },
+        )
     }
 
-    /// The generation's end through policy: the guard's last release with the notices
+    /// The end of `choice` through policy: the guard's last release with the notices
     /// of what was withheld (if any text), and the summary with only the calls let
     /// through.
     pub(super) async fn finish(
         &mut self,
+        choice: u32,
         mut summary: GenerationSummary,
-    ) -> Result<(Option<StreamEvent<Screened>>, Screened), GatewayError> {
-        let end = match self.guard.take() {
+    ) -> Result<(Option<ResponseEvent>, GenerationSummary), GatewayError> {
+        let screened = self.choices.get_mut(choice as usize);
+        let sent_text = screened.as_ref().is_some_and(|screened| screened.sent_text);
+        let end = match screened.and_then(|screened| screened.guard.take()) {
             Some(guard) => guard.finish(),
             None => GuardEnd::default(),
         };
@@ -186,7 +199,7 @@ impl Screen {
             .collect();
         summary.tool_calls.clear();
         for checked in checked {
-            if let Some(delivered) = self.decide(checked).await? {
+            if let Some(delivered) = self.decide(checked, choice).await? {
                 summary.tool_calls.push(delivered);
             } else if let Some(record) = self.report.decisions.last() {
                 notices.push(notice_for(record));
@@ -200,27 +213,34 @@ impl Screen {
             summary.finish_reason = FinishReason::Stop;
         }
         if !notices.is_empty() {
-            if !text.is_empty() || self.sent_text {
+            if !text.is_empty() || sent_text {
                 text.push_str("\n\n");
             }
             text.push_str(&notices.join("\n"));
         }
         let last_text = (!text.is_empty() || !end.release.logprobs.is_empty()).then_some(
-            StreamEvent::Content {
+            ResponseEvent::Content {
+                choice,
                 text,
                 logprobs: end.release.logprobs,
             },
         );
-        let screened = Screened {
-            summary,
-            policy: std::mem::take(&mut self.report),
-        };
-        Ok((last_text, screened))
+        Ok((last_text, summary))
+    }
+
+    /// Every decision and finding over the response's choices, once they have all
+    /// ended.
+    pub(super) fn take_report(&mut self) -> PolicyReport {
+        std::mem::take(&mut self.report)
     }
 
     /// Settles one call policy has checked (approvals, then the run's checks), counts
     /// and records the decision; returns the call to deliver, if any.
-    async fn decide(&mut self, mut checked: CheckedCall) -> Result<Option<ToolCall>, GatewayError> {
+    async fn decide(
+        &mut self,
+        mut checked: CheckedCall,
+        choice: u32,
+    ) -> Result<Option<ToolCall>, GatewayError> {
         let snapshot = self.policy.snapshot().to_string();
         let (mut outcome, ticket, mut delivered) = match checked.decision.verdict {
             Verdict::Allow | Verdict::AllowWithConstraints => (CallOutcome::Delivered, None, true),
@@ -265,9 +285,9 @@ impl Screen {
                 checked.decision.code.as_str(),
             ])
             .inc();
-        self.report
-            .decisions
-            .push(DecisionRecord::new(&checked, &snapshot, outcome, ticket));
+        self.report.decisions.push(DecisionRecord::new(
+            &checked, &snapshot, outcome, ticket, choice,
+        ));
         Ok(delivered.then(|| checked.to_tool_call()))
     }
 

@@ -63,6 +63,9 @@ pub struct DecisionRecord {
     pub outcome: CallOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// The choice that proposed the call, when the request asked for several (`n`).
+    #[serde(default, skip_serializing_if = "crate::chat::is_first_choice")]
+    pub choice: u32,
 }
 
 impl DecisionRecord {
@@ -71,6 +74,7 @@ impl DecisionRecord {
         snapshot: &str,
         outcome: CallOutcome,
         ticket: Option<String>,
+        choice: u32,
     ) -> Self {
         Self {
             call_id: checked.id.clone(),
@@ -87,6 +91,7 @@ impl DecisionRecord {
             snapshot: snapshot.to_string(),
             outcome,
             ticket,
+            choice,
         }
     }
 }

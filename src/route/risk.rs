@@ -71,6 +71,7 @@ mod tests {
             logprobs: None,
             response_format: Default::default(),
             raw_prompt: false,
+            choices: 1,
             parallel_tool_calls: None,
         }
     }

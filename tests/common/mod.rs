@@ -280,7 +280,20 @@ impl TestServer {
 
     /// Streams `body` and returns every `data:` payload, `[DONE]` included.
     pub async fn stream(&self, body: Value) -> Vec<String> {
-        let response = self.chat_request().json(&body).send().await.unwrap();
+        self.stream_at("/v1/chat/completions", body).await
+    }
+
+    /// Streams `body` from the endpoint at `path` as agent A and returns every `data:`
+    /// payload.
+    pub async fn stream_at(&self, path: &str, body: Value) -> Vec<String> {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(KEY_A)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         let text = response.text().await.unwrap();
         sse_data(&text)

@@ -82,6 +82,20 @@ impl KvCache {
         self.free.extend(table);
     }
 
+    /// Copies whole blocks, every layer's keys and values: block `from[i]` into block
+    /// `to[i]`. A sequence whose prompt starts as another's does takes that part of
+    /// the other's cache this way instead of computing it again.
+    pub fn copy_blocks(&mut self, from: &[u32], to: &[u32]) {
+        let block_len = self.kv_heads * self.head_dim * BLOCK_TOKENS;
+        for layer in &mut self.layers {
+            for (&source, &target) in from.iter().zip(to) {
+                let (source, target) = (source as usize * block_len, target as usize * block_len);
+                layer.keys.copy_within(source..source + block_len, target);
+                layer.values.copy_within(source..source + block_len, target);
+            }
+        }
+    }
+
     pub fn layer(&self, layer: usize) -> &LayerCache {
         &self.layers[layer]
     }
@@ -166,6 +180,34 @@ mod tests {
         assert!(first.iter().all(|b| !second.contains(b)));
         cache.release(first);
         assert_eq!(cache.free_tokens(), 2 * BLOCK_TOKENS);
+    }
+
+    #[test]
+    fn copied_blocks_read_back_as_the_originals() {
+        let config = config();
+        let mut cache = KvCache::with_budget(&config, 64 * BLOCK_TOKENS * 4);
+        let (from, to) = (
+            cache.allocate(BLOCK_TOKENS + 1).unwrap(),
+            cache.allocate(BLOCK_TOKENS + 1).unwrap(),
+        );
+        for layer in 0..2 {
+            for position in [0, 5, BLOCK_TOKENS] {
+                let value = (layer * 100 + position) as f32;
+                cache.store(layer, &from, position, &[value; 4], &[-value; 4]);
+            }
+        }
+        cache.copy_blocks(&from, &to);
+        for layer in 0..2 {
+            let layer = cache.layer(layer);
+            for (source, target) in from.iter().zip(&to) {
+                assert_eq!(layer.keys(*source, 0), layer.keys(*target, 0));
+                assert_eq!(layer.values(*source, 0), layer.values(*target, 0));
+            }
+        }
+        assert_eq!(
+            cache.layer(1).values(to[1], 0)[..4],
+            [-(100.0 + BLOCK_TOKENS as f32); 4]
+        );
     }
 
     #[test]

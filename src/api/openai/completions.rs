@@ -17,7 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::parse_json;
 use crate::chat::TokenLogprob;
 use crate::error::GatewayError;
-use crate::gateway::Recorded;
+use crate::gateway::{Recorded, Response};
 
 /// OpenAI's own bound on `logprobs` in this API.
 const MAX_LOGPROBS: u32 = 5;
@@ -241,69 +241,79 @@ pub struct TextCompletionWriter {
     created: u64,
     model: String,
     logprobs: bool,
-    /// Characters of generated text scored so far: the next token's offset. (An echoed
-    /// prompt is never scored: `echo` with `logprobs` is refused.)
-    written: usize,
+    /// Characters of each choice's generated text scored so far: its next token's
+    /// offset. (An echoed prompt is never scored: `echo` with `logprobs` is refused.)
+    written: Vec<usize>,
 }
 
 impl TextCompletionWriter {
-    pub fn new(id: String, created: u64, model: String, logprobs: bool) -> Self {
+    /// The writer of an answer of `choices` choices.
+    pub fn new(id: String, created: u64, model: String, logprobs: bool, choices: u32) -> Self {
         Self {
             id,
             created,
             model,
             logprobs,
-            written: 0,
+            written: vec![0; choices.max(1) as usize],
         }
     }
 
-    /// The whole answer, led by `echo` when the client asked for it.
-    pub fn completion(
-        &mut self,
-        echo: Option<String>,
-        content: String,
-        logprobs: &[TokenLogprob],
-        finished: &Recorded,
-    ) -> TextCompletion {
-        let mut text = echo.unwrap_or_default();
-        text.push_str(&content);
-        let choice = self.choice(
-            text,
-            logprobs,
-            Some(super::response::finish_reason(
-                finished.summary.finish_reason,
-            )),
-        );
+    /// The whole answer, each choice led by `echo` when the client asked for it.
+    pub fn completion(&mut self, echo: Option<&str>, response: Response) -> TextCompletion {
+        let finished = response.finished;
+        let choices = response
+            .texts
+            .into_iter()
+            .zip(&finished.choices)
+            .zip(0u32..)
+            .map(|((answer, summary), index)| {
+                let mut text = echo.unwrap_or_default().to_string();
+                text.push_str(&answer.content);
+                let reason = super::response::finish_reason(summary.finish_reason);
+                self.choice(index, text, &answer.logprobs, Some(reason))
+            })
+            .collect();
         TextCompletion {
-            usage: Some(finished.summary.usage.into()),
-            warden: Some(finished.report_json.clone()),
-            ..self.chunk(vec![choice])
+            usage: Some(finished.usage.into()),
+            warden: Some(finished.report_json),
+            ..self.chunk(choices)
         }
     }
 
-    /// A piece of the streamed text.
-    pub fn text_chunk(&mut self, text: String, logprobs: &[TokenLogprob]) -> TextCompletion {
-        let choice = self.choice(text, logprobs, None);
+    /// A piece of choice `index`'s streamed text.
+    pub fn text_chunk(
+        &mut self,
+        index: u32,
+        text: String,
+        logprobs: &[TokenLogprob],
+    ) -> TextCompletion {
+        let choice = self.choice(index, text, logprobs, None);
         self.chunk(vec![choice])
     }
 
-    /// The closing chunks: the finish reason with warden's report, then usage when the
-    /// client asked for it.
+    /// The closing chunks: each choice's finish reason, the last with warden's report,
+    /// then usage when the client asked for it.
     pub fn final_chunks(
         &mut self,
         finished: &Recorded,
         include_usage: bool,
     ) -> Vec<TextCompletion> {
-        let reason = super::response::finish_reason(finished.summary.finish_reason);
-        let choice = self.choice(String::new(), &[], Some(reason));
-        let last = TextCompletion {
-            warden: Some(finished.report_json.clone()),
-            ..self.chunk(vec![choice])
-        };
-        let mut chunks = vec![last];
+        let mut chunks: Vec<TextCompletion> = finished
+            .choices
+            .iter()
+            .zip(0u32..)
+            .map(|(summary, index)| {
+                let reason = super::response::finish_reason(summary.finish_reason);
+                let choice = self.choice(index, String::new(), &[], Some(reason));
+                self.chunk(vec![choice])
+            })
+            .collect();
+        if let Some(last) = chunks.last_mut() {
+            last.warden = Some(finished.report_json.clone());
+        }
         if include_usage {
             chunks.push(TextCompletion {
-                usage: Some(finished.summary.usage.into()),
+                usage: Some(finished.usage.into()),
                 ..self.chunk(Vec::new())
             });
         }
@@ -325,6 +335,7 @@ impl TextCompletionWriter {
     /// A choice carrying `text`, with the log-probabilities of its generated tokens.
     fn choice(
         &mut self,
+        index: u32,
         text: String,
         logprobs: &[TokenLogprob],
         finish_reason: Option<&'static str>,
@@ -341,14 +352,16 @@ impl TextCompletionWriter {
                         .map(|top| (top.token.clone(), top.logprob))
                         .collect(),
                 );
-                body.text_offset.push(self.written);
-                self.written += token.token.chars().count();
+                if let Some(written) = self.written.get_mut(index as usize) {
+                    body.text_offset.push(*written);
+                    *written += token.token.chars().count();
+                }
             }
             body
         });
         TextChoice {
             text,
-            index: 0,
+            index,
             logprobs,
             finish_reason,
         }
@@ -416,7 +429,7 @@ mod tests {
                 serde_json::json!({"prompt": "a", "echo": true, "logprobs": 1}),
                 "echo",
             ),
-            (serde_json::json!({"prompt": "a", "n": 2}), "n"),
+            (serde_json::json!({"prompt": "a", "n": 17}), "n"),
             (
                 serde_json::json!({"prompt": "a", "temperature": 3}),
                 "temperature",

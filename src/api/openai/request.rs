@@ -19,6 +19,9 @@ const MAX_TOKENS_LIMIT: i64 = 1 << 20;
 const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_TOP_LOGPROBS: u32 = 20;
 const MAX_TOOL_NAME_LEN: usize = 64;
+/// Answers one request may ask for (`n`): each is a generation of its own, in the
+/// engine's batch or a call to a provider.
+pub const MAX_CHOICES: u32 = 16;
 
 /// OpenAI's own limits on `metadata`.
 const MAX_METADATA_ENTRIES: usize = 16;
@@ -71,12 +74,16 @@ pub fn parse(
         Some(model) => model.to_string(),
         None => AUTO_MODEL.to_string(),
     };
-    if let Some(n) = wire.n.filter(|&n| n != 1) {
-        return Err(GatewayError::invalid(
-            "n",
-            format!("n={n} is not supported; only n=1"),
-        ));
-    }
+    let choices = match wire.n {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES).contains(&n) => n,
+        Some(n) => {
+            return Err(GatewayError::invalid(
+                "n",
+                format!("`n` is {n}; it must be between 1 and {MAX_CHOICES}"),
+            ))
+        }
+    };
     if wire
         .logit_bias
         .as_ref()
@@ -130,6 +137,7 @@ pub fn parse(
             logprobs,
             response_format,
             raw_prompt: false,
+            choices,
         },
         stream: wire.stream,
         include_usage: wire.stream_options.is_some_and(|o| o.include_usage),
@@ -705,7 +713,10 @@ mod tests {
         let parsed = parse_json(serde_json::json!({"messages": hi()})).unwrap();
         assert_eq!(parsed.chat.model, AUTO_MODEL);
         assert_eq!(parsed.chat.sampling, Sampling::default());
+        assert_eq!(parsed.chat.choices, 1);
         assert!(!parsed.stream);
+        let several = parse_json(serde_json::json!({"messages": hi(), "n": 3})).unwrap();
+        assert_eq!(several.chat.choices, 3);
     }
 
     #[test]
@@ -716,7 +727,8 @@ mod tests {
                 serde_json::json!({"messages": [{"role": "robot", "content": "x"}]}),
                 "messages[0].role",
             ),
-            (serde_json::json!({"messages": hi(), "n": 2}), "n"),
+            (serde_json::json!({"messages": hi(), "n": 0}), "n"),
+            (serde_json::json!({"messages": hi(), "n": 17}), "n"),
             (
                 serde_json::json!({"messages": hi(), "max_tokens": -1}),
                 "max_tokens",

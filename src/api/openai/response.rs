@@ -70,38 +70,49 @@ impl CompletionIdentity {
 
     pub fn completion(&self, response: Response, logprobs: bool) -> ChatCompletion {
         let Recorded {
-            summary,
+            choices,
+            usage,
             report_json,
             ..
         } = response.finished;
-        let content = (!response.content.is_empty() || summary.tool_calls.is_empty())
-            .then_some(response.content);
-        let calls = self.calls(&summary.tool_calls, summary.finish_reason, false);
+        let choices = response
+            .texts
+            .into_iter()
+            .zip(&choices)
+            .zip(0u32..)
+            .map(|((text, summary), index)| {
+                let content = (!text.content.is_empty() || summary.tool_calls.is_empty())
+                    .then_some(text.content);
+                let calls = self.calls(&summary.tool_calls, summary.finish_reason, false);
+                Choice {
+                    index,
+                    message: ResponseMessage {
+                        role: "assistant",
+                        content,
+                        tool_calls: calls.tool_calls,
+                        function_call: calls.function_call,
+                    },
+                    logprobs: logprobs.then_some(LogprobsBody {
+                        content: text.logprobs,
+                    }),
+                    finish_reason: calls.finish_reason,
+                }
+            })
+            .collect();
         ChatCompletion {
             id: self.id.clone(),
             object: "chat.completion",
             created: self.created,
             model: self.model.clone(),
-            choices: vec![Choice {
-                index: 0,
-                message: ResponseMessage {
-                    role: "assistant",
-                    content,
-                    tool_calls: calls.tool_calls,
-                    function_call: calls.function_call,
-                },
-                logprobs: logprobs.then_some(LogprobsBody {
-                    content: response.logprobs,
-                }),
-                finish_reason: calls.finish_reason,
-            }],
-            usage: summary.usage.into(),
+            choices,
+            usage: usage.into(),
             warden: report_json,
         }
     }
 
     fn chunk(
         &self,
+        choice: u32,
         delta: Delta,
         logprobs: Option<Vec<TokenLogprob>>,
         finish: Option<&'static str>,
@@ -112,7 +123,7 @@ impl CompletionIdentity {
             created: self.created,
             model: self.model.clone(),
             choices: vec![ChunkChoice {
-                index: 0,
+                index: choice,
                 delta,
                 logprobs: logprobs.map(|content| LogprobsBody { content }),
                 finish_reason: finish,
@@ -122,24 +133,32 @@ impl CompletionIdentity {
         }
     }
 
-    pub fn role_chunk(&self) -> ChatCompletionChunk {
-        self.chunk(
-            Delta {
-                role: Some("assistant"),
-                content: Some(String::new()),
-                ..Delta::default()
-            },
-            None,
-            None,
-        )
+    /// The opening chunk of each of `choices` answers.
+    pub fn role_chunks(&self, choices: u32) -> Vec<ChatCompletionChunk> {
+        (0..choices.max(1))
+            .map(|choice| {
+                self.chunk(
+                    choice,
+                    Delta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                        ..Delta::default()
+                    },
+                    None,
+                    None,
+                )
+            })
+            .collect()
     }
 
     pub fn content_chunk(
         &self,
+        choice: u32,
         text: String,
         logprobs: Option<Vec<TokenLogprob>>,
     ) -> ChatCompletionChunk {
         self.chunk(
+            choice,
             Delta {
                 content: Some(text),
                 ..Delta::default()
@@ -149,30 +168,33 @@ impl CompletionIdentity {
         )
     }
 
-    /// The closing chunks: tool calls (if any), the finish reason with warden's report,
-    /// then usage when the client asked for it.
+    /// The closing chunks: each choice's tool calls (if any) and finish reason, the
+    /// last of them with warden's report, then usage when the client asked for it.
     pub fn final_chunks(
         &self,
         completed: &Recorded,
         include_usage: bool,
     ) -> Vec<ChatCompletionChunk> {
-        let summary = &completed.summary;
         let mut chunks = Vec::new();
-        let calls = self.calls(&summary.tool_calls, summary.finish_reason, true);
-        if !calls.tool_calls.is_empty() || calls.function_call.is_some() {
-            chunks.push(self.chunk(
-                Delta {
-                    tool_calls: calls.tool_calls,
-                    function_call: calls.function_call,
-                    ..Delta::default()
-                },
-                None,
-                None,
-            ));
+        for (summary, choice) in completed.choices.iter().zip(0u32..) {
+            let calls = self.calls(&summary.tool_calls, summary.finish_reason, true);
+            if !calls.tool_calls.is_empty() || calls.function_call.is_some() {
+                chunks.push(self.chunk(
+                    choice,
+                    Delta {
+                        tool_calls: calls.tool_calls,
+                        function_call: calls.function_call,
+                        ..Delta::default()
+                    },
+                    None,
+                    None,
+                ));
+            }
+            chunks.push(self.chunk(choice, Delta::default(), None, Some(calls.finish_reason)));
         }
-        let mut last = self.chunk(Delta::default(), None, Some(calls.finish_reason));
-        last.warden = Some(completed.report_json.clone());
-        chunks.push(last);
+        if let Some(last) = chunks.last_mut() {
+            last.warden = Some(completed.report_json.clone());
+        }
         if include_usage {
             chunks.push(ChatCompletionChunk {
                 id: self.id.clone(),
@@ -180,7 +202,7 @@ impl CompletionIdentity {
                 created: self.created,
                 model: self.model.clone(),
                 choices: Vec::new(),
-                usage: Some(summary.usage.into()),
+                usage: Some(completed.usage.into()),
                 warden: None,
             });
         }

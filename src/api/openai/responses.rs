@@ -648,18 +648,19 @@ impl ResponseIdentity {
         logprobs: Vec<TokenLogprob>,
         completed: &Recorded,
     ) -> ResponseObject {
-        let summary = &completed.summary;
-        let incomplete = matches!(
-            summary.finish_reason,
-            FinishReason::Length | FinishReason::Deadline
-        );
+        // This API has no `n`: its answer is the one choice.
+        let (finish_reason, calls) = match completed.choices.first() {
+            Some(choice) => (choice.finish_reason, choice.tool_calls.as_slice()),
+            None => (FinishReason::Stop, &[][..]),
+        };
+        let incomplete = matches!(finish_reason, FinishReason::Length | FinishReason::Deadline);
         let status = if incomplete {
             "incomplete"
         } else {
             "completed"
         };
         let mut output = Vec::new();
-        if !text.is_empty() || summary.tool_calls.is_empty() {
+        if !text.is_empty() || calls.is_empty() {
             output.push(OutputItem::Message {
                 id: self.message_id(),
                 status,
@@ -670,8 +671,8 @@ impl ResponseIdentity {
                 )],
             });
         }
-        output.extend(summary.tool_calls.iter().map(function_call_item));
-        let usage = summary.usage;
+        output.extend(calls.iter().map(function_call_item));
+        let usage = completed.usage;
         let usage = json!({
             "input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},

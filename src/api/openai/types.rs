@@ -204,6 +204,14 @@ pub struct UsageBody {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// Of the prompt's tokens, those served from a cache: a provider's prompt cache, or
+/// the local engine's copy of what another sequence had already read.
+#[derive(Debug, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
 }
 
 impl From<Usage> for UsageBody {
@@ -212,6 +220,9 @@ impl From<Usage> for UsageBody {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total_tokens(),
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: usage.cached_prompt_tokens,
+            },
         }
     }
 }

@@ -489,6 +489,7 @@ mod tests {
             logprobs: None,
             response_format: format,
             raw_prompt: false,
+            choices: 1,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Generation {
     logprobs: bool,
     max_tokens: usize,
     prompt_tokens: usize,
+    /// Of the prompt's tokens, those copied from another sequence's cache.
+    reused_prompt_tokens: usize,
     sampler: Sampler,
     constraint: Option<Constraint>,
     gate: OutputGate,
@@ -77,6 +79,7 @@ impl Generation {
             logprobs: request.logprobs.is_some(),
             max_tokens: prompt.max_tokens,
             prompt_tokens: prompt.tokens.len(),
+            reused_prompt_tokens: 0,
             sampler: Sampler::new(
                 &request.sampling,
                 prompt.sampling_defaults,
@@ -93,6 +96,12 @@ impl Generation {
             decode_started: now,
             first_token_ms: None,
         }
+    }
+
+    /// Counts `tokens` of the prompt as taken from another sequence's cache rather than
+    /// read.
+    pub fn reused_prompt(&mut self, tokens: usize) {
+        self.reused_prompt_tokens += tokens;
     }
 
     /// Takes the logits that follow the sequence so far; releasable text goes to `out`.
@@ -228,7 +237,7 @@ impl Generation {
             usage: Usage {
                 prompt_tokens: self.prompt_tokens as u32,
                 completion_tokens: self.sampled_logprobs.len() as u32,
-                cached_prompt_tokens: 0,
+                cached_prompt_tokens: self.reused_prompt_tokens as u32,
             },
             confidence: Confidence::from_logprobs(self.sampled_logprobs),
             timings: Timings {

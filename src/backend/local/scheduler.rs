@@ -7,6 +7,11 @@
 //! their whole length are free, and leave at the step they finish or their client goes
 //! away.
 //!
+//! A generation whose prompt starts with tokens another sequence in the batch has
+//! already read (the choices of a request for `n`, agents that share a system prompt)
+//! copies their keys and values instead of computing them again; while that other
+//! sequence is still reading them, it waits for them rather than read them alongside.
+//!
 //! Requests wait while the batch or the cache is full, in the governor's order (their
 //! `ranks_at`: arrival plus one aging period per class above P0), so a P0 request
 //! waiting for cache room goes before a P2 one that came first, as it did in the
@@ -24,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::embedding::{Pooled, Pooling, VectorSender};
 use super::engine::{Engine, PreparedPrompt};
 use super::generation::{Generation, Next};
-use super::llama::kv_cache::{BlockTable, KvCache};
+use super::llama::kv_cache::{BlockTable, KvCache, BLOCK_TOKENS};
 use super::llama::{Output, SequenceInput, Workspace};
 use super::network::{Network, SequenceModel};
 use crate::backend::BackendError;
@@ -231,6 +236,16 @@ impl Sequence {
         &self.tokens[self.cached..]
     }
 
+    /// The prompt tokens a generation still reading its prompt could take from another
+    /// sequence's cache: all but the last, which it reads itself, since its first token
+    /// is drawn from that pass. `None` for a sequence that can take none: one past its
+    /// prompt, or a text to embed (every position's state goes into its vector).
+    fn reusable_prompt(&self) -> Option<&[u32]> {
+        let reading =
+            matches!(self.work, SequenceWork::Generation { .. }) && self.pending().len() > 1;
+        reading.then(|| &self.tokens[..self.tokens.len() - 1])
+    }
+
     /// Hands queued events to the client's channel. `false` once nobody listens.
     fn flush(&mut self) -> bool {
         let (events, outbox) = match &mut self.work {
@@ -350,6 +365,7 @@ impl Scheduler {
             self.retire();
             self.stop_overdue();
             self.admit();
+            self.reuse_read_prompts();
             self.publish();
             if !self.step() {
                 // Nothing could run: every sequence waits for its reader. Sleep on the
@@ -487,14 +503,81 @@ impl Scheduler {
             .store(self.cache.free_tokens(), Ordering::Relaxed);
     }
 
+    /// Copies into each generation still reading its prompt the longest part of it
+    /// another sequence in the batch has already read: the same tokens give the same
+    /// keys and values. Only warden's own network keeps its cache in the shared pool.
+    fn reuse_read_prompts(&mut self) {
+        if !matches!(self.engine.network(), Network::Own(_)) {
+            return;
+        }
+        for reader in 0..self.running.len() {
+            let Some((source, shared)) = self.read_elsewhere(reader) else {
+                continue;
+            };
+            let sequence = &self.running[reader];
+            let blocks = sequence.cached / BLOCK_TOKENS..shared.div_ceil(BLOCK_TOKENS);
+            // Whole blocks: positions past `shared` in the last one are the source's
+            // own, and this sequence computes and stores its own there before any
+            // pass reads them.
+            let from = self.running[source].table[blocks.clone()].to_vec();
+            self.cache.copy_blocks(&from, &sequence.table[blocks]);
+            let sequence = &mut self.running[reader];
+            if let SequenceWork::Generation {
+                generation: Some(generation),
+                ..
+            } = &mut sequence.work
+            {
+                generation.reused_prompt(shared - sequence.cached);
+            }
+            sequence.cached = shared;
+        }
+    }
+
+    /// The sequence whose cache holds the longest part of `reader`'s reusable prompt
+    /// beyond what `reader` has read, and that part's length.
+    fn read_elsewhere(&self, reader: usize) -> Option<(usize, usize)> {
+        let sequence = &self.running[reader];
+        let wanted = sequence.reusable_prompt()?;
+        self.running
+            .iter()
+            .enumerate()
+            .filter(|&(index, _)| index != reader)
+            .map(|(index, source)| {
+                (
+                    index,
+                    common_prefix(&source.tokens[..source.cached], wanted),
+                )
+            })
+            .filter(|&(_, shared)| shared > sequence.cached)
+            .max_by_key(|&(_, shared)| shared)
+    }
+
+    /// Whether `reader` should wait while a sequence that joined the batch before it
+    /// reads prompt tokens they share, to copy them once read.
+    fn awaits_shared_prompt(&self, reader: usize) -> bool {
+        let sequence = &self.running[reader];
+        let Some(wanted) = sequence.reusable_prompt() else {
+            return false;
+        };
+        self.running[..reader].iter().any(|earlier| {
+            let shared = common_prefix(&earlier.tokens, wanted);
+            shared > sequence.cached && earlier.cached < shared && !earlier.done()
+        })
+    }
+
     /// One forward pass over every sequence that can advance. `false` if none could.
     fn step(&mut self) -> bool {
+        let own = matches!(self.engine.network(), Network::Own(_));
         // Which sequences take part, and how many of their tokens.
         let mut budget = PREFILL_TOKENS_PER_STEP;
         let mut plan: Vec<(usize, usize)> = Vec::new();
         for (index, sequence) in self.running.iter().enumerate() {
-            // A sequence whose reader is behind sits this step out.
-            if sequence.done() || sequence.waits_for_reader() {
+            // A sequence whose reader is behind sits this step out, as does one whose
+            // prompt another is reading for it.
+            if sequence.done()
+                || sequence.waits_for_reader()
+                || (own && self.awaits_shared_prompt(index))
+            {
                 continue;
             }
             let pending = sequence.pending().len();
@@ -623,4 +706,9 @@ impl Scheduler {
             self.running[index].end_with(BackendError::Generation(error.to_string()));
         }
     }
+}
+
+/// How many tokens `a` and `b` start with in common.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

@@ -343,6 +343,7 @@ mod tests {
             logprobs: Some(2),
             response_format: Default::default(),
             raw_prompt: false,
+            choices: 1,
             parallel_tool_calls: None,
         };
         let body = OpenAi.body(&request, "upstream-x", 0);
