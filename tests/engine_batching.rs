@@ -259,3 +259,61 @@ async fn requests_waiting_for_cache_room_go_in_the_governor_s_order() {
         ]
     );
 }
+
+/// Four requests of one prompt longer than a prefill slice, at once: the first reads it,
+/// the others copy what it read, even when it finishes in the pass that read its last
+/// token, and each answer is the one the prompt gets alone.
+#[tokio::test]
+async fn requests_of_one_prompt_read_it_once_and_answer_as_alone() {
+    let (local, model) = test_model();
+    let engine = warden::server::load_engine(&model, &local).unwrap();
+    let backend = Arc::new(LocalBackend::loading(
+        "smollm2-135m-instruct",
+        4,
+        Duration::from_secs(120),
+    ));
+    backend.set_ready(Arc::new(engine));
+    let facts: Vec<String> = (0..30)
+        .map(|i| format!("Fact {i}: the lighthouse on island {i} is painted red and white."))
+        .collect();
+    let question = format!(
+        "{} Which colour is the lighthouse on island 7?",
+        facts.join(" ")
+    );
+    for max_tokens in [1, 6] {
+        let alone = collect(
+            backend
+                .generate(request(&question, max_tokens), Instant::now())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let prompt_tokens = alone.finished.usage.prompt_tokens;
+        assert!(
+            prompt_tokens as usize > warden::backend::local::scheduler::PREFILL_TOKENS_PER_STEP,
+            "{prompt_tokens}"
+        );
+        let together = futures::future::join_all((0..4).map(|_| {
+            let (backend, request) = (backend.clone(), request(&question, max_tokens));
+            async move {
+                collect(backend.generate(request, Instant::now()).await.unwrap())
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        let mut copied: Vec<u32> = together
+            .iter()
+            .map(|answer| answer.finished.usage.cached_prompt_tokens)
+            .collect();
+        copied.sort_unstable();
+        assert_eq!(
+            copied,
+            [0, prompt_tokens - 1, prompt_tokens - 1, prompt_tokens - 1]
+        );
+        for answer in &together {
+            assert_eq!(answer.content, alone.content, "max_tokens {max_tokens}");
+        }
+    }
+}

@@ -365,6 +365,7 @@ impl Scheduler {
             self.retire();
             self.stop_overdue();
             self.admit();
+            // Those just admitted take what the batch has read.
             self.reuse_read_prompts();
             self.publish();
             if !self.step() {
@@ -596,7 +597,12 @@ impl Scheduler {
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.forward(&plan)));
         match outcome {
-            Ok(Ok(())) => self.occupancy.count(&plan),
+            Ok(Ok(())) => {
+                self.occupancy.count(&plan);
+                // Now, before a sequence that just finished leaves and takes its cache
+                // with it.
+                self.reuse_read_prompts();
+            }
             Ok(Err(error)) => self.fail(&plan, &error),
             Err(_) => self.fail(&plan, "the engine panicked"),
         }
