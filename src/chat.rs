@@ -488,3 +488,68 @@ pub async fn collect<F, E>(
     }
     Err(ended_early())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(
+        finish_reason: FinishReason,
+        usage: (u32, u32, u32),
+        confidence: (f32, f32),
+        decode_ms: f64,
+    ) -> GenerationSummary {
+        GenerationSummary {
+            backend: "local".into(),
+            model: "m".into(),
+            finish_reason,
+            tool_calls: Vec::new(),
+            malformed_tool_calls: Vec::new(),
+            usage: Usage {
+                prompt_tokens: usage.0,
+                completion_tokens: usage.1,
+                cached_prompt_tokens: usage.2,
+            },
+            confidence: Some(Confidence {
+                mean_logprob: confidence.0,
+                min_logprob: confidence.1,
+            }),
+            timings: Timings {
+                decode_ms,
+                ..Timings::default()
+            },
+        }
+    }
+
+    #[test]
+    fn choices_are_accounted_by_their_sum_their_least_sure_and_their_slowest() {
+        let choices = [
+            summary(FinishReason::Stop, (10, 4, 0), (-0.2, -1.0), 30.0),
+            summary(FinishReason::Deadline, (10, 7, 9), (-0.5, -0.8), 50.0),
+            summary(FinishReason::Length, (10, 2, 9), (-0.1, -2.0), 20.0),
+        ];
+        let combined = GenerationSummary::of_choices(&choices).unwrap();
+        assert_eq!(
+            combined.usage,
+            Usage {
+                prompt_tokens: 30,
+                completion_tokens: 13,
+                cached_prompt_tokens: 18,
+            }
+        );
+        assert_eq!(
+            combined.confidence,
+            Some(Confidence {
+                mean_logprob: -0.5,
+                min_logprob: -2.0,
+            })
+        );
+        assert_eq!(combined.timings.decode_ms, 50.0);
+        assert_eq!(combined.finish_reason, FinishReason::Deadline);
+        assert_eq!(
+            GenerationSummary::of_choices(&choices[..1]).unwrap(),
+            choices[0]
+        );
+        assert!(GenerationSummary::of_choices(&[]).is_none());
+    }
+}
