@@ -1,6 +1,8 @@
 //! The domain's view of a chat completion: a validated request, and what a backend
 //! produces for it. Wire formats (OpenAI, Anthropic) convert to and from these types.
 
+use std::borrow::Cow;
+
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -392,12 +394,17 @@ impl GenerationSummary {
     /// read it: every choice's tokens (each choice computed or paid for its prompt), the
     /// least sure choice's confidence, the slowest choice's times, every proposed call,
     /// and a deadline if any choice met one. Each choice keeps its own finish reason and
-    /// calls for the client. `None` for no choices.
+    /// calls for the client. One choice is its own account, borrowed; `None` for no
+    /// choices.
     pub fn of_choices<'a>(
         choices: impl IntoIterator<Item = &'a GenerationSummary>,
-    ) -> Option<GenerationSummary> {
-        let mut choices = choices.into_iter();
-        let mut combined = choices.next()?.clone();
+    ) -> Option<Cow<'a, GenerationSummary>> {
+        let mut choices = choices.into_iter().peekable();
+        let first = choices.next()?;
+        if choices.peek().is_none() {
+            return Some(Cow::Borrowed(first));
+        }
+        let mut combined = first.clone();
         for choice in choices {
             combined.usage.prompt_tokens += choice.usage.prompt_tokens;
             combined.usage.completion_tokens += choice.usage.completion_tokens;
@@ -424,7 +431,7 @@ impl GenerationSummary {
                 combined.finish_reason = FinishReason::Deadline;
             }
         }
-        Some(combined)
+        Some(Cow::Owned(combined))
     }
 }
 
@@ -546,10 +553,10 @@ mod tests {
         );
         assert_eq!(combined.timings.decode_ms, 50.0);
         assert_eq!(combined.finish_reason, FinishReason::Deadline);
-        assert_eq!(
-            GenerationSummary::of_choices(&choices[..1]).unwrap(),
-            choices[0]
-        );
+        assert!(matches!(
+            GenerationSummary::of_choices(&choices[..1]),
+            Some(Cow::Borrowed(only)) if *only == choices[0]
+        ));
         assert!(GenerationSummary::of_choices(&[]).is_none());
     }
 }

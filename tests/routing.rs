@@ -200,6 +200,31 @@ async fn low_confidence_escalates_and_the_local_attempt_still_counts() {
         sent[0].body["messages"][0]["content"],
         "What is the capital of France?"
     );
+
+    // Two choices escalate together: both local ones are one rejected attempt, and
+    // each answer the client gets is the provider's.
+    let (status, both) = server
+        .chat(json!({"messages": user("What is the capital of France?"), "temperature": 0, "n": 2}))
+        .await;
+    assert_eq!(status, 200, "{both}");
+    assert_eq!(both["warden"]["route"], "escalated");
+    assert_eq!(
+        attempts(&both),
+        vec![
+            ("local".into(), "rejected".into()),
+            ("mock".into(), "served".into())
+        ]
+    );
+    let local_tokens = both["warden"]["attempts"][0]["usage"]["prompt_tokens"].as_u64();
+    assert_eq!(
+        local_tokens,
+        local["usage"]["prompt_tokens"].as_u64().map(|one| 2 * one)
+    );
+    for choice in both["choices"].as_array().unwrap() {
+        assert_eq!(choice["message"]["content"], "Hello from upstream.");
+    }
+    assert_eq!(both["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(mock.received().len(), 3);
 }
 
 #[tokio::test]

@@ -171,11 +171,7 @@ impl Pipeline {
             return;
         };
         let choices: Vec<GenerationSummary> = self.ends.drain(..).flatten().collect();
-        // One choice is its own account; several are accounted together.
-        let combined = (choices.len() > 1)
-            .then(|| GenerationSummary::of_choices(&choices))
-            .flatten();
-        let Some(summary) = combined.as_ref().or(choices.first()) else {
+        let Some(summary) = GenerationSummary::of_choices(&choices) else {
             self.record = Some(record);
             let error = GatewayError::Internal("the response had no choices".into());
             return self.fail(error).await;
@@ -192,7 +188,7 @@ impl Pipeline {
         let usage: Usage = summary.usage;
         let mut report = WardenReport::new(
             &context,
-            summary,
+            &summary,
             history,
             permit.priority(),
             permit.waited(),
